@@ -1,0 +1,222 @@
+"""Run folders: what a training writes, how it resumes, how a model is loaded back.
+
+Layout of ``RUN_DIR``::
+
+    config.json               format tag, package version, image shape, TrainConfig, command
+    checkpoint.safetensors    weights ("model.*"), Adam state ("optimizer.*") and, in the
+                              safetensors metadata, the progress (epochs completed, step)
+    history.csv               epoch, split, elbo, recon, kl, kl_theta, kl_shift, kl_z, lr, seconds
+
+Weights and optimizer state share one file so a checkpoint is replaced in a single atomic
+``os.replace``: a crash at any moment leaves either the previous or the new checkpoint,
+never a mix. Nothing is ever unpickled: safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from napari_spatial_vae import __version__
+from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.errors import CheckpointError, ConfigError
+from napari_spatial_vae.core.model import SpatialVAE
+
+FORMAT = "napari-spatial-vae-run"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+HISTORY_FILE = "history.csv"
+HISTORY_FIELDS = (
+    "epoch",
+    "split",
+    "elbo",
+    "recon",
+    "kl",
+    "kl_theta",
+    "kl_shift",
+    "kl_z",
+    "lr",
+    "seconds",
+)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; stored in the checkpoint's metadata."""
+
+    epochs_completed: int = 0
+    global_step: int = 0
+    lr_progress: float = 0.0
+    finished: bool = False
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then move the result over ``path`` in one ``os.replace``.
+
+    The temporary file lives in the same folder so the rename never crosses file systems.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Atomic text file write."""
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds a saved model."""
+    return (Path(run_dir) / CHECKPOINT_FILE).exists()
+
+
+def save_config(
+    run_dir: Path, config: TrainConfig, image_shape: tuple[int, int, int], extra: dict[str, Any]
+) -> None:
+    """Write ``config.json`` (atomically)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "image_shape": list(image_shape),
+        "config": config.to_dict(),
+        **extra,
+    }
+    write_text_atomically(Path(run_dir) / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
+
+
+def load_config(run_dir: Path) -> tuple[TrainConfig, tuple[int, int, int], dict[str, Any]]:
+    """Read ``config.json``: the config, the image shape ``(C, H, W)`` and the whole payload."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir}: run folder not found")
+    if not path.exists():
+        raise CheckpointError(f"{run_dir}: not a spatial-VAE run folder (no {CONFIG_FILE})")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a spatial-VAE run configuration")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: written by a newer napari-spatial-vae ({payload.get('package_version')}); "
+            "upgrade to read it"
+        )
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+        config.validate()
+        image_shape = tuple(int(s) for s in payload["image_shape"])
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: invalid configuration ({err})") from None
+    if len(image_shape) != 3:
+        raise CheckpointError(f"{path}: invalid image_shape {image_shape}")
+    return config, image_shape, payload  # type: ignore[return-value]
+
+
+def save_checkpoint(
+    run_dir: Path, model: SpatialVAE, optimizer: torch.optim.Optimizer | None, progress: Progress
+) -> None:
+    """Write weights, optimizer state and progress in one atomic file replace."""
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta: dict[str, Any] = {"progress": progress.__dict__}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        for index, slots in state["state"].items():
+            for name, value in slots.items():
+                tensor = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"optimizer.{index}.{name}"] = tensor.detach().contiguous().cpu()
+        meta["param_groups"] = state["param_groups"]
+    metadata = {"format": FORMAT, "spatial_vae": json.dumps(meta)}
+    write_atomically(
+        Path(run_dir) / CHECKPOINT_FILE, lambda tmp: save_file(tensors, str(tmp), metadata)
+    )
+
+
+def _read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        raise CheckpointError(f"{run_dir}: no saved model ({CHECKPOINT_FILE} is missing)")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        meta = json.loads(metadata["spatial_vae"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from None
+    return tensors, meta
+
+
+def load_model(
+    run_dir: Path, device: torch.device | str = "cpu"
+) -> tuple[SpatialVAE, TrainConfig, Progress]:
+    """Rebuild the model of a run folder with its saved weights, in eval mode."""
+    config, image_shape, _ = load_config(run_dir)
+    tensors, meta = _read_checkpoint(run_dir)
+    model = SpatialVAE(config.model, image_shape)
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{run_dir}: weights do not match config.json ({first})") from None
+    progress = Progress(**meta.get("progress", {}))
+    return model.to(device).eval(), config, progress
+
+
+def restore_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer) -> None:
+    """Load the saved Adam state into ``optimizer`` (built over the same parameters)."""
+    tensors, meta = _read_checkpoint(run_dir)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    if "param_groups" not in meta:
+        raise CheckpointError(f"{run_dir}: checkpoint has no optimizer state to resume from")
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def write_history(run_dir: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Rewrite ``history.csv`` atomically."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+
+    write_atomically(Path(run_dir) / HISTORY_FILE, write)
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of ``history.csv`` with numbers parsed (empty list when absent)."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, Any] = {"epoch": int(row["epoch"]), "split": row["split"]}
+            for key in HISTORY_FIELDS[2:]:
+                parsed[key] = float(row[key]) if row.get(key) not in (None, "") else None
+            rows.append(parsed)
+    return rows

@@ -1,0 +1,252 @@
+"""Using a trained model: poses and latents, aligned particles, reconstructions, traversals.
+
+Everything runs in batches read from the (possibly memory-mapped) stack, so memory is bounded
+by the batch size; :func:`iter_inference` yields results batch by batch for callers that write
+them incrementally.
+
+Reported pose (see docs/conventions.md): in the displayed image (x right, y down) the particle
+is its pose-free reconstruction rotated by ``theta`` radians counter-clockwise on screen, with
+its centre at ``(dx, dy)`` pixels from the image centre.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.coords import align_images, particle_centre, shift_to_pixels
+from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
+from napari_spatial_vae.core.errors import DataError
+from napari_spatial_vae.core.model import SpatialVAE
+
+
+@dataclass
+class Poses:
+    """Posterior means and standard deviations for every image, in input order.
+
+    Attributes
+    ----------
+    theta, theta_std
+        ``(N,)`` radians (zeros when rotation is not inferred).
+    dx, dy, dx_std, dy_std
+        ``(N,)`` particle centre offset in pixels, x right, y down (zeros when translation is
+        not inferred). The std is that of the inferred shift, per axis.
+    z, z_std
+        ``(N, Z)``.
+    """
+
+    theta: np.ndarray
+    theta_std: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+    dx_std: np.ndarray
+    dy_std: np.ndarray
+    z: np.ndarray
+    z_std: np.ndarray
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Ordered ``name -> (N,)`` columns: theta, dx, dy, z1..zK, then the std columns."""
+        out = {"theta": self.theta, "dx": self.dx, "dy": self.dy}
+        out.update({f"z{k + 1}": self.z[:, k] for k in range(self.z.shape[1])})
+        out.update({"theta_std": self.theta_std, "dx_std": self.dx_std, "dy_std": self.dy_std})
+        out.update({f"z{k + 1}_std": self.z_std[:, k] for k in range(self.z_std.shape[1])})
+        return out
+
+    @classmethod
+    def concatenate(cls, parts: list[Poses]) -> Poses:
+        """Join batches in order."""
+        return cls(
+            **{
+                name: np.concatenate([getattr(p, name) for p in parts])
+                for name in cls.__dataclass_fields__
+            }
+        )
+
+
+@dataclass
+class InferenceBatch:
+    """Results for images ``start .. start + len(poses.theta)`` of the stack.
+
+    ``aligned`` and ``reconstructions`` are ``(B, H, W)`` (or ``(B, H, W, C)``) float32 in the
+    input's units, or None when not requested.
+    """
+
+    start: int
+    poses: Poses
+    aligned: np.ndarray | None = None
+    reconstructions: np.ndarray | None = None
+
+
+def _to_stack_layout(images: torch.Tensor) -> np.ndarray:
+    """``(B, C, H, W)`` tensor -> ``(B, H, W)`` or ``(B, H, W, C)`` float32 numpy."""
+    array = images.detach().float().cpu().numpy()
+    return array[:, 0] if array.shape[1] == 1 else np.moveaxis(array, 1, -1)
+
+
+@torch.no_grad()
+def iter_inference(
+    model: SpatialVAE,
+    config: TrainConfig,
+    stack: Any,
+    batch_size: int = 256,
+    aligned: bool = False,
+    reconstructions: bool = False,
+) -> Iterator[InferenceBatch]:
+    """Encode a stack batch by batch.
+
+    Parameters
+    ----------
+    model
+        Trained model (its device is used).
+    config
+        The run's config (preprocessing must match training).
+    stack
+        Array-like ``(N, H, W)`` or ``(N, H, W, C)``, same image size as training.
+    batch_size
+        Images per batch; bounds memory.
+    aligned
+        Also return each input image rotated and shifted back by its inferred pose.
+    reconstructions
+        Also return the generator's image at theta = 0, dx = 0 for each particle's z,
+        rescaled to the image's own intensity scale when images were standardised.
+
+    Yields
+    ------
+    InferenceBatch
+    """
+    image_shape = stack_image_shape(stack)
+    if image_shape != model.image_shape:
+        raise DataError(
+            f"the model was trained on {model.image_shape} (C, H, W) images, these are "
+            f"{image_shape}"
+        )
+    model.eval()
+    device = next(model.parameters()).device
+    scale = input_scale(config.model.likelihood, getattr(stack, "dtype", np.float32))
+    _, height, width = image_shape
+    for start in range(0, len(stack), batch_size):
+        indices = np.arange(start, min(start + batch_size, len(stack)))
+        raw = torch.from_numpy(gather(stack, indices)).to(device)
+        model_input = preprocess(raw, scale, config.normalize)
+        posterior = model.encode(model_input)
+        theta, shift, z = model.split_latent(posterior.mu)
+        std = torch.exp(posterior.logstd)
+        theta_std, shift_std, z_std = model.split_latent(std)
+        poses = _poses(theta, theta_std, shift, shift_std, z, z_std, len(indices), height, width)
+        out = InferenceBatch(start, poses)
+        if aligned:
+            zeros = raw.new_zeros(len(indices))
+            out.aligned = _to_stack_layout(
+                align_images(
+                    raw,
+                    theta if theta is not None else zeros,
+                    shift if shift is not None else raw.new_zeros(len(indices), 2),
+                )
+            )
+        if reconstructions:
+            mean, _ = model.decode(z, batch_size=len(indices))
+            images = model.expected_image(mean)
+            if config.normalize:
+                flat = (raw * scale).flatten(1)
+                images = (
+                    images * flat.std(1).clamp_min(1e-8)[:, None, None, None]
+                    + flat.mean(1)[:, None, None, None]
+                )
+            out.reconstructions = _to_stack_layout(images)
+        yield out
+
+
+def _poses(theta, theta_std, shift, shift_std, z, z_std, n, height, width) -> Poses:
+    zeros = np.zeros(n, dtype=np.float32)
+    if shift is not None:
+        centre = (
+            shift_to_pixels(
+                particle_centre(
+                    theta if theta is not None else torch.zeros_like(shift[:, 0]), shift
+                ),
+                height,
+                width,
+            )
+            .cpu()
+            .numpy()
+        )
+        spread = shift_to_pixels(shift_std, height, width).cpu().numpy()
+    else:
+        centre = spread = np.zeros((n, 2), dtype=np.float32)
+    empty = np.zeros((n, 0), dtype=np.float32)
+    return Poses(
+        theta=theta.cpu().numpy() if theta is not None else zeros,
+        theta_std=theta_std.cpu().numpy() if theta_std is not None else zeros,
+        dx=centre[:, 0],
+        dy=centre[:, 1],
+        dx_std=spread[:, 0],
+        dy_std=spread[:, 1],
+        z=z.cpu().numpy() if z is not None else empty,
+        z_std=z_std.cpu().numpy() if z_std is not None else empty,
+    )
+
+
+def encode_stack(
+    model: SpatialVAE, config: TrainConfig, stack: Any, batch_size: int = 256
+) -> Poses:
+    """Poses and latents of every image (posterior means and std), in input order."""
+    return Poses.concatenate([b.poses for b in iter_inference(model, config, stack, batch_size)])
+
+
+def traversal_values(steps: int) -> np.ndarray:
+    """``(steps,)`` latent values equally spaced in probability (5 % .. 95 %) of ``N(0, 1)``."""
+    if steps < 2:
+        raise ValueError("a traversal needs at least 2 steps")
+    return torch.special.ndtri(torch.linspace(0.05, 0.95, steps, dtype=torch.float64)).numpy()
+
+
+@torch.no_grad()
+def latent_traversal(model: SpatialVAE, steps: int = 9) -> np.ndarray:
+    """Images along each latent axis (others at 0), theta = 0, dx = 0 (the paper's Fig. 4).
+
+    Returns
+    -------
+    np.ndarray
+        ``(Z, steps, H, W)`` or ``(Z, steps, H, W, C)`` expected pixel values (standardised
+        units when the model was trained on standardised images).
+    """
+    z_dim = model.config.z_dim
+    if z_dim == 0:
+        raise DataError("the model has no content latent (z_dim = 0) to traverse")
+    device = next(model.parameters()).device
+    values = torch.as_tensor(traversal_values(steps), dtype=torch.float32, device=device)
+    z = torch.zeros(z_dim, steps, z_dim, device=device)
+    for k in range(z_dim):  # Z is tiny; this builds the (Z * steps, Z) query, not a data loop
+        z[k, :, k] = values
+    mean, _ = model.decode(z.reshape(-1, z_dim))
+    images = _to_stack_layout(model.expected_image(mean))
+    return images.reshape(z_dim, steps, *images.shape[1:])
+
+
+@torch.no_grad()
+def latent_grid(model: SpatialVAE, steps: int = 9, dims: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Images on a grid over two latent dimensions (the paper's Fig. 3 manifold).
+
+    Returns
+    -------
+    np.ndarray
+        ``(steps, steps, H, W)`` (or with a trailing channel axis); row index walks
+        ``dims[1]``, column index walks ``dims[0]``.
+    """
+    z_dim = model.config.z_dim
+    if z_dim < 2 or max(dims) >= z_dim or dims[0] == dims[1]:
+        raise DataError(f"a latent grid needs two distinct dimensions of z (z_dim = {z_dim})")
+    device = next(model.parameters()).device
+    values = torch.as_tensor(traversal_values(steps), dtype=torch.float32, device=device)
+    rows, cols = torch.meshgrid(values, values, indexing="ij")
+    z = torch.zeros(steps * steps, z_dim, device=device)
+    z[:, dims[0]] = cols.reshape(-1)
+    z[:, dims[1]] = rows.reshape(-1)
+    mean, _ = model.decode(z)
+    images = _to_stack_layout(model.expected_image(mean))
+    return images.reshape(steps, steps, *images.shape[1:])

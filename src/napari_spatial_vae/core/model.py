@@ -1,0 +1,412 @@
+"""spatial-VAE networks: inference networks, the spatial and the vanilla generator.
+
+Latent layout (one vector per image, the same for every encoder): ``[theta?, u_x?, u_y?, z...]``
+where theta is present when rotation is inferred, ``(u_x, u_y)`` when translation is, and
+``u`` is the translation in units of its prior standard deviation (``shift = dx_scale * u``),
+so every non-theta latent has a standard-normal prior.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from napari_spatial_vae.core.config import ModelConfig
+from napari_spatial_vae.core.coords import (
+    circular_mask,
+    pixel_grid,
+    transform_coordinates,
+    warp_images,
+)
+from napari_spatial_vae.core.losses import (
+    LossTerms,
+    bernoulli_nll,
+    free_mean_rotation_kl,
+    gaussian_nll,
+    normal_kl,
+    standard_normal_kl,
+)
+
+_ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+# Keeps exp(logstd) finite early in training, when the encoder can output anything.
+_LOGSTD_RANGE = (-10.0, 5.0)
+THETA_LOGSTD_INIT = -3.0
+
+
+def make_mlp(n_in: int, hidden: int, n_out: int, num_layers: int, activation: str) -> nn.Sequential:
+    """``num_layers`` hidden layers of width ``hidden``, then a linear output layer."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(num_layers):
+        layers += [nn.Linear(width, hidden), _ACTIVATIONS[activation]()]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class Posterior:
+    """Diagonal Gaussian posterior in the latent layout of the module docstring.
+
+    Attributes
+    ----------
+    mu, logstd
+        ``(B, L)``.
+    """
+
+    mu: torch.Tensor
+    logstd: torch.Tensor
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterised sample ``mu + std * eps``, ``(B, L)``."""
+        eps = torch.randn(
+            self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype
+        )
+        return self.mu + torch.exp(self.logstd) * eps
+
+
+class MLPEncoder(nn.Module):
+    """The paper's inference network: an MLP on the flattened image.
+
+    Parameters
+    ----------
+    n_inputs
+        ``C * H * W``.
+    n_latent
+        ``L``; the network outputs ``2 L`` numbers (means and log std).
+    """
+
+    def __init__(self, n_inputs: int, n_latent: int, hidden: int, num_layers: int, activation: str):
+        super().__init__()
+        self.net = make_mlp(n_inputs, hidden, 2 * n_latent, num_layers, activation)
+
+    def forward(self, images: torch.Tensor) -> Posterior:
+        """``(B, C, H, W)`` -> posterior over ``(B, L)``."""
+        mu, logstd = self.net(images.flatten(1)).chunk(2, dim=1)
+        return Posterior(mu, logstd.clamp(*_LOGSTD_RANGE))
+
+
+class EquivariantEncoder(nn.Module):
+    """Rotation-equivariant inference network (circular soft-argmax over rotated copies).
+
+    One shared MLP looks at ``K`` copies of the image rotated by ``phi_k = 2 pi k / K``. Each
+    copy gets a score; theta is minus the attention-weighted circular mean of the copy angles
+    (the copy rotated by ``phi_k`` looks like the template when ``theta = -phi_k``). The other
+    latents, and theta's uncertainty, come from the attention-pooled features, which are
+    invariant to rotations of the input by multiples of ``2 pi / K``. In the spirit of
+    TARGET-VAE's discrete rotation attention.
+
+    Parameters
+    ----------
+    image_shape
+        ``(C, H, W)``.
+    n_latent
+        ``L`` including theta (always inferred by this encoder, at index 0).
+    num_rotations
+        ``K``.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        n_latent: int,
+        hidden: int,
+        num_layers: int,
+        activation: str,
+        num_rotations: int,
+    ):
+        super().__init__()
+        channels, height, width = image_shape
+        self.num_rotations = num_rotations
+        self.trunk = make_mlp(channels * height * width, hidden, hidden, num_layers - 1, activation)
+        self.trunk.append(_ACTIVATIONS[activation]())
+        self.score = nn.Linear(hidden, 1)
+        # theta's log std, then mean and log std of every other latent
+        self.head = nn.Linear(hidden, 1 + 2 * (n_latent - 1))
+        with torch.no_grad():
+            # Start with a confident theta: with sigma near the prior's (pi) the sampled angles
+            # are noise, the generator learns a rotational average and theta never gets used.
+            self.head.bias[0] = THETA_LOGSTD_INIT
+        angles = 2.0 * math.pi * torch.arange(num_rotations) / num_rotations
+        self.register_buffer("angles", angles, persistent=False)
+        self.register_buffer(
+            "mask", circular_mask(height, width).reshape(1, 1, height, width), persistent=False
+        )
+
+    def forward(self, images: torch.Tensor) -> Posterior:
+        """``(B, C, H, W)`` -> posterior over ``(B, L)``."""
+        batch, _channels, _height, _width = images.shape
+        k = self.num_rotations
+        # (B*K, C, H, W): copy k of image b is images[b] rotated by angles[k], one grid_sample.
+        copies = (
+            warp_images(images.repeat_interleave(k, dim=0), self.angles.repeat(batch), None)
+            * self.mask
+        )
+        features = self.trunk(copies.flatten(1)).reshape(batch, k, -1)
+        attention = torch.softmax(self.score(features).squeeze(-1), dim=1)  # (B, K)
+        theta = -torch.atan2(
+            (attention * torch.sin(self.angles)).sum(1), (attention * torch.cos(self.angles)).sum(1)
+        )
+        pooled = (attention[:, :, None] * features).sum(1)
+        head = self.head(pooled)
+        theta_logstd, rest = head[:, :1], head[:, 1:]
+        rest_mu, rest_logstd = rest.chunk(2, dim=1)
+        mu = torch.cat([theta[:, None], rest_mu], dim=1)
+        logstd = torch.cat([theta_logstd, rest_logstd], dim=1).clamp(*_LOGSTD_RANGE)
+        return Posterior(mu, logstd)
+
+
+class SpatialGenerator(nn.Module):
+    """``g([x, z]) -> p(y_x)``: an MLP applied to every (transformed) pixel coordinate.
+
+    The first layer is split into a coordinate part and a ``z`` part, so ``W_z z`` is computed
+    once per image instead of once per pixel (same function as concatenating ``[x, z]``).
+    """
+
+    def __init__(self, z_dim: int, n_out: int, hidden: int, num_layers: int, activation: str):
+        super().__init__()
+        self.coord_layer = nn.Linear(2, hidden)
+        self.z_layer = nn.Linear(z_dim, hidden, bias=False) if z_dim > 0 else None
+        self.body = make_mlp(hidden, hidden, n_out, num_layers - 1, activation)
+        self.first_activation = _ACTIVATIONS[activation]()
+
+    def forward(self, coords: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Evaluate the generator.
+
+        Parameters
+        ----------
+        coords
+            ``(B, N, 2)`` transformed coordinates, or ``(N, 2)`` shared by the batch.
+        z
+            ``(B, Z)``, or None when ``z_dim = 0``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, N, n_out)``.
+        """
+        hidden = self.coord_layer(coords)
+        if self.z_layer is not None and z is not None:
+            hidden = hidden + self.z_layer(z)[:, None, :]
+        elif hidden.dim() == 2:
+            raise ValueError("shared coordinates need z to know the batch size")
+        return self.body(self.first_activation(hidden))
+
+
+class VanillaGenerator(nn.Module):
+    """The paper's baseline decoder: an MLP from ``z`` straight to all modelled pixels."""
+
+    def __init__(
+        self, z_dim: int, n_pixels: int, n_out: int, hidden: int, num_layers: int, activation: str
+    ):
+        super().__init__()
+        self.n_pixels, self.n_out = n_pixels, n_out
+        self.net = make_mlp(z_dim, hidden, n_pixels * n_out, num_layers, activation)
+
+    def forward(self, coords: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """``z (B, Z)`` -> ``(B, N, n_out)``; ``coords`` only fixes nothing but the signature."""
+        assert z is not None
+        return self.net(z).reshape(z.shape[0], self.n_out, self.n_pixels).transpose(1, 2)
+
+
+class SpatialVAE(nn.Module):
+    """The full model: encoder, generator, priors and the per-image negative ELBO.
+
+    Parameters
+    ----------
+    config
+        The :class:`ModelConfig`.
+    image_shape
+        ``(C, H, W)`` of the training images.
+    """
+
+    def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.image_shape = tuple(int(s) for s in image_shape)
+        channels, height, width = self.image_shape
+        self.n_pose = int(config.infers_rotation) + 2 * int(config.infers_translation)
+        self.n_latent = self.n_pose + config.z_dim
+        # translation prior std in coordinate units (the image spans 2 units)
+        self.dx_scale = 2.0 * config.dx_prior
+
+        keep = (
+            circular_mask(height, width)
+            if config.circular_mask
+            else torch.ones(height * width, dtype=torch.bool)
+        )
+        self.register_buffer("pixel_index", torch.nonzero(keep).squeeze(1), persistent=False)
+        self.register_buffer("grid", pixel_grid(height, width)[keep], persistent=False)
+        self.register_buffer(
+            "input_mask", keep.reshape(1, 1, height, width).float(), persistent=False
+        )
+
+        n_out = channels * (2 if config.fit_noise else 1)
+        args = (config.hidden_dim, config.num_layers, config.activation)
+        if config.encoder == "equivariant":
+            self.encoder: nn.Module = EquivariantEncoder(
+                self.image_shape, self.n_latent, *args, config.encoder_rotations
+            )
+        else:
+            self.encoder = MLPEncoder(channels * height * width, self.n_latent, *args)
+        if config.vanilla:
+            self.generator: nn.Module = VanillaGenerator(
+                config.z_dim, len(self.pixel_index), n_out, *args
+            )
+        else:
+            self.generator = SpatialGenerator(config.z_dim, n_out, *args)
+
+    # -- pieces ---------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> Posterior:
+        """Posterior for ``(B, C, H, W)`` images (masked like the training input)."""
+        return self.encoder(images * self.input_mask)
+
+    def split_latent(
+        self, latent: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(B, L)`` -> theta ``(B,)``, shift in coordinate units ``(B, 2)``, z ``(B, Z)``."""
+        theta = shift = z = None
+        i = 0
+        if self.config.infers_rotation:
+            theta, i = latent[:, 0], 1
+        if self.config.infers_translation:
+            shift, i = latent[:, i : i + 2] * self.dx_scale, i + 2
+        if self.config.z_dim > 0:
+            z = latent[:, i:]
+        return theta, shift, z
+
+    def decode(
+        self,
+        z: torch.Tensor | None,
+        theta: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Render the modelled pixels for a pose and content.
+
+        Parameters
+        ----------
+        z
+            ``(B, Z)`` or None.
+        theta, shift
+            ``(B,)`` radians and ``(B, 2)`` coordinate units, or None for 0.
+        batch_size
+            ``B`` when neither z, theta nor shift is given.
+
+        Returns
+        -------
+        mean : torch.Tensor
+            ``(B, C, N)`` predicted mean (gaussian) or logits (bernoulli) at the N modelled
+            pixels (the whole image, or the inscribed circle with ``circular_mask``).
+        logstd : torch.Tensor or None
+            ``(B, C, N)`` predicted log noise std with ``fit_noise``, else None.
+        """
+        coords = self.grid
+        if theta is not None or shift is not None:
+            coords = transform_coordinates(coords, theta, shift)
+        elif z is None:
+            coords = coords.expand(batch_size or 1, -1, -1)
+        output = self.generator(coords, z).transpose(1, 2)  # (B, n_out, N)
+        channels = self.image_shape[0]
+        mean, logstd = output[:, :channels], None
+        if self.config.fit_noise:
+            logstd = output[:, channels:].clamp(*_LOGSTD_RANGE)
+        if self.config.softplus_mean:
+            mean = nn.functional.softplus(mean)
+        return mean, logstd
+
+    def render(self, mean: torch.Tensor) -> torch.Tensor:
+        """Scatter ``(B, C, N)`` modelled pixels into ``(B, C, H, W)`` images (0 outside the mask).
+
+        For the bernoulli likelihood pass probabilities, not logits.
+        """
+        channels, height, width = self.image_shape
+        out = mean.new_zeros(mean.shape[0], channels, height * width)
+        out[:, :, self.pixel_index] = mean
+        return out.reshape(-1, channels, height, width)
+
+    def expected_image(self, mean: torch.Tensor) -> torch.Tensor:
+        """Turn the generator's ``mean`` output into expected pixel values, ``(B, C, H, W)``."""
+        if self.config.likelihood == "bernoulli":
+            mean = torch.sigmoid(mean)
+        return self.render(mean)
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        """The modelled pixels of ``(B, C, H, W)`` images, ``(B, C, N)``."""
+        return images.flatten(2)[:, :, self.pixel_index]
+
+    # -- the objective ----------------------------------------------------------------------
+    def kl_terms(self, posterior: Posterior) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """KL of theta, of the shift and of z, each ``(B,)``."""
+        mu, logstd = posterior.mu, posterior.logstd
+        zeros = mu.new_zeros(mu.shape[0])
+        kl_theta = kl_shift = kl_z = zeros
+        i = 0
+        if self.config.infers_rotation:
+            if self.config.theta_kl == "free-mean":
+                kl_theta = free_mean_rotation_kl(logstd[:, 0], self.config.theta_prior)
+            else:
+                kl_theta = normal_kl(mu[:, 0], logstd[:, 0], self.config.theta_prior)
+            i = 1
+        if self.config.infers_translation:
+            kl_shift = standard_normal_kl(mu[:, i : i + 2], logstd[:, i : i + 2]).sum(1)
+            i += 2
+        if self.config.z_dim > 0:
+            kl_z = standard_normal_kl(mu[:, i:], logstd[:, i:]).sum(1)
+        return kl_theta, kl_shift, kl_z
+
+    def reconstruction_nll(
+        self, targets: torch.Tensor, mean: torch.Tensor, logstd: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``-log p(y | theta, dx, z)`` per image, ``(B,)``."""
+        if self.config.likelihood == "bernoulli":
+            return bernoulli_nll(targets, mean)
+        return gaussian_nll(targets, mean, logstd)
+
+    def loss_terms(
+        self,
+        images: torch.Tensor,
+        encoder_images: torch.Tensor | None = None,
+        rotation_offset: torch.Tensor | None = None,
+        freeze_z: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> LossTerms:
+        """Per-image terms of ``-ELBO`` with one reparameterised sample.
+
+        Parameters
+        ----------
+        images
+            ``(B, C, H, W)`` training images (the reconstruction targets).
+        encoder_images
+            ``(B, C, H, W)`` what the encoder sees (``images`` rotated by ``rotation_offset``
+            for augmentation), default ``images``.
+        rotation_offset
+            ``(B,)`` the augmentation angle gamma, subtracted from the predicted theta.
+        freeze_z
+            Use ``z = 0`` (the z-delay phase: learn pose before content).
+        generator
+            Random source for the reparameterisation noise (reproducibility).
+        """
+        posterior = self.encode(images if encoder_images is None else encoder_images)
+        if rotation_offset is not None and self.config.infers_rotation:
+            mu = posterior.mu.clone()
+            mu[:, 0] = mu[:, 0] - rotation_offset
+            posterior = Posterior(mu, posterior.logstd)
+        theta, shift, z = self.split_latent(posterior.sample(generator))
+        if freeze_z and z is not None:
+            z = torch.zeros_like(z)
+        mean, logstd = self.decode(z, theta, shift, batch_size=images.shape[0])
+        recon = self.reconstruction_nll(self.targets(images), mean, logstd)
+        return LossTerms(recon, *self.kl_terms(posterior))

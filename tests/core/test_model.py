@@ -1,0 +1,117 @@
+import math
+
+import pytest
+import torch
+
+from napari_spatial_vae.core.config import ModelConfig
+from napari_spatial_vae.core.errors import ConfigError
+from napari_spatial_vae.core.model import Posterior, SpatialVAE
+
+SHAPE = (1, 16, 16)
+
+
+def small(**fields) -> SpatialVAE:
+    torch.manual_seed(0)
+    base = dict(z_dim=2, hidden_dim=24, encoder_rotations=8)
+    base.update(fields)
+    return SpatialVAE(ModelConfig(**base), SHAPE)
+
+
+def pose_gradients(model: SpatialVAE) -> torch.Tensor:
+    """d(-ELBO)/d(latent sample), through a fixed leaf posterior."""
+    images = torch.randn(4, *SHAPE)
+    mu = torch.randn(4, model.n_latent, requires_grad=True)
+    model.encode = lambda _: Posterior(mu, torch.full_like(mu, -3.0))  # type: ignore[method-assign]
+    model.loss_terms(images).neg_elbo.sum().backward()
+    return mu.grad
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "equivariant"])
+def test_gradients_reach_theta_and_the_shift(encoder):
+    model = small(encoder=encoder)
+    assert model.n_latent == 1 + 2 + 2
+    grad = pose_gradients(model)
+    assert grad[:, 0].abs().min() > 0  # theta
+    assert grad[:, 1:3].abs().min() > 0  # dx, dy
+
+
+def test_without_rotation_and_translation_the_pose_gets_exactly_zero_gradient():
+    images = torch.randn(4, *SHAPE)
+    gamma = torch.full((4,), 0.7, requires_grad=True)
+    # with rotation inferred, the augmentation offset feeds theta and receives gradient
+    rotating = small(encoder="mlp")
+    rotating.loss_terms(images, images, gamma).neg_elbo.sum().backward()
+    assert gamma.grad.abs().sum() > 0
+    gamma.grad = None
+    # --no-rotate --no-translate: no pose latent exists, the offset is ignored: exactly zero
+    fixed = small(encoder="mlp", rotate=False, translate=False)
+    assert fixed.n_latent == 2
+    theta, shift, z = fixed.split_latent(torch.randn(3, fixed.n_latent))
+    assert theta is None and shift is None and z.shape == (3, 2)
+    loss = fixed.loss_terms(images, images, gamma).neg_elbo.sum() + 0.0 * gamma.sum()
+    loss.backward()
+    assert torch.equal(gamma.grad, torch.zeros(4))
+
+
+def test_no_translate_keeps_rotation_only():
+    model = small(encoder="mlp", translate=False)
+    theta, shift, _z = model.split_latent(torch.randn(2, model.n_latent))
+    assert theta is not None and shift is None
+    grad = pose_gradients(model)
+    assert grad[:, 0].abs().min() > 0
+
+
+@torch.no_grad()
+def test_equivariant_encoder_theta_follows_an_exact_rotation_of_the_input():
+    model = small(encoder="equivariant", encoder_rotations=8, circular_mask=True)
+    images = torch.randn(1, *SHAPE)
+    from napari_spatial_vae.core.coords import warp_images
+
+    quarter = torch.tensor([math.pi / 2])
+    rotated = warp_images(images, quarter, None)  # exact pixel permutation for 90 degrees
+    before = model.encode(images).mu[0, 0]
+    after = model.encode(rotated).mu[0, 0]
+    # warp by +gamma makes the encoder predict theta + gamma
+    difference = torch.remainder(after - before - math.pi / 2 + math.pi, 2 * math.pi) - math.pi
+    assert abs(float(difference)) < 1e-4
+    # and the other latents are invariant
+    torch.testing.assert_close(
+        model.encode(images).mu[:, 1:], model.encode(rotated).mu[:, 1:], atol=1e-5, rtol=1e-4
+    )
+
+
+def test_vanilla_and_fixed_pose_baselines_produce_images():
+    vanilla = small(encoder="mlp", vanilla=True)
+    assert vanilla.n_latent == 2
+    mean, logstd = vanilla.decode(torch.randn(3, 2))
+    assert mean.shape == (3, 1, len(vanilla.pixel_index))
+    assert vanilla.render(mean).shape == (3, *SHAPE)
+    assert logstd is not None  # fit_noise default
+
+
+def test_bernoulli_model_outputs_logits_and_rgb_channels_work():
+    model = SpatialVAE(
+        ModelConfig(z_dim=1, hidden_dim=16, likelihood="bernoulli", fit_noise=False, encoder="mlp"),
+        (3, 12, 12),
+    )
+    images = torch.rand(2, 3, 12, 12).round()
+    terms = model.loss_terms(images)
+    assert terms.recon.shape == (2,) and torch.isfinite(terms.neg_elbo).all()
+    assert model.expected_image(model.decode(torch.zeros(2, 1))[0]).shape == (2, 3, 12, 12)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"z_dim": -1}, "z_dim must be between"),
+        ({"likelihood": "poisson"}, "likelihood must be one of"),
+        ({"vanilla": True}, "use encoder='mlp'"),
+        ({"rotate": False}, "needs rotation inference"),
+        ({"theta_prior": 0.0}, "theta_prior must be >"),
+        ({"likelihood": "bernoulli"}, "gaussian likelihood only"),
+    ],
+)
+def test_invalid_model_settings_are_rejected_with_one_line(fields, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        ModelConfig(**fields).validate()
+    assert "\n" not in str(info.value)

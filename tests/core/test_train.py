@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_spatial_vae.core.checkpoint import load_model, read_history
+from napari_spatial_vae.core.errors import CheckpointError, DataError
+from napari_spatial_vae.core.train import split_train_test, train
+
+
+def elbos(history, split):
+    return [row["elbo"] for row in history if row["split"] == split]
+
+
+def test_training_lowers_the_test_negative_elbo(tmp_path, tiny_particles, make_config):
+    config = make_config(epochs=6)
+    result = train(config, tiny_particles.images, tmp_path / "run")
+    test = elbos(result.history, "test")
+    assert len(test) == 6
+    assert test[-1] > test[0] + 1.0  # ELBO up == -ELBO down
+    assert result.stop_reason == "completed" and result.epochs_completed == 6
+
+
+def test_same_seed_gives_the_same_run_on_cpu(tmp_path, tiny_particles, make_config):
+    first = train(make_config(), tiny_particles.images, tmp_path / "a")
+    second = train(make_config(), tiny_particles.images, tmp_path / "b")
+    assert elbos(first.history, "train") == elbos(second.history, "train")
+    assert elbos(first.history, "test") == elbos(second.history, "test")
+    for p, q in zip(first.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    other = train(make_config(seed=1), tiny_particles.images, tmp_path / "c")
+    assert elbos(other.history, "train") != elbos(first.history, "train")
+
+
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path, tiny_particles, make_config):
+    straight = train(make_config(epochs=4), tiny_particles.images, tmp_path / "straight")
+    done = []
+    stopped = train(
+        make_config(epochs=4),
+        tiny_particles.images,
+        tmp_path / "resumed",
+        on_update=lambda u: done.append(u.epoch) if u.kind == "epoch" else None,
+        should_stop=lambda: len(done) == 2,
+    )
+    assert stopped.stop_reason == "stopped" and stopped.epochs_completed == 2
+    resumed = train(make_config(epochs=4), tiny_particles.images, tmp_path / "resumed", resume=True)
+    assert elbos(resumed.history, "train") == elbos(straight.history, "train")
+    assert elbos(resumed.history, "test") == elbos(straight.history, "test")
+    assert [r["epoch"] for r in read_history(tmp_path / "resumed")] == [1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_stop_request_saves_a_usable_model_mid_epoch(tmp_path, tiny_particles, make_config):
+    steps = []
+
+    def on_update(update):
+        if update.kind == "step":
+            steps.append(update.step)
+
+    result = train(
+        make_config(epochs=5),
+        tiny_particles.images,
+        tmp_path / "run",
+        on_update=on_update,
+        should_stop=lambda: len(steps) >= 7,
+    )
+    assert result.stop_reason == "stopped"
+    assert len(steps) == 7
+    model, _, progress = load_model(tmp_path / "run")
+    assert progress.epochs_completed == 1 and not progress.finished
+    for p, q in zip(model.parameters(), result.model.parameters(), strict=True):
+        assert torch.equal(p, q.cpu())  # the saved model is the latest, not the epoch-1 one
+
+
+def test_time_budget_stops_cleanly_and_saves(tmp_path, tiny_particles, make_config):
+    result = train(
+        make_config(epochs=1000, max_minutes=0.02), tiny_particles.images, tmp_path / "run"
+    )
+    assert result.stop_reason == "time budget"
+    assert result.epochs_completed < 1000
+    load_model(tmp_path / "run")  # loadable
+
+
+def test_updates_follow_the_documented_sequence(tmp_path, tiny_particles, make_config):
+    kinds = []
+    train(
+        make_config(epochs=2),
+        tiny_particles.images,
+        tmp_path / "run",
+        on_update=lambda u: kinds.append(u.kind),
+    )
+    steps_per_epoch = int(np.ceil(72 / 16))
+    assert kinds == (["started"] + (["step"] * steps_per_epoch + ["epoch"]) * 2 + ["finished"])
+
+
+def test_a_run_folder_is_never_overwritten_without_resume(tmp_path, tiny_particles, make_config):
+    train(make_config(epochs=1), tiny_particles.images, tmp_path / "run")
+    before = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a trained model"):
+        train(make_config(epochs=1), tiny_particles.images, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_resume_rejects_images_of_another_size(tmp_path, tiny_particles, make_config):
+    train(make_config(epochs=1), tiny_particles.images, tmp_path / "run")
+    with pytest.raises(CheckpointError, match="trained on"):
+        train(
+            make_config(epochs=2), np.zeros((10, 24, 24), np.float32), tmp_path / "run", resume=True
+        )
+
+
+def test_nan_pixels_are_reported_with_the_image_index(tmp_path, tiny_particles, make_config):
+    images = tiny_particles.images.copy()
+    images[5, 3, 3] = np.nan
+    with pytest.raises(DataError, match="image 5 contains NaN"):
+        train(make_config(), images, tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"vanilla": True, "encoder": "mlp"},
+        {"rotate": False, "translate": False, "encoder": "mlp"},
+        {"encoder": "mlp", "augment_rotation": True, "theta_kl": "standard"},
+        {"fit_noise": False, "circular_mask": False, "normalize": False, "z_dim": 0},
+    ],
+)
+def test_every_model_variant_trains(tmp_path, tiny_particles, make_config, fields):
+    result = train(make_config(epochs=1, **fields), tiny_particles.images, tmp_path / "run")
+    assert np.isfinite(elbos(result.history, "train")).all()
+
+
+def test_bernoulli_on_8_bit_images_is_scaled_to_unit_range(tmp_path, make_config):
+    images = (np.random.default_rng(0).random((40, 12, 12)) > 0.5).astype(np.uint8) * 255
+    config = make_config(likelihood="bernoulli", fit_noise=False, normalize=False, epochs=1)
+    result = train(config, images, tmp_path / "run")
+    assert np.isfinite(elbos(result.history, "train")).all()
+    with pytest.raises(DataError, match=r"needs pixel values in 0\.\.1"):
+        train(config, images.astype(np.float32), tmp_path / "other")
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    train_idx, test_idx = split_train_test(50, 0.2, seed=4)
+    assert len(test_idx) == 10 and len(train_idx) == 40
+    assert sorted(np.concatenate([train_idx, test_idx]).tolist()) == list(range(50))
+    again = split_train_test(50, 0.2, seed=4)
+    assert np.array_equal(again[1], test_idx)
+    with pytest.raises(DataError, match="leave none for training"):
+        split_train_test(1, 0.9, seed=0)
