@@ -63,6 +63,10 @@ class TrainUpdate:
         ``completed``, ``stopped`` or ``time budget`` (``finished`` updates only).
     message
         Human-readable context (device chosen, resume point).
+    model
+        The model being trained (``epoch`` and ``finished`` updates), for in-process
+        consumers that render a preview from the callback, i.e. still in the training thread.
+        It is the live object: do not keep it or use it from another thread.
     """
 
     kind: UpdateKind
@@ -75,6 +79,7 @@ class TrainUpdate:
     test: EpochMetrics | None = None
     stop_reason: str = ""
     message: str = ""
+    model: SpatialVAE | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -319,6 +324,7 @@ def train(
                 seconds,
                 train=train_metrics,
                 test=test_metrics,
+                model=model,
             )
         )
 
@@ -336,6 +342,7 @@ def train(
             steps_per_epoch,
             seconds,
             stop_reason=stop_reason,
+            model=model,
         )
     )
     model.eval()
