@@ -123,12 +123,11 @@ def load_config(run_dir: Path) -> tuple[TrainConfig, tuple[int, int, int], dict[
     try:
         config = TrainConfig.from_dict(payload["config"])
         config.validate()
-        image_shape = tuple(int(s) for s in payload["image_shape"])
+        channels, height, width = (int(s) for s in payload["image_shape"])
+        image_shape = (channels, height, width)
     except (ConfigError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: invalid configuration ({err})") from None
-    if len(image_shape) != 3:
-        raise CheckpointError(f"{path}: invalid image_shape {image_shape}")
-    return config, image_shape, payload  # type: ignore[return-value]
+    return config, image_shape, payload
 
 
 def save_checkpoint(

@@ -117,6 +117,9 @@ class EquivariantEncoder(nn.Module):
         ``K``.
     """
 
+    angles: torch.Tensor
+    mask: torch.Tensor
+
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -231,12 +234,16 @@ class SpatialVAE(nn.Module):
         ``(C, H, W)`` of the training images.
     """
 
+    grid: torch.Tensor
+    pixel_index: torch.Tensor
+    input_mask: torch.Tensor
+
     def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]):
         super().__init__()
         config.validate()
         self.config = config
-        self.image_shape = tuple(int(s) for s in image_shape)
-        channels, height, width = self.image_shape
+        channels, height, width = (int(s) for s in image_shape)
+        self.image_shape: tuple[int, int, int] = (channels, height, width)
         self.n_pose = int(config.infers_rotation) + 2 * int(config.infers_translation)
         self.n_latent = self.n_pose + config.z_dim
         # translation prior std in coordinate units (the image spans 2 units)

@@ -216,19 +216,23 @@ def train(
     save_config(run_dir, config, image_shape, {"run": run_info or {}})
 
     scale = input_scale(config.model.likelihood, getattr(images, "dtype", np.float32))
-    feeder_args = dict(
-        device=device,
-        normalize=config.normalize,
-        scale=scale,
-        check_unit_range=config.model.likelihood == "bernoulli",
-    )
+
+    def feeder(stack: Any, indices: np.ndarray | None) -> ImageFeeder:
+        return ImageFeeder(
+            stack,
+            indices,
+            device,
+            config.normalize,
+            scale,
+            check_unit_range=config.model.likelihood == "bernoulli",
+        )
+
     if test_images is None:
         train_idx, test_idx = split_train_test(len(images), config.test_fraction, config.seed)
-        train_feed = ImageFeeder(images, train_idx, **feeder_args)
-        test_feed = ImageFeeder(images, test_idx, **feeder_args) if len(test_idx) else None
+        train_feed = feeder(images, train_idx)
+        test_feed = feeder(images, test_idx) if len(test_idx) else None
     else:
-        train_feed = ImageFeeder(images, None, **feeder_args)
-        test_feed = ImageFeeder(test_images, None, **feeder_args)
+        train_feed, test_feed = feeder(images, None), feeder(test_images, None)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     if resume:

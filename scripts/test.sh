@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up and run every check: lint, format, types, manifest, docs, and the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v xvfb-run >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    bash scripts/install-system-deps.sh
+fi
+bash scripts/setup.sh dev,napari
+export PATH="$PWD/.venv/bin:$PATH"
+ruff check src tests benchmarks scripts
+ruff format --check src tests benchmarks scripts
+mypy
+if python -c "import napari" 2>/dev/null; then
+    npe2 validate --imports napari-spatial-vae
+fi
+mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+python -m pytest -q

@@ -1,0 +1,187 @@
+"""The command line as a user runs it: end to end, and every bad input in one line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_spatial_vae.cli import main
+
+TINY = ["--hidden-dim", "32", "--encoder-rotations", "8", "--batch-size", "16", "--z-delay", "0",
+        "--device", "cpu", "-q"]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    """Run ``spatial-vae ARGS``; returns the exit status and stderr."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse usage errors
+        code = int(exit_.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def trained_run(tmp_path, npy_stack, capsys) -> Path:
+    run = tmp_path / "run"
+    code, err = run_cli(capsys, "train", npy_stack, "-o", run, "--epochs", "2", "--z-dim", "2",
+                        *TINY)
+    assert code == 0, err
+    return run
+
+
+def test_train_writes_the_run_folder(trained_run):
+    assert {p.name for p in trained_run.iterdir()} >= {
+        "config.json", "checkpoint.safetensors", "history.csv"}
+    history = pd.read_csv(trained_run / "history.csv")
+    assert list(history.columns[:5]) == ["epoch", "split", "elbo", "recon", "kl"]
+    assert set(history["split"]) == {"train", "test"} and history["epoch"].max() == 2
+
+
+def test_infer_writes_poses_aligned_and_reconstructions(trained_run, npy_stack, tmp_path, capsys,
+                                                        tiny_particles):
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "infer", trained_run, npy_stack, "-o", out / "poses.csv",
+                        "--aligned", out / "aligned.mrcs", "--reconstructions", out / "rec.mrcs",
+                        "--batch-size", "10", "-q")
+    assert code == 0, err
+    poses = pd.read_csv(out / "poses.csv")
+    assert len(poses) == len(tiny_particles.images)
+    assert list(poses.columns) == ["theta", "dx", "dy", "z1", "z2", "theta_std", "dx_std",
+                                   "dy_std", "z1_std", "z2_std"]
+    assert np.all(np.abs(poses["theta"]) <= np.pi + 1e-6)
+    for name in ("aligned.mrcs", "rec.mrcs"):
+        with mrcfile.open(out / name) as handle:
+            assert handle.data.shape == tiny_particles.images.shape
+            assert np.isfinite(handle.data).all()
+
+
+def test_infer_writes_relion_star(trained_run, npy_stack, tmp_path, capsys):
+    code, err = run_cli(capsys, "infer", trained_run, npy_stack, "-o", tmp_path / "p.star", "-q")
+    assert code == 0, err
+    text = (tmp_path / "p.star").read_text()
+    assert "data_optics" in text and "_rlnAnglePsi" in text and "_rlnImageName" in text
+
+
+def test_traverse_writes_one_image_per_dimension_and_step(trained_run, tmp_path, capsys):
+    code, err = run_cli(capsys, "traverse", trained_run, "-o", tmp_path / "t.mrcs", "--steps", "5")
+    assert code == 0, err
+    with mrcfile.open(tmp_path / "t.mrcs") as handle:
+        assert handle.data.shape == (2 * 5, 20, 20)
+    code, err = run_cli(capsys, "traverse", trained_run, "-o", tmp_path / "g.mrcs", "--grid",
+                        "--steps", "3")
+    assert code == 0, err
+    with mrcfile.open(tmp_path / "g.mrcs") as handle:
+        assert handle.data.shape == (9, 20, 20)
+
+
+def test_resume_continues_to_more_epochs(trained_run, npy_stack, capsys):
+    code, err = run_cli(capsys, "train", npy_stack, "-o", trained_run, "--resume", "--epochs", "3",
+                        "-q")
+    assert code == 0, err
+    assert pd.read_csv(trained_run / "history.csv")["epoch"].max() == 3
+    code, err = run_cli(capsys, "train", npy_stack, "-o", trained_run, "--resume", "--z-dim", "3")
+    assert code == 2 and "only --epochs, --max-minutes and --device" in err
+
+
+def test_simulate_writes_a_stack_and_its_truth(tmp_path, capsys):
+    code, err = run_cli(capsys, "simulate", "-o", tmp_path / "sim.mrcs", "--n", "12", "--size",
+                        "16", "--pixel-size", "2.5")
+    assert code == 0, err
+    with mrcfile.open(tmp_path / "sim.mrcs") as handle:
+        assert handle.data.shape == (12, 16, 16)
+        assert float(handle.voxel_size.x) == pytest.approx(2.5)
+    truth = pd.read_csv(tmp_path / "sim_truth.csv")
+    assert list(truth.columns) == ["conformation", "theta", "dx", "dy"] and len(truth) == 12
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    cases = {}
+    cases["missing"] = (tmp_path / "nope.mrcs", "not found|does not exist|no such")
+    text = tmp_path / "text.mrcs"
+    text.write_text("this is not an MRC file\n" * 20)
+    cases["not an MRC"] = (text, "MRC|text")
+    one_d = tmp_path / "line.npy"
+    np.save(one_d, np.arange(10, dtype=np.float32))
+    cases["1-D array"] = (one_d, "1-D|shape|dimension")
+    nan = tmp_path / "nan.npy"
+    data = np.ones((8, 16, 16), np.float32)
+    data[3, 2, 2] = np.nan
+    np.save(nan, data)
+    cases["NaN pixels"] = (nan, "NaN")
+    inf = tmp_path / "inf.mrcs"
+    data = np.ones((8, 16, 16), np.float32)
+    data[6, 0, 0] = np.inf
+    with warnings.catch_warnings(), mrcfile.new(inf) as handle:
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile warns about the inf we want
+        handle.set_data(data)
+    cases["infinite pixels"] = (inf, "NaN or inf")
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 16, 16), np.float32))
+    cases["empty stack"] = (empty, "no images|empty")
+    return cases
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "not an MRC", "1-D array", "NaN pixels", "infinite pixels", "empty stack"])
+def test_bad_input_fails_with_one_line_naming_the_file(tmp_path, capsys, case):
+    path, pattern = _bad_inputs(tmp_path)[case]
+    code, err = run_cli(capsys, "train", path, "-o", tmp_path / "run", "--epochs", "1", *TINY)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert path.name in lines[0]
+    assert re.search(pattern, lines[0], flags=re.IGNORECASE), lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--epochs", "0"], "epochs must be between"),
+        (["--lr", "-1"], "lr must be >"),
+        (["--device", "tpu"], "device must be"),
+        (["--device", "cuda:3"], "CUDA is not available|only"),
+        (["--likelihood", "poisson"], "invalid choice"),
+        (["--z-dim", "two"], "invalid int value"),
+        (["--vanilla", "--encoder", "equivariant"], "encoder='mlp'"),
+    ],
+)
+def test_bad_flags_fail_with_one_line(tmp_path, npy_stack, capsys, args, pattern):
+    code, err = run_cli(capsys, "train", npy_stack, "-o", tmp_path / "run", *args)
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(pattern, err), err
+
+
+def test_infer_rejects_a_folder_that_is_not_a_run(tmp_path, npy_stack, capsys):
+    code, err = run_cli(capsys, "infer", tmp_path, npy_stack, "-o", tmp_path / "p.csv")
+    assert code == 1 and "not a spatial-VAE run folder" in err
+    code, err = run_cli(capsys, "infer", tmp_path, npy_stack, "-o", tmp_path / "p.txt")
+    assert code == 2 and "POSES must end in .csv or .star" in err
+
+
+def test_infer_rejects_images_of_another_size(trained_run, tmp_path, capsys):
+    other = tmp_path / "big.npy"
+    np.save(other, np.zeros((4, 24, 24), np.float32))
+    code, err = run_cli(capsys, "infer", trained_run, other, "-o", tmp_path / "p.csv", "-q")
+    assert code == 1 and "trained on" in err and len(err.strip().splitlines()) == 1
+
+
+def test_console_script_and_module_entry_point(tmp_path):
+    for command in (["spatial-vae"], [sys.executable, "-m", "napari_spatial_vae"]):
+        exe = Path(sys.executable).with_name("spatial-vae") if command == ["spatial-vae"] else None
+        argv = [str(exe)] if exe else command
+        done = subprocess.run([*argv, "train", str(tmp_path / "missing.mrcs"), "-o",
+                               str(tmp_path / "r")], capture_output=True, text=True, check=False)
+        assert done.returncode == 1
+        assert done.stderr.count("\n") == 1 and "missing.mrcs" in done.stderr
+        assert "Traceback" not in done.stderr
