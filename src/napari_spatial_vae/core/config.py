@@ -69,7 +69,7 @@ class ModelConfig:
     """
 
     z_dim: int = 2
-    hidden_dim: int = 256
+    hidden_dim: int = 128
     num_layers: int = 2
     activation: Activation = "tanh"
     encoder: EncoderKind = "equivariant"

@@ -41,7 +41,10 @@ _ACTIVATIONS = {
 
 # Keeps exp(logstd) finite early in training, when the encoder can output anything.
 _LOGSTD_RANGE = (-10.0, 5.0)
-THETA_LOGSTD_INIT = -3.0
+# Pose posteriors start confident (std e^-3: 3 degrees, 0.05 of the shift prior). Starting
+# near the prior instead makes the sampled poses pure noise, the generator learns a
+# rotational/translational average, the pose is never used and its KL keeps it at the prior.
+POSE_LOGSTD_INIT = -3.0
 
 
 def make_mlp(n_in: int, hidden: int, n_out: int, num_layers: int, activation: str) -> nn.Sequential:
@@ -96,6 +99,14 @@ class MLPEncoder(nn.Module):
         mu, logstd = self.net(images.flatten(1)).chunk(2, dim=1)
         return Posterior(mu, logstd.clamp(*_LOGSTD_RANGE))
 
+    @torch.no_grad()
+    def init_pose_logstd(self, n_pose: int, value: float) -> None:
+        """Set the initial log std of the first ``n_pose`` latents (theta, shift)."""
+        output = self.net[-1]
+        assert isinstance(output, nn.Linear)
+        n_latent = output.out_features // 2
+        output.bias[n_latent : n_latent + n_pose] = value
+
 
 class EquivariantEncoder(nn.Module):
     """Rotation-equivariant inference network (circular soft-argmax over rotated copies).
@@ -137,10 +148,6 @@ class EquivariantEncoder(nn.Module):
         self.score = nn.Linear(hidden, 1)
         # theta's log std, then mean and log std of every other latent
         self.head = nn.Linear(hidden, 1 + 2 * (n_latent - 1))
-        with torch.no_grad():
-            # Start with a confident theta: with sigma near the prior's (pi) the sampled angles
-            # are noise, the generator learns a rotational average and theta never gets used.
-            self.head.bias[0] = THETA_LOGSTD_INIT
         angles = 2.0 * math.pi * torch.arange(num_rotations) / num_rotations
         self.register_buffer("angles", angles, persistent=False)
         self.register_buffer(
@@ -168,6 +175,13 @@ class EquivariantEncoder(nn.Module):
         mu = torch.cat([theta[:, None], rest_mu], dim=1)
         logstd = torch.cat([theta_logstd, rest_logstd], dim=1).clamp(*_LOGSTD_RANGE)
         return Posterior(mu, logstd)
+
+    @torch.no_grad()
+    def init_pose_logstd(self, n_pose: int, value: float) -> None:
+        """Set the initial log std of theta and of the next ``n_pose - 1`` latents (shift)."""
+        n_rest = (self.head.out_features - 1) // 2
+        self.head.bias[0] = value
+        self.head.bias[1 + n_rest : 1 + n_rest + n_pose - 1] = value
 
 
 class SpatialGenerator(nn.Module):
@@ -263,11 +277,12 @@ class SpatialVAE(nn.Module):
         n_out = channels * (2 if config.fit_noise else 1)
         args = (config.hidden_dim, config.num_layers, config.activation)
         if config.encoder == "equivariant":
-            self.encoder: nn.Module = EquivariantEncoder(
+            self.encoder: MLPEncoder | EquivariantEncoder = EquivariantEncoder(
                 self.image_shape, self.n_latent, *args, config.encoder_rotations
             )
         else:
             self.encoder = MLPEncoder(channels * height * width, self.n_latent, *args)
+        self.encoder.init_pose_logstd(self.n_pose, POSE_LOGSTD_INIT)
         if config.vanilla:
             self.generator: nn.Module = VanillaGenerator(
                 config.z_dim, len(self.pixel_index), n_out, *args
