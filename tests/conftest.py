@@ -46,7 +46,7 @@ def tiny_config(**overrides) -> TrainConfig:
     return config
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_config():
     """Factory for small configs: ``make_config(epochs=3, rotate=False)``."""
     return tiny_config

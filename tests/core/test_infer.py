@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_spatial_vae.core.checkpoint import CONFIG_FILE, CHECKPOINT_FILE, load_model
+from napari_spatial_vae.core.errors import CheckpointError, DataError
+from napari_spatial_vae.core.infer import (
+    encode_stack,
+    iter_inference,
+    latent_grid,
+    latent_traversal,
+    traversal_values,
+)
+from napari_spatial_vae.core.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_particles, make_config):
+    run = tmp_path_factory.mktemp("run")
+    train(make_config(epochs=2, z_dim=2), tiny_particles.images, run)
+    return run
+
+
+def test_encode_returns_one_row_per_image_in_order(trained, tiny_particles):
+    model, config, _ = load_model(trained)
+    poses = encode_stack(model, config, tiny_particles.images, batch_size=7)
+    assert poses.theta.shape == (96,) and poses.z.shape == (96, 2)
+    assert (poses.theta_std > 0).all() and (poses.z_std > 0).all()
+    # batching does not change the answer
+    again = encode_stack(model, config, tiny_particles.images[::-1].copy(), batch_size=50)
+    np.testing.assert_allclose(again.z[::-1], poses.z, rtol=1e-4, atol=1e-5)
+    assert list(poses.columns()) == ["theta", "dx", "dy", "z1", "z2", "theta_std", "dx_std",
+                                     "dy_std", "z1_std", "z2_std"]
+
+
+def test_aligned_and_reconstructions_have_the_stack_shape(trained, tiny_particles):
+    model, config, _ = load_model(trained)
+    batches = list(iter_inference(model, config, tiny_particles.images, batch_size=40,
+                                  aligned=True, reconstructions=True))
+    assert [b.start for b in batches] == [0, 40, 80]
+    aligned = np.concatenate([b.aligned for b in batches])
+    recon = np.concatenate([b.reconstructions for b in batches])
+    assert aligned.shape == recon.shape == tiny_particles.images.shape
+    # reconstructions come back in the input's intensity units
+    assert abs(recon.mean() - tiny_particles.images.mean()) < 0.5 * tiny_particles.images.std()
+
+
+def test_aligned_particles_undo_the_true_pose(tiny_particles):
+    """Aligning with the true pose through the same code path recovers the clean projection."""
+    from napari_spatial_vae.core.coords import align_images, rotation_matrices
+
+    sim = tiny_particles
+    half = (20 - 1) / 2
+    t = torch.from_numpy(sim.shift_px / half).float()
+    theta = torch.from_numpy(sim.theta).float()
+    d = -torch.bmm(t[:, None, :], rotation_matrices(theta))[:, 0]
+    aligned = align_images(torch.from_numpy(sim.clean)[:, None], theta, d)[:, 0].numpy()
+    # all aligned particles of similar conformation look alike: compare to the mean of the set
+    close = np.abs(sim.conformation - 0.5) < 0.1
+    spread_aligned = aligned[close].std(axis=0).mean()
+    spread_raw = sim.clean[close].std(axis=0).mean()
+    assert spread_aligned < 0.5 * spread_raw
+
+
+def test_traversal_and_grid_shapes(trained):
+    model, _, _ = load_model(trained)
+    assert latent_traversal(model, 5).shape == (2, 5, 20, 20)
+    grid = latent_grid(model, 4)
+    assert grid.shape == (4, 4, 20, 20)
+    values = traversal_values(5)
+    np.testing.assert_allclose(values, -values[::-1], atol=1e-12)  # symmetric about 0
+    assert values[0] == pytest.approx(-1.6449, abs=1e-3)  # 5 % quantile of N(0, 1)
+
+
+def test_inference_rejects_another_image_size(trained):
+    model, config, _ = load_model(trained)
+    with pytest.raises(DataError, match="trained on"):
+        encode_stack(model, config, np.zeros((3, 16, 16), np.float32))
+
+
+def test_corrupt_or_foreign_run_folders_fail_cleanly(trained, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    (broken / CHECKPOINT_FILE).write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        load_model(broken)
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    payload = json.loads((other / CONFIG_FILE).read_text())
+    payload["config"]["model"]["hidden_dim"] = 64
+    (other / CONFIG_FILE).write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match="do not match config.json"):
+        load_model(other)
+    payload["config"]["model"]["colour"] = "red"
+    (other / CONFIG_FILE).write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match="unknown model field"):
+        load_model(other)
+    (other / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(other)
+    with pytest.raises(CheckpointError, match="run folder not found"):
+        load_model(tmp_path / "nowhere")

@@ -1,0 +1,52 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from napari_spatial_vae.core import metrics
+
+RNG = np.random.default_rng(0)
+
+
+def fisher_lee_brute_force(a, b):
+    num = den_a = den_b = 0.0
+    for i, j in itertools.combinations(range(len(a)), 2):
+        sa, sb = np.sin(a[i] - a[j]), np.sin(b[i] - b[j])
+        num, den_a, den_b = num + sa * sb, den_a + sa * sa, den_b + sb * sb
+    return num / np.sqrt(den_a * den_b)
+
+
+def test_fisher_lee_matches_its_pairwise_definition():
+    a = RNG.uniform(-np.pi, np.pi, 40)
+    b = a + RNG.normal(0, 0.5, 40)
+    assert metrics.circular_correlation_fl(a, b) == pytest.approx(fisher_lee_brute_force(a, b))
+
+
+def test_fisher_lee_is_invariant_to_a_global_rotation_and_flips_sign_on_reflection():
+    a = RNG.uniform(-np.pi, np.pi, 200)
+    b = a + RNG.normal(0, 0.2, 200)
+    r = metrics.circular_correlation_fl(a, b)
+    assert r > 0.9
+    assert metrics.circular_correlation_fl(a, b + 1.3) == pytest.approx(r)
+    assert metrics.circular_correlation_fl(a, -b) == pytest.approx(-r)
+    assert abs(metrics.circular_correlation_fl(a, RNG.uniform(-np.pi, np.pi, 200))) < 0.2
+
+
+def test_jammalamadaka_sengupta_perfect_and_unrelated():
+    a = RNG.vonmises(0.0, 2.0, 300)
+    assert metrics.circular_correlation_js(a, a) == pytest.approx(1.0)
+    assert abs(metrics.circular_correlation_js(a, RNG.vonmises(0.0, 2.0, 300))) < 0.2
+
+
+def test_angle_alignment_finds_offset_and_reflection():
+    a = RNG.uniform(-np.pi, np.pi, 100)
+    assert metrics.angle_alignment(a + 2.0, a) == pytest.approx(1.0)
+    assert metrics.angle_alignment(-a + 0.5, a) == pytest.approx(1.0)
+    assert metrics.angle_alignment(RNG.uniform(-np.pi, np.pi, 100), a) < 0.3
+
+
+def test_pearson():
+    x = RNG.normal(size=100)
+    assert metrics.pearson(x, 3 * x + 1) == pytest.approx(1.0)
+    assert metrics.pearson(x, -x) == pytest.approx(-1.0)
+    assert metrics.pearson(x, np.ones(100)) == 0.0
