@@ -145,6 +145,21 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     _bool_flag(opt, "normalize", f"standardise each image (default {d.normalize})")
     opt.add_argument("--test-fraction", type=float, help=f"default {d.test_fraction}")
     opt.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    perf = p.add_argument_group("speed (see docs/performance.md)")
+    perf.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "tf32"),
+        help=f"generator arithmetic: bf16 autocast (GPU, AVX512-BF16/AMX CPU) or TF32 "
+        f"(NVIDIA) (default {d.precision})",
+    )
+    _bool_flag(perf, "compile", f"torch.compile the generator (default {d.compile})")
+    perf.add_argument(
+        "--resident-gb",
+        type=float,
+        metavar="GB",
+        help="keep the stack on the device up to this size, else stream it "
+        "(default: 2 on CPU, half the free memory on a GPU)",
+    )
     opt.add_argument("--seed", type=int, help=f"default {d.seed}")
     opt.add_argument(
         "--resume",
@@ -182,8 +197,11 @@ _TRAIN_FLAGS = (
     "test_fraction",
     "device",
     "seed",
+    "precision",
+    "compile",
+    "resident_gb",
 )
-_RESUMABLE = ("epochs", "max_minutes", "device")
+_RESUMABLE = ("epochs", "max_minutes", "device", "precision", "compile", "resident_gb")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -232,7 +250,8 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
     if ignored or args.no_rotate or args.no_translate or args.vanilla:
         raise UsageError(
             "with --resume the run's saved settings are used; only --epochs, --max-minutes and "
-            f"--device may be given (got {' '.join(ignored) or 'model flags'})"
+            "--device (and the speed options --precision, --compile, --resident-gb) may be "
+            f"given (got {' '.join(ignored) or 'model flags'})"
         )
     config.validate()
     return config
@@ -289,8 +308,11 @@ def _say(message: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from napari_spatial_vae.core.distributed import environment_rank
     from napari_spatial_vae.core.train import train
 
+    # under torchrun every rank runs this command; rank 0 alone reports (and writes files)
+    main_rank = environment_rank() == 0
     config = _resume_config(args) if args.resume else config_from_args(args)
     particles = _open_stack(args.particles, args.datadir)
     test = _open_stack(args.test, args.datadir) if args.test else None
@@ -300,7 +322,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
-        _say("\nstopping after this step and saving (Ctrl-C again to abort)")
+        if main_rank:
+            _say("\nstopping after this step and saving (Ctrl-C again to abort)")
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
@@ -309,7 +332,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             particles,
             args.run_dir,
             test_images=test,
-            on_update=_Progress(args.quiet),
+            on_update=_Progress(args.quiet) if main_rank else None,
             should_stop=lambda: stop["requested"],
             resume=args.resume,
             run_info={
@@ -321,11 +344,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     finally:
         signal.signal(signal.SIGINT, previous)
-    _say(
-        f"{result.stop_reason} after {result.epochs_completed} epoch(s) in "
-        f"{result.seconds:.0f}s ({result.images_per_second:.0f} images/s); model saved in "
-        f"{result.run_dir}"
-    )
+    if main_rank:
+        _say(
+            f"{result.stop_reason} after {result.epochs_completed} epoch(s) in "
+            f"{result.seconds:.0f}s ({result.images_per_second:.0f} images/s); model saved in "
+            f"{result.run_dir}"
+        )
     return 0
 
 

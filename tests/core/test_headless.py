@@ -17,6 +17,5 @@ print(",".join(gui))
 
 
 def test_core_io_and_cli_import_no_gui_toolkit():
-    done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""

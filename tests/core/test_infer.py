@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spatial_vae.core.checkpoint import CONFIG_FILE, CHECKPOINT_FILE, load_model
+from napari_spatial_vae.core.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, load_model
 from napari_spatial_vae.core.errors import CheckpointError, DataError
 from napari_spatial_vae.core.infer import (
     encode_stack,
@@ -31,14 +31,27 @@ def test_encode_returns_one_row_per_image_in_order(trained, tiny_particles):
     # batching does not change the answer
     again = encode_stack(model, config, tiny_particles.images[::-1].copy(), batch_size=50)
     np.testing.assert_allclose(again.z[::-1], poses.z, rtol=1e-4, atol=1e-5)
-    assert list(poses.columns()) == ["theta", "dx", "dy", "z1", "z2", "theta_std", "dx_std",
-                                     "dy_std", "z1_std", "z2_std"]
+    assert list(poses.columns()) == [
+        "theta",
+        "dx",
+        "dy",
+        "z1",
+        "z2",
+        "theta_std",
+        "dx_std",
+        "dy_std",
+        "z1_std",
+        "z2_std",
+    ]
 
 
 def test_aligned_and_reconstructions_have_the_stack_shape(trained, tiny_particles):
     model, config, _ = load_model(trained)
-    batches = list(iter_inference(model, config, tiny_particles.images, batch_size=40,
-                                  aligned=True, reconstructions=True))
+    batches = list(
+        iter_inference(
+            model, config, tiny_particles.images, batch_size=40, aligned=True, reconstructions=True
+        )
+    )
     assert [b.start for b in batches] == [0, 40, 80]
     aligned = np.concatenate([b.aligned for b in batches])
     recon = np.concatenate([b.reconstructions for b in batches])
@@ -93,7 +106,7 @@ def test_corrupt_or_foreign_run_folders_fail_cleanly(trained, tmp_path):
     payload = json.loads((other / CONFIG_FILE).read_text())
     payload["config"]["model"]["hidden_dim"] = 64
     (other / CONFIG_FILE).write_text(json.dumps(payload))
-    with pytest.raises(CheckpointError, match="do not match config.json"):
+    with pytest.raises(CheckpointError, match=r"do not match config\.json"):
         load_model(other)
     payload["config"]["model"]["colour"] = "red"
     (other / CONFIG_FILE).write_text(json.dumps(payload))

@@ -24,6 +24,7 @@ ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "leaky_relu", "elu", "gelu", "si
 ENCODERS: tuple[str, ...] = ("mlp", "equivariant")
 LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli")
 THETA_KLS: tuple[str, ...] = ("free-mean", "standard")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32")
 
 
 @dataclass
@@ -153,6 +154,16 @@ class TrainConfig:
         ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     checkpoint_every
         Save the run folder every this many epochs (the last epoch is always saved).
+    precision
+        ``"fp32"``; ``"bf16"``: the generator's per-pixel layers under bf16 autocast (the
+        encoder, poses and losses stay fp32; fast on GPUs and on CPUs with AVX512-BF16/AMX);
+        ``"tf32"``: TF32 tensor-core matmuls (NVIDIA GPUs only). See docs/performance.md.
+    compile
+        ``torch.compile`` the generator (minutes of compilation; pays off on long GPU runs).
+    resident_gb
+        Keep the training images on the device when they take at most this many GB as
+        float32, else stream them from the (memory-mapped) stack; None: 2 GB on the CPU,
+        half the free memory on a GPU.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -168,6 +179,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 1
+    precision: str = "fp32"
+    compile: bool = False
+    resident_gb: float | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` with a one-line message on the first invalid field."""
@@ -189,6 +203,11 @@ class TrainConfig:
             or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        _check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
+        if self.resident_gb is not None:
+            _check_float("resident_gb", self.resident_gb, 0.0, 1e6)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dictionary."""

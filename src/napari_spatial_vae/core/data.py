@@ -2,13 +2,16 @@
 
 The core accepts any array-like stack of shape ``(N, H, W)`` or ``(N, H, W, C)`` that supports
 ``len``, ``.shape`` and integer-array indexing (a numpy array, a ``np.memmap``, or the lazy
-sources in :mod:`napari_spatial_vae.io`). Small stacks are copied to the device once; large
-ones are gathered batch by batch, so memory stays bounded by the batch size.
+sources in :mod:`napari_spatial_vae.io`). Stacks that fit are copied to the device once
+(``resident``); larger ones are streamed: a background thread gathers the next batch from the
+memory map (into pinned memory when training on a GPU) while the current step runs, so
+memory stays bounded by the batch size and reading overlaps computing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -16,8 +19,22 @@ import torch
 
 from napari_spatial_vae.core.errors import DataError
 
-# Stacks up to this size (as float32) are copied to the training device once.
+# Stacks up to this size (as float32) are copied to the training device once (CPU, MPS).
 RESIDENT_LIMIT_BYTES = 2 * 1024**3
+# On a GPU the stack stays resident while it takes at most this share of the free memory.
+GPU_RESIDENT_FRACTION = 0.5
+
+
+def default_resident_limit(device: torch.device) -> int:
+    """Largest float32 stack, in bytes, to keep resident on ``device``.
+
+    On CUDA: half the currently free GPU memory (the rest is for activations, which take
+    ``~B * N * H * 4`` bytes per layer); elsewhere :data:`RESIDENT_LIMIT_BYTES`.
+    """
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * GPU_RESIDENT_FRACTION)
+    return RESIDENT_LIMIT_BYTES
 
 
 def stack_image_shape(stack: Any) -> tuple[int, int, int]:
@@ -109,6 +126,9 @@ class ImageFeeder:
         Multiply pixel values by this (1/255 for 8-bit data under the bernoulli likelihood).
     check_unit_range
         Require pixel values in 0..1 (bernoulli likelihood).
+    resident_limit_bytes
+        Keep the served images on ``device`` when they take at most this many bytes as
+        float32; None: :func:`default_resident_limit`. 0 always streams.
     """
 
     def __init__(
@@ -119,6 +139,7 @@ class ImageFeeder:
         normalize: bool,
         scale: float = 1.0,
         check_unit_range: bool = False,
+        resident_limit_bytes: int | None = None,
     ):
         self.stack = stack
         self.image_shape = stack_image_shape(stack)
@@ -128,24 +149,47 @@ class ImageFeeder:
         self.scale = scale
         self.check_unit_range = check_unit_range
         self._resident: torch.Tensor | None = None
+        self._pin = False
         nbytes = len(self.indices) * int(np.prod(self.image_shape)) * 4
-        if nbytes <= RESIDENT_LIMIT_BYTES:
+        limit = (
+            default_resident_limit(device) if resident_limit_bytes is None else resident_limit_bytes
+        )
+        if nbytes <= limit:
             # One read, one check, one copy: afterwards batches are pure device indexing.
-            self._resident = self._prepare(gather(stack, self.indices))
+            self._resident = self._to_device(self._load(self.indices))
+        else:
+            # page-locked batches let the GPU copy run asynchronously to the computation
+            self._pin = device.type == "cuda"
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _prepare(self, array: np.ndarray) -> torch.Tensor:
-        images = preprocess(torch.from_numpy(array).to(self.device), self.scale, self.normalize)
-        if self.check_unit_range:
-            low, high = float(images.min()), float(images.max())
+    @property
+    def resident(self) -> bool:
+        """Whether all served images live on the device (else they are streamed)."""
+        return self._resident is not None
+
+    def _load(self, stack_indices: np.ndarray) -> torch.Tensor:
+        """Read and check images on the host: ``(B, C, H, W)`` float32, scaled, maybe pinned.
+
+        Runs in the prefetch thread for streamed stacks, so checks use numpy (no device sync).
+        """
+        array = gather(self.stack, stack_indices)
+        if self.scale != 1.0:
+            array *= np.float32(self.scale)
+        if self.check_unit_range and array.size:
+            low, high = float(array.min()), float(array.max())
             if low < 0.0 or high > 1.0:
                 raise DataError(
                     f"the bernoulli likelihood needs pixel values in 0..1, found {low:g}..{high:g}"
                     " (use --likelihood gaussian or rescale the images)"
                 )
-        return images
+        images = torch.from_numpy(array)
+        return images.pin_memory() if self._pin else images
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=self._pin)
+        return standardize(images) if self.normalize else images
 
     def batch(self, positions: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Images at ``positions`` (0-based positions within this feeder), ``(B, C, H, W)``."""
@@ -153,8 +197,30 @@ class ImageFeeder:
             if isinstance(positions, np.ndarray):
                 positions = torch.from_numpy(positions)
             return self._resident[positions.to(self._resident.device)]
-        positions = np.asarray(torch.as_tensor(positions).cpu())
-        return self._prepare(gather(self.stack, self.indices[positions]))
+        return self._to_device(self._load(self._stack_indices(positions)))
+
+    def _stack_indices(self, positions: torch.Tensor | np.ndarray) -> np.ndarray:
+        return self.indices[np.asarray(torch.as_tensor(positions).cpu())]
+
+    def batches_at(self, groups: Iterable[torch.Tensor | np.ndarray]) -> Iterator[torch.Tensor]:
+        """Yield the batch of each group of positions, in order.
+
+        Streamed stacks read group ``k + 1`` in a background thread while the caller works
+        on group ``k`` (one batch of look-ahead: memory stays bounded by two batches).
+        """
+        if self._resident is not None:
+            for positions in groups:
+                yield self.batch(positions)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svae-prefetch") as pool:
+            pending: Future[torch.Tensor] | None = None
+            for positions in groups:
+                upcoming = pool.submit(self._load, self._stack_indices(positions))
+                if pending is not None:
+                    yield self._to_device(pending.result())
+                pending = upcoming
+            if pending is not None:
+                yield self._to_device(pending.result())
 
     def batches(
         self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False
@@ -163,5 +229,6 @@ class ImageFeeder:
         if order is None:
             order = torch.arange(len(self))
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
-        for start in range(0, stop, batch_size):
-            yield self.batch(order[start : start + batch_size])
+        yield from self.batches_at(
+            order[start : start + batch_size] for start in range(0, stop, batch_size)
+        )

@@ -1,13 +1,20 @@
 """The training loop: no printing, no GUI; progress goes to a callback as small updates.
 
-``train`` is what the CLI, the napari worker thread and the benchmarks call. It checkpoints
-the run folder atomically after every epoch (and when stopped), resumes exactly where a run
-stopped (same seed on the CPU gives the same history), honours a cooperative stop flag and a
-wall-clock budget, and never syncs with the host inside a step.
+``train`` is what the CLI, the napari worker thread, torchrun workers and the benchmarks
+call. It checkpoints the run folder atomically after every epoch (and when stopped), resumes
+exactly where a run stopped (same seed on the CPU gives the same history), honours a
+cooperative stop flag and a wall-clock budget, and never syncs with the device inside a step.
+
+Under torchrun (``WORLD_SIZE > 1``) the same function trains data-parallel: see
+:mod:`napari_spatial_vae.core.distributed` for how batches are sharded and who writes what.
+``config.batch_size`` is always the *global* batch, so a run's optimisation does not depend
+on the number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from napari_spatial_vae.core.checkpoint import (
     Progress,
@@ -30,12 +38,29 @@ from napari_spatial_vae.core.checkpoint import (
     write_history,
 )
 from napari_spatial_vae.core.config import TrainConfig
-from napari_spatial_vae.core.coords import warp_images
 from napari_spatial_vae.core.data import ImageFeeder, input_scale, stack_image_shape
 from napari_spatial_vae.core.device import describe_device, resolve_device
+from napari_spatial_vae.core.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    barrier,
+    init_from_environment,
+    max_over_ranks,
+    shard_rows,
+    shutdown,
+)
 from napari_spatial_vae.core.errors import CheckpointError, DataError
+from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo
 from napari_spatial_vae.core.model import SpatialVAE
+from napari_spatial_vae.core.performance import (
+    check_precision,
+    generator_autocast,
+    make_adam,
+    matmul_precision,
+    retained_freed_memory,
+)
+from napari_spatial_vae.core.step import StepNoise, draw_noise, loss_terms, summed_terms
 
 UpdateKind = Literal["started", "step", "epoch", "finished"]
 
@@ -163,9 +188,11 @@ def train(
     test_images
         Separate held-out stack; without it ``config.test_fraction`` of ``images`` is held out.
     on_update
-        Called with a :class:`TrainUpdate` after every step and epoch (in this thread).
+        Called with a :class:`TrainUpdate` after every step and epoch (in this thread; on
+        rank 0 only when distributed).
     should_stop
-        Polled before every step; returning True stops cleanly and saves.
+        Polled before every step; returning True stops cleanly and saves (on any rank: all
+        ranks stop at the same step).
     resume
         Continue the run saved in ``run_dir`` instead of starting a new one.
     run_info
@@ -182,10 +209,68 @@ def train(
     """
     started = time.monotonic()
     config.validate()
-    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    check_precision(config.precision, device)
+    context, device = init_from_environment(device)
+    try:
+        with contextlib.ExitStack() as scope:
+            scope.enter_context(matmul_precision(config.precision, device))
+            scope.enter_context(retained_freed_memory(device.type == "cpu"))
+            return _train(
+                config,
+                images,
+                Path(run_dir),
+                device,
+                context,
+                started,
+                test_images=test_images,
+                on_update=on_update if context.is_main else None,
+                should_stop=should_stop,
+                resume=resume,
+                run_info=run_info,
+            )
+    finally:
+        shutdown(context)
+
+
+class _LossModule(nn.Module):
+    """What DDP wraps: its forward is one step's loss terms (DDP hooks run on ``forward``)."""
+
+    def __init__(self, model: SpatialVAE, precision: str, device: torch.device):
+        super().__init__()
+        self.model = model
+        self.precision = precision
+        self.device = device
+
+    def forward(
+        self, images: torch.Tensor, gamma: torch.Tensor | None, eps: torch.Tensor, freeze_z: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        terms = loss_terms(
+            self.model,
+            images,
+            StepNoise(gamma, eps),
+            freeze_z,
+            generator_autocast(self.precision, self.device),
+        )
+        return terms.recon, terms.kl_theta, terms.kl_shift, terms.kl_z
+
+
+def _train(
+    config: TrainConfig,
+    images: Any,
+    run_dir: Path,
+    device: torch.device,
+    context: DistributedContext,
+    started: float,
+    *,
+    test_images: Any | None,
+    on_update: Callable[[TrainUpdate], None] | None,
+    should_stop: Callable[[], bool] | None,
+    resume: bool,
+    run_info: dict[str, Any] | None,
+) -> TrainResult:
     emit = on_update or (lambda update: None)
     stop_requested = should_stop or (lambda: False)
-    device = resolve_device(config.device)
     image_shape = stack_image_shape(images)
     if test_images is not None and stack_image_shape(test_images) != image_shape:
         raise DataError(
@@ -200,6 +285,7 @@ def train(
                 f"{run_dir}: the run was trained on {saved_shape} (C, H, W) images, these are "
                 f"{image_shape}"
             )
+        # every rank loads the same checkpoint, so all start from identical weights
         model, _, progress = load_model(run_dir, device)
         model.train()
         history = [r for r in read_history(run_dir) if r["epoch"] <= progress.epochs_completed]
@@ -209,13 +295,17 @@ def train(
                 f"{run_dir}: already holds a trained model; use --resume to continue it or "
                 "choose a new folder"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
         model = build_model(config, image_shape).to(device)
         progress = Progress()
         history = []
-    save_config(run_dir, config, image_shape, {"run": run_info or {}})
+    # every rank has read the folder before rank 0 writes to it
+    barrier(context)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, config, image_shape, {"run": run_info or {}})
 
     scale = input_scale(config.model.likelihood, getattr(images, "dtype", np.float32))
+    limit = None if config.resident_gb is None else int(config.resident_gb * 1024**3)
 
     def feeder(stack: Any, indices: np.ndarray | None) -> ImageFeeder:
         return ImageFeeder(
@@ -225,22 +315,31 @@ def train(
             config.normalize,
             scale,
             check_unit_range=config.model.likelihood == "bernoulli",
+            resident_limit_bytes=limit,
         )
 
     if test_images is None:
         train_idx, test_idx = split_train_test(len(images), config.test_fraction, config.seed)
         train_feed = feeder(images, train_idx)
-        test_feed = feeder(images, test_idx) if len(test_idx) else None
+        # only rank 0 evaluates the held-out set, so only it reads those images
+        test_feed = feeder(images, test_idx) if len(test_idx) and context.is_main else None
     else:
-        train_feed, test_feed = feeder(images, None), feeder(test_images, None)
+        train_feed = feeder(images, None)
+        test_feed = feeder(test_images, None) if context.is_main else None
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    step_module: nn.Module = _LossModule(model, config.precision, device)
+    if context.enabled:
+        step_module = _wrap_ddp(step_module, device)
+    if config.compile:
+        model.generator.compile()
+    optimizer = make_adam(model.parameters(), config.lr, device)
     if resume:
         restore_optimizer(run_dir, optimizer)
     steps_per_epoch = math.ceil(len(train_feed) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     deadline = started + 60.0 * config.max_minutes if config.max_minutes else None
     first_epoch = progress.epochs_completed + 1
+    ranks = f", {context.world_size} processes" if context.enabled else ""
     emit(
         TrainUpdate(
             "started",
@@ -249,45 +348,59 @@ def train(
             0,
             steps_per_epoch,
             time.monotonic() - started,
-            message=f"training on {describe_device(device)}"
+            message=f"training on {describe_device(device)}{ranks}"
             + (f", resuming after epoch {progress.epochs_completed}" if resume else ""),
         )
     )
 
+    augment = config.augment_rotation and config.model.infers_rotation
     stop_reason = "completed"
     images_seen = 0
     for epoch in range(first_epoch, config.epochs + 1):
         cpu_gen, device_gen = _epoch_generators(config.seed, epoch, device)
+        # the same permutation on every rank; each rank then takes its rows of every batch
         order = torch.randperm(len(train_feed), generator=cpu_gen)
+        plan = _shard_plan(order, config.batch_size, context)
         freeze_z = epoch <= config.z_delay
         sums = torch.zeros(5, device=device, dtype=torch.float64)
         model.train()
-        for step, batch in enumerate(train_feed.batches(config.batch_size, order), start=1):
-            if stop_requested():
-                stop_reason = "stopped"
-            elif deadline is not None and time.monotonic() > deadline:
-                stop_reason = "time budget"
-            if stop_reason != "completed":
+        batches = train_feed.batches_at(local for _, local, _, _ in plan)
+        for step, ((global_size, _, rows, padding), batch) in enumerate(
+            zip(plan, batches, strict=True), start=1
+        ):
+            local_stop = stop_requested()
+            local_reason = "stopped" if local_stop else ""
+            now = time.monotonic()
+            if not local_stop and deadline is not None and now > deadline:
+                local_reason = "time budget"
+            time_progress = (now - started) / (deadline - started) if deadline else 0.0
+            if context.enabled:
+                # one CPU all-reduce: every rank stops at the same step and uses the same lr
+                flag, time_progress = max_over_ranks(
+                    [float(bool(local_reason)), time_progress], context
+                )
+                if flag and not local_reason:
+                    local_reason = "stopped"
+            if local_reason:
+                stop_reason = local_reason
                 break
-            time_progress = (time.monotonic() - started) / (deadline - started) if deadline else 0.0
             progress.lr_progress = max(
                 progress.lr_progress, progress.global_step / total_steps, time_progress
             )
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, progress.lr_progress)
-            terms = _train_step(model, optimizer, batch, config, freeze_z, device_gen)
-            with torch.no_grad():
-                sums += torch.stack(
-                    [
-                        terms.neg_elbo.sum(),
-                        terms.recon.sum(),
-                        terms.kl_theta.sum(),
-                        terms.kl_shift.sum(),
-                        terms.kl_z.sum(),
-                    ]
-                ).double()
+            noise = draw_noise(device_gen, global_size, model.n_latent, augment, rows, device)
+            terms = LossTerms(*step_module(batch, noise.gamma, noise.eps, freeze_z))
+            # sum / global count, times the world size that DDP's averaging divides by:
+            # the gradient is the global batch's per-image mean on every rank count
+            weight = 0.0 if padding else context.world_size / global_size
+            optimizer.zero_grad(set_to_none=True)
+            (terms.neg_elbo.sum() * weight).backward()
+            optimizer.step()
+            if not padding:
+                sums += summed_terms(terms)
             progress.global_step += 1
-            images_seen += batch.shape[0]
+            images_seen += global_size
             emit(
                 TrainUpdate(
                     "step", epoch, config.epochs, step, steps_per_epoch, time.monotonic() - started
@@ -296,6 +409,7 @@ def train(
         if stop_reason != "completed":
             break
 
+        all_reduce_sum(sums, context)
         train_metrics = EpochMetrics.from_sums(sums.cpu().tolist(), len(train_feed))
         if not math.isfinite(train_metrics.elbo):
             raise DataError(
@@ -313,7 +427,7 @@ def train(
             history.append(test_metrics.as_row(epoch, "test", lr_now, seconds))
         progress.epochs_completed = epoch
         progress.finished = epoch == config.epochs
-        if epoch % config.checkpoint_every == 0 or progress.finished:
+        if context.is_main and (epoch % config.checkpoint_every == 0 or progress.finished):
             # history first: a crash between the two writes leaves a history row the
             # checkpoint does not cover, which resume drops; never a checkpoint without history.
             write_history(run_dir, history)
@@ -332,10 +446,16 @@ def train(
             )
         )
 
-    if stop_reason != "completed" or progress.epochs_completed % config.checkpoint_every:
+    if context.is_main and (
+        stop_reason != "completed" or progress.epochs_completed % config.checkpoint_every
+    ):
         # keep what the interrupted epoch learned; the epoch itself is redone on resume
         write_history(run_dir, history)
         save_checkpoint(run_dir, model, optimizer, progress)
+    # nobody leaves (and tears down the group) before rank 0 has written the folder
+    barrier(context)
+    if config.compile:
+        _uncompile(model.generator)
     seconds = time.monotonic() - started
     emit(
         TrainUpdate(
@@ -362,24 +482,31 @@ def train(
     )
 
 
-def _train_step(
-    model: SpatialVAE,
-    optimizer: torch.optim.Optimizer,
-    batch: torch.Tensor,
-    config: TrainConfig,
-    freeze_z: bool,
-    generator: torch.Generator,
-):
-    """One Adam step on ``batch`` ``(B, C, H, W)``; returns the per-image loss terms."""
-    encoder_input, gamma = batch, None
-    if config.augment_rotation and config.model.infers_rotation:
-        # one batched resampling; the encoder then predicts theta + gamma
-        gamma = torch.rand(
-            batch.shape[0], generator=generator, device=batch.device, dtype=batch.dtype
-        ) * (2.0 * math.pi)
-        encoder_input = warp_images(batch, gamma, None)
-    terms = model.loss_terms(batch, encoder_input, gamma, freeze_z, generator)
-    optimizer.zero_grad(set_to_none=True)
-    terms.neg_elbo.mean().backward()
-    optimizer.step()
-    return terms
+def _wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel without per-step buffer syncs (the buffers are constant grids)."""
+    ddp = nn.parallel.DistributedDataParallel
+    no_sync: dict[str, Any] = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else {"broadcast_buffers": False}
+    )
+    device_ids = [device.index] if device.type == "cuda" else None
+    return ddp(module, device_ids=device_ids, **no_sync)
+
+
+def _shard_plan(
+    order: torch.Tensor, batch_size: int, context: DistributedContext
+) -> list[tuple[int, torch.Tensor, slice, bool]]:
+    """Per step: global batch size, this rank's positions, its rows, whether it is padding."""
+    plan = []
+    for start in range(0, len(order), batch_size):
+        global_batch = order[start : start + batch_size]
+        rows, padding = shard_rows(len(global_batch), context)
+        plan.append((len(global_batch), global_batch[rows], rows, padding))
+    return plan
+
+
+def _uncompile(module: nn.Module) -> None:
+    """Undo ``nn.Module.compile`` so later inference runs eagerly (any batch size)."""
+    if getattr(module, "_compiled_call_impl", None) is not None:
+        module._compiled_call_impl = None

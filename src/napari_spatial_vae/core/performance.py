@@ -1,0 +1,123 @@
+"""Speed settings of a training run: precision, optimiser kernels, allocator, compilation.
+
+Everything here changes how fast a step runs, never what it computes (up to rounding, and
+up to the precision the user asked for). Measurements behind the choices are in
+``docs/performance.md``; ``benchmarks/throughput.py`` reproduces them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from napari_spatial_vae.core.config import PRECISIONS
+from napari_spatial_vae.core.errors import ConfigError
+
+# glibc mallopt parameter numbers and defaults (malloc.h, mallopt(3))
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_DEFAULT_MMAP_MAX = 65536
+
+
+@contextlib.contextmanager
+def retained_freed_memory(enabled: bool = True) -> Iterator[bool]:
+    """Inside the block, glibc keeps large freed blocks instead of returning them to the kernel.
+
+    Every training step allocates and frees activation buffers of 50-300 MB. glibc serves
+    blocks that large with ``mmap`` and returns them with ``munmap``, so every step the kernel
+    zero-fills them again, page by page: ~250,000 page faults and a quarter of the CPU time
+    per step at 28x28, H=500 (measured; docs/performance.md). Inside the block big blocks
+    come from the heap and stay there, so the next step reuses them. On exit the defaults
+    are restored and the free heap is trimmed, so the process does not keep the memory.
+
+    Only allocations from the main thread's heap benefit (the CLI and torchrun workers);
+    elsewhere, or off glibc (macOS, musl), this does nothing.
+
+    Yields
+    ------
+    bool
+        Whether the allocator was reconfigured.
+    """
+    libc = _glibc() if enabled else None
+    active = bool(
+        libc is not None
+        and libc.mallopt(_M_MMAP_MAX, 0) == 1
+        and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    )
+    try:
+        yield active
+    finally:
+        if libc is not None:
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            libc.malloc_trim(0)
+
+
+def _glibc() -> Any | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        libc.mallopt  # noqa: B018 - musl has no mallopt: probe it
+        libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raise :class:`ConfigError` if ``precision`` cannot run on ``device``.
+
+    ``tf32`` exists on NVIDIA GPUs only (Ampere and newer); ``bf16`` runs everywhere torch
+    has bf16 kernels (CUDA, recent x86 CPUs, where AVX512-BF16/AMX make it fast).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "tf32" and device.type != "cuda":
+        raise ConfigError("precision 'tf32' needs an NVIDIA GPU; use fp32 or bf16 on this device")
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Allow TF32 matmuls inside the block for ``precision='tf32'`` on CUDA, restore after."""
+    if precision != "tf32" or device.type != "cuda":
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def generator_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context the generator runs in: bf16 autocast for ``precision='bf16'``, else none.
+
+    Only the generator's per-pixel layers run in bf16 (they are >95 % of the FLOPs); the
+    encoder, the coordinate transform, the first generator layer and the losses stay fp32,
+    so poses and the ELBO are computed at full precision.
+    """
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_adam(params: Any, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel where torch has one for ``device`` (one pass per tensor).
+
+    The default CPU Adam launches ~10 element-wise ops per parameter tensor per step; the
+    fused kernel does them in one pass (same update up to rounding).
+    """
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda", "mps"))
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)

@@ -1,0 +1,114 @@
+"""One optimiser step, written so that a step over a global batch can be split across ranks.
+
+The random numbers of a step (augmentation angles gamma, reparameterisation noise eps) are
+drawn for the whole *global* batch from the per-epoch generator, in the order the
+single-process loop has always drawn them, and each rank keeps the rows of its own images.
+So the union of the ranks' work is exactly the single-process step, and the loss each rank
+backpropagates is scaled such that DDP's gradient *average* is the global per-image mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from napari_spatial_vae.core.coords import warp_images
+from napari_spatial_vae.core.losses import LossTerms
+from napari_spatial_vae.core.model import Posterior, SpatialVAE
+
+
+@dataclass
+class StepNoise:
+    """Random numbers of one step for the rows a rank works on.
+
+    Attributes
+    ----------
+    gamma
+        ``(b,)`` augmentation angles in radians, or None without augmentation.
+    eps
+        ``(b, L)`` standard-normal reparameterisation noise.
+    """
+
+    gamma: torch.Tensor | None
+    eps: torch.Tensor
+
+
+def draw_noise(
+    generator: torch.Generator,
+    global_size: int,
+    n_latent: int,
+    augment: bool,
+    rows: slice | torch.Tensor,
+    device: torch.device,
+) -> StepNoise:
+    """Draw a global batch's noise and keep ``rows`` (this rank's images).
+
+    The draws (``rand(B)`` for gamma, then ``randn(B, L)``) are what a single process
+    draws for the same batch, so a distributed run consumes the same random stream.
+    """
+    gamma = None
+    if augment:
+        gamma = torch.rand(global_size, generator=generator, device=device) * (2.0 * math.pi)
+        gamma = gamma[rows]
+    eps = torch.randn((global_size, n_latent), generator=generator, device=device)
+    return StepNoise(gamma, eps[rows])
+
+
+def loss_terms(
+    model: SpatialVAE,
+    images: torch.Tensor,
+    noise: StepNoise,
+    freeze_z: bool,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> LossTerms:
+    """Per-image ``-ELBO`` terms with given noise; the maths of :meth:`SpatialVAE.loss_terms`.
+
+    Parameters
+    ----------
+    model
+        The (unwrapped) model.
+    images
+        ``(b, C, H, W)`` this rank's images.
+    noise
+        Its :class:`StepNoise`.
+    freeze_z
+        Use ``z = 0`` (z-delay epochs).
+    autocast
+        Context the generator runs in (bf16 autocast or None for fp32). The encoder, the
+        pose transform and the likelihood stay fp32.
+    """
+    encoder_images = images
+    if noise.gamma is not None:
+        # one batched resampling; the encoder then predicts theta + gamma
+        encoder_images = warp_images(images, noise.gamma.to(images.dtype), None)
+    posterior = model.encode(encoder_images)
+    mu = posterior.mu
+    if noise.gamma is not None:
+        mu = torch.cat([mu[:, :1] - noise.gamma[:, None], mu[:, 1:]], dim=1)
+    posterior = Posterior(mu, posterior.logstd)
+    sample = mu + torch.exp(posterior.logstd) * noise.eps
+    theta, shift, z = model.split_latent(sample)
+    if freeze_z and z is not None:
+        z = torch.zeros_like(z)
+    with autocast or contextlib.nullcontext():
+        mean, logstd = model.decode(z, theta, shift, batch_size=images.shape[0])
+    mean = mean.float()
+    logstd = None if logstd is None else logstd.float()
+    recon = model.reconstruction_nll(model.targets(images), mean, logstd)
+    return LossTerms(recon, *model.kl_terms(posterior))
+
+
+def summed_terms(terms: LossTerms, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``[-elbo, recon, kl_theta, kl_shift, kl_z]`` summed over images, float64 ``(5,)``.
+
+    ``weight`` ``(b,)`` masks out padding rows (0) without a host sync.
+    """
+    stacked = torch.stack(
+        [terms.neg_elbo, terms.recon, terms.kl_theta, terms.kl_shift, terms.kl_z]
+    )  # (5, b)
+    if weight is not None:
+        stacked = stacked * weight
+    return stacked.detach().sum(dim=1).double()

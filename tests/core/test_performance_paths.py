@@ -1,0 +1,146 @@
+"""The fast paths compute what the plain formulation computes (up to the chosen precision)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_spatial_vae.core.config import ModelConfig
+from napari_spatial_vae.core.data import ImageFeeder
+from napari_spatial_vae.core.errors import ConfigError, DataError
+from napari_spatial_vae.core.model import SpatialGenerator, SpatialVAE
+from napari_spatial_vae.core.performance import (
+    check_precision,
+    generator_autocast,
+    retained_freed_memory,
+)
+from napari_spatial_vae.core.step import draw_noise, loss_terms
+from napari_spatial_vae.core.train import train
+
+CPU = torch.device("cpu")
+
+
+def reference_generator(gen: SpatialGenerator, coords: torch.Tensor, z: torch.Tensor | None):
+    """The textbook form: Linear on [x, y], plus W_z z, activation, then the body modules."""
+    hidden = gen.coord_layer(coords)
+    if z is not None and gen.z_layer is not None:
+        hidden = hidden + gen.z_layer(z)[:, None, :]
+    return gen.body(gen.first_activation(hidden))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "leaky_relu", "gelu", "silu"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_fused_generator_equals_the_plain_mlp(activation, shared):
+    torch.manual_seed(0)
+    gen = SpatialGenerator(z_dim=3, n_out=2, hidden=16, num_layers=3, activation=activation)
+    z = torch.randn(4, 3, requires_grad=True)
+    coords = torch.randn(7, 2) if shared else torch.randn(4, 7, 2)
+    fast = gen(coords, z)
+    slow = reference_generator(gen, coords, z)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    # gradients too: the in-place activations must not corrupt the backward pass
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), z)
+    (grad_slow,) = torch.autograd.grad(slow.square().sum(), z)
+    torch.testing.assert_close(grad_fast, grad_slow, rtol=1e-4, atol=1e-6)
+
+
+def test_generator_without_z_still_needs_a_batch_for_shared_coordinates():
+    gen = SpatialGenerator(z_dim=0, n_out=1, hidden=8, num_layers=2, activation="tanh")
+    coords = torch.randn(2, 5, 2)
+    torch.testing.assert_close(gen(coords, None), reference_generator(gen, coords, None))
+    with pytest.raises(ValueError, match="need z"):
+        gen(torch.randn(5, 2), None)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_step_loss_terms_equal_the_model_loss_terms_on_the_same_random_stream(augment):
+    torch.manual_seed(0)
+    model = SpatialVAE(ModelConfig(z_dim=2, hidden_dim=16, encoder="mlp"), (1, 12, 12))
+    images = torch.randn(5, 1, 12, 12)
+    ours = loss_terms(
+        model,
+        images,
+        draw_noise(torch.Generator().manual_seed(3), 5, model.n_latent, augment, slice(None), CPU),
+        freeze_z=False,
+    )
+    generator = torch.Generator().manual_seed(3)
+    encoder_images, gamma = images, None
+    if augment:  # what the loop drew before: gamma first, then the model's eps
+        from napari_spatial_vae.core.coords import warp_images
+
+        gamma = torch.rand(5, generator=generator) * (2.0 * torch.pi)
+        encoder_images = warp_images(images, gamma, None)
+    theirs = model.loss_terms(images, encoder_images, gamma, False, generator)
+    torch.testing.assert_close(ours.neg_elbo, theirs.neg_elbo)
+
+
+def test_a_rank_slice_of_the_noise_is_the_matching_rows_of_the_global_draw():
+    full = draw_noise(torch.Generator().manual_seed(1), 9, 4, True, slice(None), CPU)
+    part = draw_noise(torch.Generator().manual_seed(1), 9, 4, True, slice(1, None, 2), CPU)
+    assert torch.equal(part.eps, full.eps[1::2]) and torch.equal(part.gamma, full.gamma[1::2])
+
+
+def test_bf16_generator_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = SpatialVAE(ModelConfig(z_dim=2, hidden_dim=64, encoder="mlp"), (1, 16, 16))
+    images = torch.randn(8, 1, 16, 16)
+    noise = draw_noise(torch.Generator().manual_seed(0), 8, model.n_latent, False, slice(None), CPU)
+    fp32 = loss_terms(model, images, noise, False)
+    bf16 = loss_terms(model, images, noise, False, generator_autocast("bf16", CPU))
+    assert bf16.recon.dtype == torch.float32
+    torch.testing.assert_close(bf16.neg_elbo, fp32.neg_elbo, rtol=2e-2, atol=0.5)
+    bf16.neg_elbo.mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_precision_checks():
+    check_precision("bf16", CPU)
+    with pytest.raises(ConfigError, match="NVIDIA"):
+        check_precision("tf32", CPU)
+    with pytest.raises(ConfigError, match="precision"):
+        check_precision("fp8", CPU)
+
+
+def test_streamed_batches_equal_resident_batches(tiny_particles):
+    images = tiny_particles.images
+    resident = ImageFeeder(images, np.arange(10, 60), CPU, normalize=True)
+    streamed = ImageFeeder(images, np.arange(10, 60), CPU, normalize=True, resident_limit_bytes=0)
+    assert resident.resident and not streamed.resident
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(resident.batches(16, order), streamed.batches(16, order), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_streamed_bernoulli_range_check_reports_the_bad_values():
+    images = np.full((6, 8, 8), 2.0, dtype=np.float32)
+    feeder = ImageFeeder(
+        images, None, CPU, normalize=False, check_unit_range=True, resident_limit_bytes=0
+    )
+    with pytest.raises(DataError, match=r"0\.\.1"):
+        list(feeder.batches(4))
+
+
+def test_retained_freed_memory_is_scoped():
+    with retained_freed_memory() as active:
+        assert isinstance(active, bool)
+        torch.empty(64 * 1024**2, dtype=torch.uint8).fill_(1)  # a block glibc would mmap
+    with retained_freed_memory(enabled=False) as active:
+        assert active is False
+
+
+def test_bf16_training_runs_and_records_its_precision(tmp_path, tiny_particles, make_config):
+    result = train(make_config(epochs=1, precision="bf16"), tiny_particles.images, tmp_path / "r")
+    assert result.epochs_completed == 1
+    assert np.isfinite(result.history[0]["elbo"])
+    with pytest.raises(ConfigError, match="NVIDIA"):
+        train(make_config(precision="tf32"), tiny_particles.images, tmp_path / "t")
+
+
+def test_in_place_activation_choice_is_safe_for_autograd():
+    from napari_spatial_vae.core.model import _can_run_in_place
+
+    assert _can_run_in_place(nn.Tanh()) and _can_run_in_place(nn.ReLU())
+    assert not _can_run_in_place(nn.GELU()) and not _can_run_in_place(nn.SiLU())
+    assert not _can_run_in_place(nn.LeakyReLU(0.0))
