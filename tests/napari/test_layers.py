@@ -70,7 +70,8 @@ def test_latent_map_holds_latents_and_fits_right_of_the_images(make_results):
     world = data * np.asarray(kwargs["scale"]) + np.asarray(kwargs["translate"])
     left = L.panel_translate((20, 24), None, 2, L.COLUMN_LATENT_MAP)[1]
     assert world[:, 1].min() >= left - 1e-9
-    assert world[:, 1].max() <= left + 24 + 1e-9
+    assert world[:, 1].max() <= left + 2 * 24 + 1e-9
+    assert world[:, 0].min() >= -0.5 - 1e-9
     assert kwargs["features"]["particle"].tolist() == list(range(50))
     assert kwargs["face_color"] == "theta_deg"
 
@@ -84,7 +85,7 @@ def test_image_layers_shapes_scale_and_contrast(make_results):
     assert low < high
     data, kwargs, _ = L.traversal_layer(results.traversal, 2.0)
     assert data.shape == (2, 7, 20, 24)
-    assert kwargs["axis_labels"] == ("latent", "step", "y", "x")
+    assert kwargs["axis_labels"] == ("latent", "particle / step", "y", "x")
     assert kwargs["scale"] == (1.0, 1.0, 2.0, 2.0)
     with pytest.raises(ValueError):
         L.traversal_layer(np.zeros((3, 4, 4)))

@@ -1,0 +1,245 @@
+"""The dock widget end to end: train, stop, errors, save/load/apply, responsiveness."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_spatial_vae import _layers as L
+from napari_spatial_vae import _widget
+from napari_spatial_vae._widget import SpatialVAEWidget
+from napari_spatial_vae.core.checkpoint import load_model
+from napari_spatial_vae.core.infer import encode_stack
+
+PLUGIN = "napari-spatial-vae"
+RESULT_LAYERS = {
+    L.ALIGNED, L.RECONSTRUCTIONS, L.TRAVERSAL, L.POSES, L.ORIENTATIONS, L.LATENT_MAP
+}  # fmt: skip
+
+
+class StallMeter:
+    """A 10 ms QTimer that records the longest gap between its ticks (event-loop stalls)."""
+
+    def __init__(self) -> None:
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.last: float | None = None
+        self.longest = 0.0
+        self.ticks = 0
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.longest = max(self.longest, now - self.last)
+        self.last = now
+        self.ticks += 1
+
+    def start(self) -> None:
+        self.last = None
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """Messages the widget shows as napari error notifications."""
+    shown: list[str] = []
+    monkeypatch.setattr(_widget, "show_error", shown.append)
+    return shown
+
+
+def dock(viewer, images: np.ndarray, tmp_path: Path, name: str = "particles", **settings):
+    """Add ``images``, open the widget through the plugin manifest and make it tiny."""
+    viewer.add_image(images, name=name)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "spatial-VAE")
+    assert isinstance(widget, SpatialVAEWidget)
+    form = widget.form
+    form.hidden_dim.value = 32
+    form.encoder_rotations.value = 8
+    form.epochs.value = 2
+    form.z_delay.value = 0
+    form.batch_size.value = 16
+    form.device.value = "cpu"
+    form.preview_every.value = 1
+    for key, value in settings.items():
+        getattr(form, key).value = value
+    widget.input_layer.value = viewer.layers[name]
+    widget.run_dir.value = tmp_path / "run"
+    return widget
+
+
+def wait_idle(qtbot, widget, timeout: int = 60_000) -> None:
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout)
+
+
+def test_train_two_epochs_adds_every_result_layer(
+    make_napari_viewer, qtbot, tmp_path, small_particles, errors
+):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, small_particles, tmp_path)
+    inserted: list[str] = []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value.name))
+    meter = StallMeter()
+    meter.start()
+    assert widget.start_training()
+    assert widget.train_button.text() == "Stop"
+    assert not widget.start_training()  # a second run while one is going is refused
+    # measure while training runs, up to its "finished" event (adding the result layers
+    # afterwards is napari's own work in the Qt thread, reported separately)
+    widget._worker.yielded.connect(
+        lambda event: meter.stop() if getattr(event, "kind", "") == "finished" else None
+    )
+    wait_idle(qtbot, widget)
+    meter.stop()
+    assert errors == []
+    print(
+        f"\nlongest event-loop stall during training: {meter.longest * 1000:.0f} ms "
+        f"over {meter.ticks} ticks"
+    )
+    assert meter.ticks >= 3  # the timer fired while training ran (it is short once warm)
+    assert meter.longest < 0.5
+
+    assert L.PREVIEW in inserted  # the live preview appeared during training
+    assert {layer.name for layer in viewer.layers} >= RESULT_LAYERS
+    n, h, w = small_particles.shape
+    assert viewer.layers[L.ALIGNED].data.shape == (n, h, w)
+    assert viewer.layers[L.RECONSTRUCTIONS].data.shape == (n, h, w)
+    assert viewer.layers[L.TRAVERSAL].data.shape == (2, 9, h, w)
+    poses = viewer.layers[L.POSES]
+    assert poses.data.shape == (n, 3)
+    features = poses.features
+    for column in ("particle", "theta_deg", "theta", "dx", "dy", "z1", "z2", "theta_std",
+                   "dx_std", "dy_std", "z1_std", "z2_std"):  # fmt: skip
+        assert column in features.columns
+        assert np.isfinite(features[column]).all()
+    np.testing.assert_allclose(features["theta_deg"], np.degrees(features["theta"]))
+    assert viewer.layers[L.ORIENTATIONS].data.shape == (n, 2, 3)
+    assert viewer.layers[L.LATENT_MAP].data.shape == (n, 2)
+
+    assert len(widget.loss_plot.train) == 2 and len(widget.loss_plot.test) == 2
+    assert widget.train_button.text() == "Train"
+    assert widget.model is not None
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+    assert "completed" in widget.progress.format()
+
+
+def test_stop_keeps_a_usable_model(make_napari_viewer, qtbot, tmp_path, small_particles, errors):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, small_particles, tmp_path, epochs=500)
+    assert widget.start_training()
+    qtbot.waitUntil(lambda: len(widget.loss_plot.train) >= 1, timeout=30_000)
+    widget.train_button.click()  # the Train button is the Stop button now
+    wait_idle(qtbot, widget)
+    assert errors == []
+    assert "stopped" in widget.progress.format()
+    model, config, progress = load_model(tmp_path / "run")
+    assert 1 <= progress.epochs_completed < 500
+    poses = encode_stack(model, config, small_particles)
+    assert np.isfinite(poses.z).all()
+    assert viewer.layers[L.POSES].data.shape == (len(small_particles), 3)
+
+
+def test_errors_become_notifications(make_napari_viewer, qtbot, tmp_path, small_particles, errors):
+    viewer = make_napari_viewer()
+    bad = small_particles.copy()
+    bad[3, 2, 2] = np.nan
+    widget = dock(viewer, bad, tmp_path, name="bad")
+    assert widget.start_training()
+    wait_idle(qtbot, widget)
+    assert len(errors) == 1 and "image 3" in errors[0] and "NaN" in errors[0]
+    assert widget.train_button.text() == "Train" and widget.train_button.isEnabled()
+
+    # a setting the config rejects never starts a worker
+    widget.form.likelihood.value = "bernoulli"
+    widget.form.normalize.enabled = True
+    widget.form.normalize.value = True
+    assert not widget.start_training()
+    assert "normalize" in errors[-1]
+
+    # a run folder that already holds a model (CheckpointError in the worker)
+    viewer.add_image(small_particles, name="good")
+    widget.form.likelihood.value = "gaussian"
+    widget.input_layer.value = viewer.layers["good"]
+    widget.run_dir.value = tmp_path / "run2"
+    assert widget.start_training()
+    wait_idle(qtbot, widget)
+    assert widget.start_training()
+    wait_idle(qtbot, widget)
+    assert "already holds a trained model" in errors[-1]
+
+
+def test_save_load_apply_round_trip(make_napari_viewer, qtbot, tmp_path, small_particles, errors):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, small_particles, tmp_path, z_dim=1)
+    widget.start_training()
+    wait_idle(qtbot, widget)
+    trained_theta = viewer.layers[L.POSES].features["theta"].to_numpy()
+
+    saved = tmp_path / "saved"
+    assert widget.save_model(saved)
+    assert {p.name for p in saved.iterdir()} >= {"config.json", "checkpoint.safetensors"}
+    assert not widget.save_model(saved)  # never overwrite a folder that holds something
+    assert "not empty" in errors[-1]
+
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(small_particles[:40], name="more particles")
+    fresh = SpatialVAEWidget(viewer2)
+    assert fresh.load_model(saved)
+    assert fresh.form.z_dim.value == 1 and fresh.form.hidden_dim.value == 32
+    assert len(fresh.loss_plot.train) == 2
+    assert fresh.apply_to_layer(viewer2.layers["more particles"])
+    wait_idle(qtbot, fresh)
+    poses = viewer2.layers[L.POSES]
+    assert poses.data.shape == (40, 3)
+    assert viewer2.layers[L.TRAVERSAL].data.shape == (1, 9, 20, 20)
+    np.testing.assert_allclose(poses.features["theta"], trained_theta[:40], atol=1e-5)
+    assert not fresh.load_model(tmp_path / "nowhere")
+    assert "nowhere" in errors[-1]
+    assert errors[:-2] == []
+
+
+def test_latent_map_selection_moves_to_the_particle(
+    make_napari_viewer, qtbot, tmp_path, make_results
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((5, 20, 24), np.float32), name="particles")
+    widget = SpatialVAEWidget(viewer)
+    widget.show_results(make_results())
+    latent = viewer.layers[L.LATENT_MAP]
+    latent.selected_data = {3}
+    axis = viewer.dims.ndim - 3
+    assert viewer.dims.current_step[axis] == 3
+    # showing results again replaces the layers in place instead of stacking copies
+    widget.show_results(make_results())
+    assert [layer.name for layer in viewer.layers].count(L.POSES) == 1
+
+
+def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot, tmp_path, small_particles):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, small_particles, tmp_path, epochs=500)
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=30_000)
+    job = widget._train_job
+    viewer.close()
+    assert job.done.is_set()  # the close handler waited for the model to be saved
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_sample_data_open(make_napari_viewer):
+    viewer = make_napari_viewer()
+    (particles,) = viewer.open_sample(PLUGIN, "synthetic_particles")
+    assert particles.data.shape == (1000, 40, 40)
+    assert particles.metadata["ground_truth"]["theta"].shape == (1000,)
+    (galaxies,) = viewer.open_sample(PLUGIN, "galaxies")
+    assert galaxies.rgb and galaxies.data.ndim == 4 and galaxies.data.shape[1:] == (64, 64, 3)
+    assert len(galaxies.data) >= 50
+    (grey,) = viewer.open_sample(PLUGIN, "galaxies_grey")
+    assert grey.data.shape == galaxies.data.shape[:3]
+    assert grey.data.min() >= 0.0 and grey.data.max() <= 1.0
