@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-import napari
 from napari_spatial_vae import _layers as L
 from napari_spatial_vae.core.simulate import simulate_particles
 from napari_spatial_vae.io import write_mrcs

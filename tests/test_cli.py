@@ -15,8 +15,19 @@ import pytest
 
 from napari_spatial_vae.cli import main
 
-TINY = ["--hidden-dim", "32", "--encoder-rotations", "8", "--batch-size", "16", "--z-delay", "0",
-        "--device", "cpu", "-q"]
+TINY = [
+    "--hidden-dim",
+    "32",
+    "--encoder-rotations",
+    "8",
+    "--batch-size",
+    "16",
+    "--z-delay",
+    "0",
+    "--device",
+    "cpu",
+    "-q",
+]
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:
@@ -31,31 +42,58 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
 @pytest.fixture
 def trained_run(tmp_path, npy_stack, capsys) -> Path:
     run = tmp_path / "run"
-    code, err = run_cli(capsys, "train", npy_stack, "-o", run, "--epochs", "2", "--z-dim", "2",
-                        *TINY)
+    code, err = run_cli(
+        capsys, "train", npy_stack, "-o", run, "--epochs", "2", "--z-dim", "2", *TINY
+    )
     assert code == 0, err
     return run
 
 
 def test_train_writes_the_run_folder(trained_run):
     assert {p.name for p in trained_run.iterdir()} >= {
-        "config.json", "checkpoint.safetensors", "history.csv"}
+        "config.json",
+        "checkpoint.safetensors",
+        "history.csv",
+    }
     history = pd.read_csv(trained_run / "history.csv")
     assert list(history.columns[:5]) == ["epoch", "split", "elbo", "recon", "kl"]
     assert set(history["split"]) == {"train", "test"} and history["epoch"].max() == 2
 
 
-def test_infer_writes_poses_aligned_and_reconstructions(trained_run, npy_stack, tmp_path, capsys,
-                                                        tiny_particles):
+def test_infer_writes_poses_aligned_and_reconstructions(
+    trained_run, npy_stack, tmp_path, capsys, tiny_particles
+):
     out = tmp_path / "out"
-    code, err = run_cli(capsys, "infer", trained_run, npy_stack, "-o", out / "poses.csv",
-                        "--aligned", out / "aligned.mrcs", "--reconstructions", out / "rec.mrcs",
-                        "--batch-size", "10", "-q")
+    code, err = run_cli(
+        capsys,
+        "infer",
+        trained_run,
+        npy_stack,
+        "-o",
+        out / "poses.csv",
+        "--aligned",
+        out / "aligned.mrcs",
+        "--reconstructions",
+        out / "rec.mrcs",
+        "--batch-size",
+        "10",
+        "-q",
+    )
     assert code == 0, err
     poses = pd.read_csv(out / "poses.csv")
     assert len(poses) == len(tiny_particles.images)
-    assert list(poses.columns) == ["theta", "dx", "dy", "z1", "z2", "theta_std", "dx_std",
-                                   "dy_std", "z1_std", "z2_std"]
+    assert list(poses.columns) == [
+        "theta",
+        "dx",
+        "dy",
+        "z1",
+        "z2",
+        "theta_std",
+        "dx_std",
+        "dy_std",
+        "z1_std",
+        "z2_std",
+    ]
     assert np.all(np.abs(poses["theta"]) <= np.pi + 1e-6)
     for name in ("aligned.mrcs", "rec.mrcs"):
         with mrcfile.open(out / name) as handle:
@@ -75,16 +113,18 @@ def test_traverse_writes_one_image_per_dimension_and_step(trained_run, tmp_path,
     assert code == 0, err
     with mrcfile.open(tmp_path / "t.mrcs") as handle:
         assert handle.data.shape == (2 * 5, 20, 20)
-    code, err = run_cli(capsys, "traverse", trained_run, "-o", tmp_path / "g.mrcs", "--grid",
-                        "--steps", "3")
+    code, err = run_cli(
+        capsys, "traverse", trained_run, "-o", tmp_path / "g.mrcs", "--grid", "--steps", "3"
+    )
     assert code == 0, err
     with mrcfile.open(tmp_path / "g.mrcs") as handle:
         assert handle.data.shape == (9, 20, 20)
 
 
 def test_resume_continues_to_more_epochs(trained_run, npy_stack, capsys):
-    code, err = run_cli(capsys, "train", npy_stack, "-o", trained_run, "--resume", "--epochs", "3",
-                        "-q")
+    code, err = run_cli(
+        capsys, "train", npy_stack, "-o", trained_run, "--resume", "--epochs", "3", "-q"
+    )
     assert code == 0, err
     assert pd.read_csv(trained_run / "history.csv")["epoch"].max() == 3
     code, err = run_cli(capsys, "train", npy_stack, "-o", trained_run, "--resume", "--z-dim", "3")
@@ -92,8 +132,18 @@ def test_resume_continues_to_more_epochs(trained_run, npy_stack, capsys):
 
 
 def test_simulate_writes_a_stack_and_its_truth(tmp_path, capsys):
-    code, err = run_cli(capsys, "simulate", "-o", tmp_path / "sim.mrcs", "--n", "12", "--size",
-                        "16", "--pixel-size", "2.5")
+    code, err = run_cli(
+        capsys,
+        "simulate",
+        "-o",
+        tmp_path / "sim.mrcs",
+        "--n",
+        "12",
+        "--size",
+        "16",
+        "--pixel-size",
+        "2.5",
+    )
     assert code == 0, err
     with mrcfile.open(tmp_path / "sim.mrcs") as handle:
         assert handle.data.shape == (12, 16, 16)
@@ -130,7 +180,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "not an MRC", "1-D array", "NaN pixels", "infinite pixels", "empty stack"])
+    "case", ["missing", "not an MRC", "1-D array", "NaN pixels", "infinite pixels", "empty stack"]
+)
 def test_bad_input_fails_with_one_line_naming_the_file(tmp_path, capsys, case):
     path, pattern = _bad_inputs(tmp_path)[case]
     code, err = run_cli(capsys, "train", path, "-o", tmp_path / "run", "--epochs", "1", *TINY)
@@ -180,8 +231,12 @@ def test_console_script_and_module_entry_point(tmp_path):
     for command in (["spatial-vae"], [sys.executable, "-m", "napari_spatial_vae"]):
         exe = Path(sys.executable).with_name("spatial-vae") if command == ["spatial-vae"] else None
         argv = [str(exe)] if exe else command
-        done = subprocess.run([*argv, "train", str(tmp_path / "missing.mrcs"), "-o",
-                               str(tmp_path / "r")], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [*argv, "train", str(tmp_path / "missing.mrcs"), "-o", str(tmp_path / "r")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert done.returncode == 1
         assert done.stderr.count("\n") == 1 and "missing.mrcs" in done.stderr
         assert "Traceback" not in done.stderr

@@ -47,7 +47,7 @@ def get_reader(path: PathLike | Sequence[PathLike]) -> ReaderFunction | None:
     callable or None
         None for paths this plugin does not handle; nothing is opened here.
     """
-    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    paths = _as_paths(path)
     if not paths or not all(can_read(os.fspath(p)) for p in paths):
         return None
     return read_particle_stacks
@@ -61,8 +61,22 @@ def read_particle_stacks(path: PathLike | Sequence[PathLike]) -> list[LayerData]
     StackError
         With a one-line message when a file cannot be read as a particle stack.
     """
-    paths = list(path) if isinstance(path, (list, tuple)) else [path]
-    return [stack_layer(read_stack(p)) for p in paths]
+    return [stack_layer(read_stack(p)) for p in _as_paths(path)]
+
+
+def _as_paths(path: PathLike | Sequence[PathLike]) -> list[PathLike]:
+    """The paths napari passed: one path, or a list/tuple of them.
+
+    Raises
+    ------
+    TypeError
+        For anything else (what ``os.fspath`` would raise on it).
+    """
+    if isinstance(path, (list, tuple)):
+        return list(path)
+    if isinstance(path, (str, os.PathLike)):
+        return [path]
+    raise TypeError(f"expected a path or a list of paths, not {type(path).__name__}")
 
 
 def stack_layer(stack: ParticleStack, name: str | None = None) -> LayerData:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui import widgets
+from magicgui.types import FileDialogMode
 from napari.layers import Image, Layer, Points
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -119,9 +120,9 @@ class SpatialVAEWidget(QWidget):
         )
         self.form = SettingsForm()
         self.run_dir = widgets.FileEdit(
-            mode="d",
+            mode=FileDialogMode.EXISTING_DIRECTORY,
             label="run folder",
-            value="",
+            value=None,
             tooltip="Folder for the model, config.json and history.csv (what the command "
             "line writes). Empty: a new folder under ~/spatial-vae-runs.",
         )
@@ -222,6 +223,8 @@ class SpatialVAEWidget(QWidget):
 
     def _watch_window(self) -> None:
         window = self.window()
+        if window is None:  # never for a QWidget, but the Qt stubs allow it
+            return
         if window is not self and window is not self._watched_window:
             window.installEventFilter(self._close_filter)
             self._watched_window = window
@@ -285,7 +288,8 @@ class SpatialVAEWidget(QWidget):
         except Exception as err:  # ConfigError, StackError: one-line messages
             show_error(f"spatial-VAE: {err}")
             return False
-        run_dir = Path(self.run_dir.value) if str(self.run_dir.value) not in ("", ".") else None
+        chosen = self.run_dir.value  # a Path in "d" mode; "." when the field is empty
+        run_dir = chosen if isinstance(chosen, Path) and str(chosen) not in ("", ".") else None
         if run_dir is None:
             run_dir = default_run_dir(layer.name)
             self.run_dir.value = run_dir
@@ -619,7 +623,8 @@ def _layer_ndim(layer_data: LayerData) -> int:
 
 def preview_translate(results: InferenceResults, row: int) -> tuple[float, float]:
     """Where the preview mosaic goes once result layers exist: below them, left-aligned."""
-    return panel_translate(results.image_shape, results.pixel_size, 2, 0, row=row)
+    y, x = panel_translate(results.image_shape, results.pixel_size, 2, 0, row=row)
+    return (y, x)
 
 
 class _CloseFilter(QObject):
@@ -629,8 +634,8 @@ class _CloseFilter(QObject):
         super().__init__()
         self._on_close = on_close
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if event.type() == QEvent.Type.Close:
+    def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:
+        if event is not None and event.type() == QEvent.Type.Close:
             self._on_close()
         return False
 

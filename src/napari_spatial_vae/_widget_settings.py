@@ -144,6 +144,9 @@ class SettingsForm:
             value=m.encoder_rotations, min=2, max=360, label="encoder rotations",
             tooltip=_tip("encoder_rotations"),
         )  # fmt: skip
+        self.rotation_search = w.CheckBox(
+            value=m.rotation_search, text="search rotation bins", tooltip=_tip("rotation_search")
+        )
         self.theta_kl = w.ComboBox(
             value=m.theta_kl, choices=THETA_KLS, label="rotation KL", tooltip=_tip("theta_kl")
         )
@@ -186,7 +189,7 @@ class SettingsForm:
         self.advanced = w.Container(
             widgets=[
                 self.num_layers, self.activation, self.encoder, self.encoder_rotations,
-                self.theta_kl, self.vanilla, self.fit_noise, self.softplus_mean,
+                self.rotation_search, self.theta_kl, self.vanilla, self.fit_noise, self.softplus_mean,
                 self.circular_mask, self.normalize, self.test_fraction, self.lr_min_fraction,
                 self.max_minutes, self.preview_every, self.result_limit,
             ],
@@ -234,6 +237,7 @@ class SettingsForm:
             activation=self.activation.value,
             encoder=self.encoder.value,
             encoder_rotations=self.encoder_rotations.value,
+            rotation_search=self.rotation_search.value,
             likelihood=self.likelihood.value,
             rotate=self.rotate.value,
             translate=self.translate.value,

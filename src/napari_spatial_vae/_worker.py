@@ -190,6 +190,8 @@ def make_preview(model: Any, job: TrainJob, epoch: int, inputs: np.ndarray | Non
     batch = next(
         iter_inference(model, job.config, inputs, batch_size=len(inputs), reconstructions=True)
     )
+    if batch.reconstructions is None:
+        raise RuntimeError("iter_inference returned no reconstructions although asked for them")
     return Preview(epoch, job.preview_indices, inputs, batch.reconstructions)
 
 
@@ -261,6 +263,8 @@ def infer_results(
         parts.append(batch.poses)
         stop = min(batch.start + len(batch.poses.theta), m)
         if batch.start < m:
+            if batch.aligned is None or batch.reconstructions is None:
+                raise RuntimeError("iter_inference returned no images although asked for them")
             count = stop - batch.start
             aligned[batch.start : stop] = batch.aligned[:count]
             recon[batch.start : stop] = batch.reconstructions[:count]

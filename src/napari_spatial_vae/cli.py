@@ -89,6 +89,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help=f"rotated copies the equivariant encoder scores (default {m.encoder_rotations})",
     )
+    _bool_flag(
+        model,
+        "rotation-search",
+        "marginalise the likelihood over the equivariant encoder's rotation bins instead of "
+        f"the circular soft-argmax (default {m.rotation_search})",
+    )
     model.add_argument("--likelihood", choices=LIKELIHOODS, help=f"default {m.likelihood}")
     model.add_argument("--no-rotate", action="store_true", help="do not infer rotation")
     model.add_argument("--no-translate", action="store_true", help="do not infer translation")
@@ -177,6 +183,7 @@ _MODEL_FLAGS = {
     "activation": "activation",
     "encoder": "encoder",
     "encoder_rotations": "encoder_rotations",
+    "rotation_search": "rotation_search",
     "likelihood": "likelihood",
     "theta_prior": "theta_prior",
     "theta_kl": "theta_kl",

@@ -96,10 +96,8 @@ def test_two_ranks_match_one_process_and_each_reads_only_its_shard(split_stack, 
         test_images=np.load(split_stack / "test.npy", mmap_mode="r"),
     )
     for key, value in single.model.state_dict().items():
-        # the equivariant encoder's score bias has an exactly zero gradient (softmax ignores
-        # a constant), so Adam turns rounding noise into lr-sized steps there: skip it
-        if key != "encoder.score.bias":
-            torch.testing.assert_close(rank_weights[0][key], value, rtol=1e-5, atol=1e-6)
+        # summation order differs between the split and the whole batch: float32 rounding
+        torch.testing.assert_close(rank_weights[0][key], value, rtol=1e-5, atol=1e-5)
     ddp_history = read_history(split_stack / "run")
     assert [(r["epoch"], r["split"]) for r in ddp_history] == [
         (r["epoch"], r["split"]) for r in single.history

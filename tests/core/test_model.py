@@ -5,7 +5,7 @@ import torch
 
 from napari_spatial_vae.core.config import ModelConfig
 from napari_spatial_vae.core.errors import ConfigError
-from napari_spatial_vae.core.model import Posterior, SpatialVAE
+from napari_spatial_vae.core.model import Posterior, RotationSearch, SpatialVAE
 
 SHAPE = (1, 16, 16)
 
@@ -17,22 +17,34 @@ def small(**fields) -> SpatialVAE:
     return SpatialVAE(ModelConfig(**base), SHAPE)
 
 
-def pose_gradients(model: SpatialVAE) -> torch.Tensor:
-    """d(-ELBO)/d(latent sample), through a fixed leaf posterior."""
+def pose_gradients(model: SpatialVAE) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """d(-ELBO)/d(posterior means) (and d/d(rotation-bin probabilities) when searching)."""
     images = torch.randn(4, *SHAPE)
     mu = torch.randn(4, model.n_latent, requires_grad=True)
-    model.encode = lambda _: Posterior(mu, torch.full_like(mu, -3.0))  # type: ignore[method-assign]
+    posterior = Posterior(mu, torch.full_like(mu, -3.0))
+    attention = None
+    if model.config.searches_rotation:
+        k = model.config.encoder_rotations
+        attention = torch.full((4, k), 1.0 / k, requires_grad=True)
+        candidates = -2 * math.pi * torch.arange(k) / k
+        model.encoder.search_rotation = lambda _: (posterior, RotationSearch(attention, candidates))
+    else:
+        model.encoder.forward = lambda _: posterior
     model.loss_terms(images).neg_elbo.sum().backward()
-    return mu.grad
+    return mu.grad, None if attention is None else attention.grad
 
 
-@pytest.mark.parametrize("encoder", ["mlp", "equivariant"])
-def test_gradients_reach_theta_and_the_shift(encoder):
-    model = small(encoder=encoder)
+@pytest.mark.parametrize(
+    ("encoder", "search"), [("mlp", False), ("equivariant", False), ("equivariant", True)]
+)
+def test_gradients_reach_theta_and_the_shift(encoder, search):
+    model = small(encoder=encoder, rotation_search=search)
     assert model.n_latent == 1 + 2 + 2
-    grad = pose_gradients(model)
-    assert grad[:, 0].abs().min() > 0  # theta
+    grad, bins = pose_gradients(model)
+    assert grad[:, 0].abs().min() > 0  # theta (the in-bin offset when searching)
     assert grad[:, 1:3].abs().min() > 0  # dx, dy
+    if search:
+        assert bins.abs().sum(dim=1).min() > 0  # every image's bin probabilities
 
 
 def test_without_rotation_and_translation_the_pose_gets_exactly_zero_gradient():
@@ -57,13 +69,14 @@ def test_no_translate_keeps_rotation_only():
     model = small(encoder="mlp", translate=False)
     theta, shift, _z = model.split_latent(torch.randn(2, model.n_latent))
     assert theta is not None and shift is None
-    grad = pose_gradients(model)
+    grad, _ = pose_gradients(model)
     assert grad[:, 0].abs().min() > 0
 
 
 @torch.no_grad()
-def test_equivariant_encoder_theta_follows_an_exact_rotation_of_the_input():
-    model = small(encoder="equivariant", encoder_rotations=8, circular_mask=True)
+@pytest.mark.parametrize("search", [False, True])
+def test_equivariant_encoder_theta_follows_an_exact_rotation_of_the_input(search):
+    model = small(encoder="equivariant", encoder_rotations=8, rotation_search=search)
     images = torch.randn(1, *SHAPE)
     from napari_spatial_vae.core.coords import warp_images
 
@@ -78,6 +91,29 @@ def test_equivariant_encoder_theta_follows_an_exact_rotation_of_the_input():
     torch.testing.assert_close(
         model.encode(images).mu[:, 1:], model.encode(rotated).mu[:, 1:], atol=1e-5, rtol=1e-4
     )
+
+
+@torch.no_grad()
+def test_rotation_search_candidates_equal_rendering_at_each_candidate_pose():
+    torch.manual_seed(1)
+    model = SpatialVAE(
+        ModelConfig(
+            z_dim=2, hidden_dim=24, encoder_rotations=8, fit_noise=False, rotation_search=True
+        ),
+        (1, 33, 33),
+    )
+    z, offset = torch.randn(2, 2), torch.tensor([0.1, -0.2])
+    shift = torch.tensor([[0.05, 0.0], [0.0, -0.08]])
+    candidates = -2 * math.pi * torch.arange(8) / 8
+    searched, _ = model.decode_candidates(z, offset, shift, candidates)  # (2 * 8, 1, N)
+    for b in range(2):
+        for k in (0, 1, 3, 6):
+            direct, _ = model.decode(
+                z[b : b + 1], offset[b : b + 1] + candidates[k], shift[b : b + 1]
+            )
+            inner = model.grid.norm(dim=1) < 0.9  # bilinear resampling error grows at the rim
+            difference = (searched[b * 8 + k, 0, inner] - direct[0, 0, inner]).abs().max()
+            assert difference < 0.05 * direct.abs().max()
 
 
 def test_vanilla_and_fixed_pose_baselines_produce_images():

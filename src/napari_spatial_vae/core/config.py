@@ -45,6 +45,13 @@ class ModelConfig:
         circular soft-argmax over the copy angles (rotation-equivariant by construction).
     encoder_rotations
         Number of rotated copies the equivariant encoder looks at.
+    rotation_search
+        With the equivariant encoder: treat the copy angles as a discrete latent and
+        marginalise the likelihood over them (theta = a bin angle plus a small continuous
+        offset), instead of taking the circular soft-argmax. Every candidate rotation is
+        scored against the data in every step, which avoids the half-turn local optimum of
+        alignment by gradient descent. ``theta_prior``/``theta_kl`` then do not apply: the
+        bins have a uniform prior and the offset a free-mean prior of half a bin.
     likelihood
         ``"gaussian"`` (cryo-EM, continuous data) or ``"bernoulli"`` (binary images in 0..1).
     rotate, translate
@@ -75,6 +82,7 @@ class ModelConfig:
     activation: Activation = "tanh"
     encoder: EncoderKind = "equivariant"
     encoder_rotations: int = 16
+    rotation_search: bool = False
     likelihood: Likelihood = "gaussian"
     rotate: bool = True
     translate: bool = True
@@ -95,6 +103,11 @@ class ModelConfig:
     def infers_translation(self) -> bool:
         """Whether dx is a latent variable of this model."""
         return self.translate and not self.vanilla
+
+    @property
+    def searches_rotation(self) -> bool:
+        """Whether the likelihood is marginalised over the encoder's discrete rotations."""
+        return self.rotation_search and self.encoder == "equivariant" and self.infers_rotation
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` with a one-line message on the first invalid field."""

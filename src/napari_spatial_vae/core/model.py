@@ -8,6 +8,7 @@ so every non-theta latent has a standard-normal prior.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -108,15 +109,37 @@ class MLPEncoder(nn.Module):
         output.bias[n_latent : n_latent + n_pose] = value
 
 
-class EquivariantEncoder(nn.Module):
-    """Rotation-equivariant inference network (circular soft-argmax over rotated copies).
+@dataclass
+class RotationSearch:
+    """What the equivariant encoder says about the rotation in search mode.
 
-    One shared MLP looks at ``K`` copies of the image rotated by ``phi_k = 2 pi k / K``. Each
-    copy gets a score; theta is minus the attention-weighted circular mean of the copy angles
-    (the copy rotated by ``phi_k`` looks like the template when ``theta = -phi_k``). The other
-    latents, and theta's uncertainty, come from the attention-pooled features, which are
-    invariant to rotations of the input by multiples of ``2 pi / K``. In the spirit of
-    TARGET-VAE's discrete rotation attention.
+    Attributes
+    ----------
+    attention
+        ``(B, K)`` posterior probability of each rotation bin.
+    candidates
+        ``(K,)`` bin angles ``-phi_k``: with offset ``delta`` the candidate rotations of image
+        ``b`` are ``candidates + delta_b``.
+    """
+
+    attention: torch.Tensor
+    candidates: torch.Tensor
+
+
+class EquivariantEncoder(nn.Module):
+    """Rotation-equivariant inference network over ``K`` rotated copies of the input.
+
+    One shared MLP looks at ``K`` copies of the image rotated by ``phi_k = 2 pi k / K`` and
+    scores each; the copy rotated by ``phi_k`` looks like the template when
+    ``theta = -phi_k``. The other latents come from the attention-pooled features, which are
+    invariant to rotations of the input by multiples of ``2 pi / K``. Two ways to read theta
+    from the scores (in the spirit of TARGET-VAE's discrete rotation attention):
+
+    * soft-argmax (``search=False``): theta is minus the attention-weighted circular mean of
+      the copy angles, a single Gaussian latent;
+    * search (``search=True``): the attention is a categorical posterior over the ``K`` bin
+      angles and the theta slot of the posterior is a continuous offset ``delta`` within a bin
+      (bounded to half a bin); the model marginalises the likelihood over the bins.
 
     Parameters
     ----------
@@ -126,6 +149,8 @@ class EquivariantEncoder(nn.Module):
         ``L`` including theta (always inferred by this encoder, at index 0).
     num_rotations
         ``K``.
+    search
+        Search mode (see above).
     """
 
     angles: torch.Tensor
@@ -139,24 +164,28 @@ class EquivariantEncoder(nn.Module):
         num_layers: int,
         activation: str,
         num_rotations: int,
+        search: bool = False,
     ):
         super().__init__()
         channels, height, width = image_shape
         self.num_rotations = num_rotations
+        self.search = search
         self.trunk = make_mlp(channels * height * width, hidden, hidden, num_layers - 1, activation)
         self.trunk.append(_ACTIVATIONS[activation]())
-        self.score = nn.Linear(hidden, 1)
-        # theta's log std, then mean and log std of every other latent
-        self.head = nn.Linear(hidden, 1 + 2 * (n_latent - 1))
+        # no bias: a constant score changes nothing after the softmax, and its exactly-zero
+        # gradient would let Adam amplify rounding noise into steps
+        self.score = nn.Linear(hidden, 1, bias=False)
+        # theta's log std, the in-bin offset, then mean and log std of every other latent
+        self.head = nn.Linear(hidden, 2 + 2 * (n_latent - 1))
         angles = 2.0 * math.pi * torch.arange(num_rotations) / num_rotations
         self.register_buffer("angles", angles, persistent=False)
         self.register_buffer(
             "mask", circular_mask(height, width).reshape(1, 1, height, width), persistent=False
         )
 
-    def forward(self, images: torch.Tensor) -> Posterior:
-        """``(B, C, H, W)`` -> posterior over ``(B, L)``."""
-        batch, _channels, _height, _width = images.shape
+    def _attend(self, images: torch.Tensor) -> tuple[torch.Tensor, Posterior]:
+        """Attention ``(B, K)`` and the posterior with the in-bin offset in the theta slot."""
+        batch = images.shape[0]
         k = self.num_rotations
         # (B*K, C, H, W): copy k of image b is images[b] rotated by angles[k], one grid_sample.
         copies = (
@@ -165,23 +194,48 @@ class EquivariantEncoder(nn.Module):
         )
         features = self.trunk(copies.flatten(1)).reshape(batch, k, -1)
         attention = torch.softmax(self.score(features).squeeze(-1), dim=1)  # (B, K)
-        theta = -torch.atan2(
-            (attention * torch.sin(self.angles)).sum(1), (attention * torch.cos(self.angles)).sum(1)
-        )
-        pooled = (attention[:, :, None] * features).sum(1)
-        head = self.head(pooled)
-        theta_logstd, rest = head[:, :1], head[:, 1:]
+        head = self.head((attention[:, :, None] * features).sum(1))
+        theta_logstd, offset, rest = head[:, :1], head[:, 1:2], head[:, 2:]
         rest_mu, rest_logstd = rest.chunk(2, dim=1)
-        mu = torch.cat([theta[:, None], rest_mu], dim=1)
+        offset = torch.tanh(offset) * (math.pi / k)
+        mu = torch.cat([offset, rest_mu], dim=1)
         logstd = torch.cat([theta_logstd, rest_logstd], dim=1).clamp(*_LOGSTD_RANGE)
+        return attention, Posterior(mu, logstd)
+
+    def search_rotation(self, images: torch.Tensor) -> tuple[Posterior, RotationSearch]:
+        """Search-mode output: posterior with the in-bin offset as theta, and the bins."""
+        attention, posterior = self._attend(images)
+        return posterior, RotationSearch(attention, -self.angles)
+
+    def forward(self, images: torch.Tensor) -> Posterior:
+        """``(B, C, H, W)`` -> posterior over ``(B, L)`` with theta as a single angle.
+
+        In search mode theta is the most probable bin's angle plus the offset, and its
+        std combines the offset's std with the spread of the bin probabilities.
+        """
+        attention, posterior = self._attend(images)
+        unit = torch.polar(torch.ones_like(self.angles), -self.angles)  # e^{-i phi_k}
+        resultant = (attention.to(unit.dtype) * unit).sum(1)  # (B,) complex
+        if self.search:
+            best = attention.argmax(dim=1)
+            theta = -self.angles[best] + posterior.mu[:, 0]
+            # circular std of the bin distribution, sqrt(-2 ln R), combined with the offset's
+            spread = -2.0 * torch.log(resultant.abs().clamp(1e-6, 1.0))
+            variance = torch.exp(2.0 * posterior.logstd[:, 0]) + spread
+            theta_logstd = 0.5 * torch.log(variance)
+        else:
+            theta = torch.angle(resultant)
+            theta_logstd = posterior.logstd[:, 0]
+        mu = torch.cat([theta[:, None], posterior.mu[:, 1:]], dim=1)
+        logstd = torch.cat([theta_logstd[:, None], posterior.logstd[:, 1:]], dim=1)
         return Posterior(mu, logstd)
 
     @torch.no_grad()
     def init_pose_logstd(self, n_pose: int, value: float) -> None:
         """Set the initial log std of theta and of the next ``n_pose - 1`` latents (shift)."""
-        n_rest = (self.head.out_features - 1) // 2
+        n_rest = (self.head.out_features - 2) // 2
         self.head.bias[0] = value
-        self.head.bias[1 + n_rest : 1 + n_rest + n_pose - 1] = value
+        self.head.bias[2 + n_rest : 2 + n_rest + n_pose - 1] = value
 
 
 class SpatialGenerator(nn.Module):
@@ -310,6 +364,8 @@ class SpatialVAE(nn.Module):
     grid: torch.Tensor
     pixel_index: torch.Tensor
     input_mask: torch.Tensor
+    render_grid: torch.Tensor
+    render_index: torch.Tensor
 
     def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -332,12 +388,24 @@ class SpatialVAE(nn.Module):
         self.register_buffer(
             "input_mask", keep.reshape(1, 1, height, width).float(), persistent=False
         )
+        if config.searches_rotation:
+            # Rotation search renders once and rotates the rendering by each bin angle; the
+            # bilinear samples at the mask's rim read one pixel beyond it, so render a margin.
+            margin = 2.0 / (min(height, width) - 1)
+            radius = pixel_grid(height, width).pow(2).sum(dim=1).sqrt()
+            render = radius <= 1.0 + margin if config.circular_mask else radius >= 0
+            self.register_buffer("render_index", torch.nonzero(render).squeeze(1), persistent=False)
+            self.register_buffer("render_grid", pixel_grid(height, width)[render], persistent=False)
 
         n_out = channels * (2 if config.fit_noise else 1)
         args = (config.hidden_dim, config.num_layers, config.activation)
         if config.encoder == "equivariant":
             self.encoder: MLPEncoder | EquivariantEncoder = EquivariantEncoder(
-                self.image_shape, self.n_latent, *args, config.encoder_rotations
+                self.image_shape,
+                self.n_latent,
+                *args,
+                config.encoder_rotations,
+                search=config.searches_rotation,
             )
         else:
             self.encoder = MLPEncoder(channels * height * width, self.n_latent, *args)
@@ -405,14 +473,7 @@ class SpatialVAE(nn.Module):
                 )
         elif z is None:
             coords = coords.expand(batch_size or 1, -1, -1)
-        output = self.generator(coords, z).transpose(1, 2)  # (B, n_out, N)
-        channels = self.image_shape[0]
-        mean, logstd = output[:, :channels], None
-        if self.config.fit_noise:
-            logstd = output[:, channels:].clamp(*_LOGSTD_RANGE)
-        if self.config.softplus_mean:
-            mean = nn.functional.softplus(mean)
-        return mean, logstd
+        return self._split_output(self.generator(coords, z).transpose(1, 2))  # (B, n_out, N)
 
     def render(self, mean: torch.Tensor) -> torch.Tensor:
         """Scatter ``(B, C, N)`` modelled pixels into ``(B, C, H, W)`` images (0 outside the mask).
@@ -486,14 +547,123 @@ class SpatialVAE(nn.Module):
         generator
             Random source for the reparameterisation noise (reproducibility).
         """
-        posterior = self.encode(images if encoder_images is None else encoder_images)
+        eps = torch.randn(
+            (images.shape[0], self.n_latent),
+            generator=generator,
+            device=images.device,
+            dtype=images.dtype,
+        )
+        return self.terms_from_noise(images, encoder_images, rotation_offset, eps, freeze_z)
+
+    def terms_from_noise(
+        self,
+        images: torch.Tensor,
+        encoder_images: torch.Tensor | None,
+        rotation_offset: torch.Tensor | None,
+        eps: torch.Tensor,
+        freeze_z: bool = False,
+        autocast: contextlib.AbstractContextManager | None = None,
+    ) -> LossTerms:
+        """The ``-ELBO`` terms for given reparameterisation noise ``eps`` ``(B, L)``.
+
+        The one implementation of the objective: :meth:`loss_terms` draws ``eps``, the
+        training step (:mod:`.step`) draws it for a global batch and passes each rank's rows.
+        ``autocast`` is the context the generator runs in (bf16 autocast or None); the
+        encoder, the pose transform and the likelihood stay fp32.
+        """
+        encoder_input = (images if encoder_images is None else encoder_images) * self.input_mask
+        search = None
+        if self.config.searches_rotation:
+            assert isinstance(self.encoder, EquivariantEncoder)
+            posterior, search = self.encoder.search_rotation(encoder_input)
+        else:
+            posterior = self.encoder(encoder_input)
         if rotation_offset is not None and self.config.infers_rotation:
-            mu = posterior.mu.clone()
-            mu[:, 0] = mu[:, 0] - rotation_offset
+            # the encoder saw the image rotated by gamma and predicts theta + gamma
+            mu = torch.cat(
+                [posterior.mu[:, :1] - rotation_offset[:, None], posterior.mu[:, 1:]], dim=1
+            )
             posterior = Posterior(mu, posterior.logstd)
-        theta, shift, z = self.split_latent(posterior.sample(generator))
+        sample = posterior.mu + torch.exp(posterior.logstd) * eps
+        theta, shift, z = self.split_latent(sample)
         if freeze_z and z is not None:
             z = torch.zeros_like(z)
-        mean, logstd = self.decode(z, theta, shift, batch_size=images.shape[0])
-        recon = self.reconstruction_nll(self.targets(images), mean, logstd)
-        return LossTerms(recon, *self.kl_terms(posterior))
+        kl_theta, kl_shift, kl_z = self.kl_terms(posterior)
+        targets = self.targets(images)
+        with autocast or contextlib.nullcontext():
+            if search is None:
+                mean, logstd = self.decode(z, theta, shift, batch_size=images.shape[0])
+            else:
+                mean, logstd = self.decode_candidates(z, theta, shift, search.candidates)
+        mean = mean.float()
+        logstd = None if logstd is None else logstd.float()
+        if search is None:
+            recon = self.reconstruction_nll(targets, mean, logstd)
+        else:
+            batch, k = search.attention.shape
+            expanded = targets[:, None].expand(-1, k, -1, -1).reshape(batch * k, *targets.shape[1:])
+            nll = self.reconstruction_nll(expanded, mean, logstd).reshape(batch, k)
+            attention = search.attention
+            recon = (attention * nll).sum(dim=1)
+            # KL of the bin posterior to the uniform prior over the K bins, plus the offset's
+            kl_bins = (attention * torch.log(attention.clamp_min(1e-12) * k)).sum(dim=1)
+            kl_theta = kl_bins + free_mean_rotation_kl(posterior.logstd[:, 0], math.pi / k)
+        return LossTerms(recon, kl_theta, kl_shift, kl_z)
+
+    def decode_candidates(
+        self,
+        z: torch.Tensor | None,
+        offset: torch.Tensor | None,
+        shift: torch.Tensor | None,
+        candidates: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Render each image at every candidate rotation ``candidates[k] + offset``.
+
+        The generator runs once per image, at rotation ``offset`` (on a grid slightly larger
+        than the modelled pixels); the ``K`` candidates are exact rotations of that rendering
+        (``image(x) = rendering(x R(candidate))``), one batched resampling.
+
+        Parameters
+        ----------
+        z
+            ``(B, Z)`` or None.
+        offset
+            ``(B,)`` in-bin rotation (radians).
+        shift
+            ``(B, 2)`` or None.
+        candidates
+            ``(K,)`` bin angles.
+
+        Returns
+        -------
+        mean, logstd
+            ``(B * K, C, N)`` (row ``b * K + k``), as :meth:`decode`.
+        """
+        batch = offset.shape[0] if offset is not None else (z.shape[0] if z is not None else 1)
+        _, height, width = self.image_shape
+        with torch.autocast(device_type=self.render_grid.device.type, enabled=False):
+            coords = transform_coordinates(
+                self.render_grid,
+                None if offset is None else offset.float(),
+                None if shift is None else shift.float(),
+            )
+        output = self.generator(coords, z).transpose(1, 2).float()  # (B, n_out, Nr)
+        rendering = output.new_zeros(batch, output.shape[1], height * width)
+        rendering[:, :, self.render_index] = output
+        rendering = rendering.reshape(batch, -1, height, width)
+        k = candidates.shape[0]
+        rotated = warp_images(
+            rendering.repeat_interleave(k, dim=0), candidates.repeat(batch), None
+        )  # (B*K, n_out, H, W)
+        output = rotated.flatten(2)[:, :, self.pixel_index]
+        return self._split_output(output)
+
+    def _split_output(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Generator output ``(B, n_out, N)`` -> mean ``(B, C, N)`` and log std or None."""
+        channels = self.image_shape[0]
+        mean, logstd = output[:, :channels], None
+        if self.config.fit_noise:
+            logstd = output[:, channels:].clamp(*_LOGSTD_RANGE)
+        if self.config.softplus_mean:
+            mean = nn.functional.softplus(mean)
+        return mean, logstd

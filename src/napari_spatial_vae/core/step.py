@@ -17,7 +17,7 @@ import torch
 
 from napari_spatial_vae.core.coords import warp_images
 from napari_spatial_vae.core.losses import LossTerms
-from napari_spatial_vae.core.model import Posterior, SpatialVAE
+from napari_spatial_vae.core.model import SpatialVAE
 
 
 @dataclass
@@ -80,25 +80,13 @@ def loss_terms(
         Context the generator runs in (bf16 autocast or None for fp32). The encoder, the
         pose transform and the likelihood stay fp32.
     """
-    encoder_images = images
+    encoder_images = None
     if noise.gamma is not None:
         # one batched resampling; the encoder then predicts theta + gamma
         encoder_images = warp_images(images, noise.gamma.to(images.dtype), None)
-    posterior = model.encode(encoder_images)
-    mu = posterior.mu
-    if noise.gamma is not None:
-        mu = torch.cat([mu[:, :1] - noise.gamma[:, None], mu[:, 1:]], dim=1)
-    posterior = Posterior(mu, posterior.logstd)
-    sample = mu + torch.exp(posterior.logstd) * noise.eps
-    theta, shift, z = model.split_latent(sample)
-    if freeze_z and z is not None:
-        z = torch.zeros_like(z)
-    with autocast or contextlib.nullcontext():
-        mean, logstd = model.decode(z, theta, shift, batch_size=images.shape[0])
-    mean = mean.float()
-    logstd = None if logstd is None else logstd.float()
-    recon = model.reconstruction_nll(model.targets(images), mean, logstd)
-    return LossTerms(recon, *model.kl_terms(posterior))
+    return model.terms_from_noise(
+        images, encoder_images, noise.gamma, noise.eps, freeze_z, autocast
+    )
 
 
 def summed_terms(terms: LossTerms, weight: torch.Tensor | None = None) -> torch.Tensor:
