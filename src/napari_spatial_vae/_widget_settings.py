@@ -189,8 +189,9 @@ class SettingsForm:
         self.advanced = w.Container(
             widgets=[
                 self.num_layers, self.activation, self.encoder, self.encoder_rotations,
-                self.rotation_search, self.theta_kl, self.vanilla, self.fit_noise, self.softplus_mean,
-                self.circular_mask, self.normalize, self.test_fraction, self.lr_min_fraction,
+                self.rotation_search, self.theta_kl, self.vanilla, self.fit_noise,
+                self.softplus_mean, self.circular_mask, self.normalize, self.test_fraction,
+                self.lr_min_fraction,
                 self.max_minutes, self.preview_every, self.result_limit,
             ],
             labels=True,
