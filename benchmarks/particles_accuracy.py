@@ -26,13 +26,17 @@ from napari_spatial_vae.core.simulate import simulate_particles
 from napari_spatial_vae.core.train import train
 
 
-def parse_override(text: str) -> tuple[list[str], object]:
-    key, _, value = text.partition("=")
-    try:
-        parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        parsed = value
-    return key.split("."), parsed
+def apply_overrides(config: TrainConfig, items: list[str]) -> None:
+    """Set ``field=value`` items on the config; ``model.field`` or a bare model field name."""
+    for item in items:
+        key, _, text = item.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        name = key.removeprefix("model.")
+        on_model = key.startswith("model.") or hasattr(config.model, name)
+        setattr(config.model if on_model else config, name, value)
 
 
 def main() -> None:
@@ -53,9 +57,7 @@ def main() -> None:
     sim = simulate_particles(args.n_train + args.n_test, 40, snr=args.snr, seed=1000 + args.seed)
     train_images, test_images = sim.images[: args.n_train], sim.images[args.n_train :]
     config = TrainConfig(model=ModelConfig(z_dim=1), seed=args.seed)
-    for path, value in map(parse_override, args.overrides):
-        target = config.model if path[0] == "model" else config
-        setattr(target, path[-1], value)
+    apply_overrides(config, args.overrides)
     if args.epochs is not None:
         config.epochs = args.epochs
     config.max_minutes = args.minutes

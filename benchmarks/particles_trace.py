@@ -12,11 +12,11 @@ particles assigned the half-turned orientation).
 from __future__ import annotations
 
 import argparse
-import ast
 import tempfile
 
 import numpy as np
 import torch
+from particles_accuracy import apply_overrides  # same folder: run as a script
 
 from napari_spatial_vae.core import metrics
 from napari_spatial_vae.core.config import ModelConfig, TrainConfig
@@ -38,13 +38,7 @@ def main() -> None:
     train_images, test_images = sim.images[:2000], sim.images[2000:]
     true_theta, conformation = sim.theta[2000:], sim.conformation[2000:]
     config = TrainConfig(model=ModelConfig(z_dim=1), epochs=args.epochs, seed=args.seed)
-    for item in args.overrides:
-        key, _, text = item.partition("=")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        setattr(config.model if hasattr(config.model, key) else config, key, value)
+    apply_overrides(config, args.overrides)
 
     def report(update) -> None:
         if update.kind != "epoch":
