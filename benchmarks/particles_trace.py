@@ -32,11 +32,14 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="field=value of TrainConfig/ModelConfig")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--n-test", type=int, default=500)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    sim = simulate_particles(2500, 40, snr=1.0, seed=1000 + args.seed)
-    train_images, test_images = sim.images[:2000], sim.images[2000:]
-    true_theta, conformation = sim.theta[2000:], sim.conformation[2000:]
+    n = args.n_train
+    sim = simulate_particles(n + args.n_test, 40, snr=1.0, seed=1000 + args.seed)
+    train_images, test_images = sim.images[:n], sim.images[n:]
+    true_theta, conformation = sim.theta[n:], sim.conformation[n:]
     config = TrainConfig(model=ModelConfig(z_dim=1), epochs=args.epochs, seed=args.seed)
     apply_overrides(config, args.overrides)
 
