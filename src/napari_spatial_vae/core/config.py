@@ -82,7 +82,7 @@ class ModelConfig:
     activation: Activation = "tanh"
     encoder: EncoderKind = "equivariant"
     encoder_rotations: int = 16
-    rotation_search: bool = False
+    rotation_search: bool = True
     likelihood: Likelihood = "gaussian"
     rotate: bool = True
     translate: bool = True

@@ -219,6 +219,7 @@ class EquivariantEncoder(nn.Module):
         if self.search:
             best = attention.argmax(dim=1)
             theta = -self.angles[best] + posterior.mu[:, 0]
+            theta = torch.remainder(theta + math.pi, 2.0 * math.pi) - math.pi  # into [-pi, pi)
             # circular std of the bin distribution, sqrt(-2 ln R), combined with the offset's
             spread = -2.0 * torch.log(resultant.abs().clamp(1e-6, 1.0))
             variance = torch.exp(2.0 * posterior.logstd[:, 0]) + spread
