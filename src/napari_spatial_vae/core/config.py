@@ -41,14 +41,14 @@ class ModelConfig:
         Non-linearity of the hidden layers.
     encoder
         ``"mlp"``: the paper's inference MLP on the flattened image. ``"equivariant"``: one
-        shared MLP scores ``encoder_rotations`` rotated copies of the input and theta is the
-        circular soft-argmax over the copy angles (rotation-equivariant by construction).
+        shared MLP scores ``encoder_rotations`` rotated copies of the input and theta is read
+        from the scores (rotation-equivariant by construction): see ``rotation_search``.
     encoder_rotations
         Number of rotated copies the equivariant encoder looks at.
     rotation_search
         With the equivariant encoder: treat the copy angles as a discrete latent and
         marginalise the likelihood over them (theta = a bin angle plus a small continuous
-        offset), instead of taking the circular soft-argmax. Every candidate rotation is
+        offset), instead of their circular soft-argmax. Every candidate rotation is
         scored against the data in every step, which avoids the half-turn local optimum of
         alignment by gradient descent. ``theta_prior``/``theta_kl`` then do not apply: the
         bins have a uniform prior and the offset a free-mean prior of half a bin.
