@@ -117,3 +117,13 @@ def test_corrupt_or_foreign_run_folders_fail_cleanly(trained, tmp_path):
         load_model(other)
     with pytest.raises(CheckpointError, match="run folder not found"):
         load_model(tmp_path / "nowhere")
+
+
+def test_inference_restores_the_callers_training_mode(trained, tiny_particles):
+    model, config, _ = load_model(trained)
+    model.train()
+    list(iter_inference(model, config, tiny_particles.images[:8], batch_size=4))
+    assert model.training
+    model.eval()
+    encode_stack(model, config, tiny_particles.images[:8])
+    assert not model.training

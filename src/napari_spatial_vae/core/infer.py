@@ -125,40 +125,47 @@ def iter_inference(
             f"the model was trained on {model.image_shape} (C, H, W) images, these are "
             f"{image_shape}"
         )
+    # restore the caller's mode afterwards: the napari worker previews a model mid-training
+    was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    scale = input_scale(config.model.likelihood, getattr(stack, "dtype", np.float32))
-    _, height, width = image_shape
-    for start in range(0, len(stack), batch_size):
-        indices = np.arange(start, min(start + batch_size, len(stack)))
-        raw = torch.from_numpy(gather(stack, indices)).to(device)
-        model_input = preprocess(raw, scale, config.normalize)
-        posterior = model.encode(model_input)
-        theta, shift, z = model.split_latent(posterior.mu)
-        std = torch.exp(posterior.logstd)
-        theta_std, shift_std, z_std = model.split_latent(std)
-        poses = _poses(theta, theta_std, shift, shift_std, z, z_std, len(indices), height, width)
-        out = InferenceBatch(start, poses)
-        if aligned:
-            zeros = raw.new_zeros(len(indices))
-            out.aligned = _to_stack_layout(
-                align_images(
-                    raw,
-                    theta if theta is not None else zeros,
-                    shift if shift is not None else raw.new_zeros(len(indices), 2),
-                )
+    try:
+        device = next(model.parameters()).device
+        scale = input_scale(config.model.likelihood, getattr(stack, "dtype", np.float32))
+        _, height, width = image_shape
+        for start in range(0, len(stack), batch_size):
+            indices = np.arange(start, min(start + batch_size, len(stack)))
+            raw = torch.from_numpy(gather(stack, indices)).to(device)
+            model_input = preprocess(raw, scale, config.normalize)
+            posterior = model.encode(model_input)
+            theta, shift, z = model.split_latent(posterior.mu)
+            std = torch.exp(posterior.logstd)
+            theta_std, shift_std, z_std = model.split_latent(std)
+            poses = _poses(
+                theta, theta_std, shift, shift_std, z, z_std, len(indices), height, width
             )
-        if reconstructions:
-            mean, _ = model.decode(z, batch_size=len(indices))
-            images = model.expected_image(mean)
-            if config.normalize:
-                flat = (raw * scale).flatten(1)
-                images = (
-                    images * flat.std(1).clamp_min(1e-8)[:, None, None, None]
-                    + flat.mean(1)[:, None, None, None]
+            out = InferenceBatch(start, poses)
+            if aligned:
+                zeros = raw.new_zeros(len(indices))
+                out.aligned = _to_stack_layout(
+                    align_images(
+                        raw,
+                        theta if theta is not None else zeros,
+                        shift if shift is not None else raw.new_zeros(len(indices), 2),
+                    )
                 )
-            out.reconstructions = _to_stack_layout(images)
-        yield out
+            if reconstructions:
+                mean, _ = model.decode(z, batch_size=len(indices))
+                images = model.expected_image(mean)
+                if config.normalize:
+                    flat = (raw * scale).flatten(1)
+                    images = (
+                        images * flat.std(1).clamp_min(1e-8)[:, None, None, None]
+                        + flat.mean(1)[:, None, None, None]
+                    )
+                out.reconstructions = _to_stack_layout(images)
+            yield out
+    finally:
+        model.train(was_training)
 
 
 def _poses(theta, theta_std, shift, shift_std, z, z_std, n, height, width) -> Poses:
