@@ -121,28 +121,44 @@ def run_training(job: TrainJob) -> Generator[TrainUpdate | Preview, None, TrainO
     CheckpointError, torch's out-of-memory error...), in the worker thread, where napari
     turns it into the worker's ``errored`` signal.
     """
+    return (yield from _relay(lambda emit: _train_in_thread(job, emit), job.stop, "train"))
+
+
+def _relay(
+    work: Callable[[Callable[[Any], None]], Any], stop: threading.Event, name: str
+) -> Generator[Any, None, Any]:
+    """Run ``work(emit)`` in a helper thread; yield what it emits; return its result.
+
+    The core reports progress through callbacks, which cannot ``yield``; a queue carries the
+    events to this generator (itself running in napari's worker thread). Whatever ``work``
+    raises is re-raised here, where napari turns it into the worker's ``errored`` signal.
+    """
     events: queue.SimpleQueue[Any] = queue.SimpleQueue()
     outcome: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=_train_in_thread, args=(job, events, outcome), name="spatial-vae-train", daemon=True
-    )
+
+    def target() -> None:
+        try:
+            outcome["result"] = work(events.put)
+        except BaseException as err:
+            outcome["error"] = err
+        finally:
+            events.put(_DONE)
+
+    thread = threading.Thread(target=target, name=f"spatial-vae-{name}", daemon=True)
     thread.start()
     try:
-        while True:
-            event = events.get()
-            if event is _DONE:
-                break
+        while (event := events.get()) is not _DONE:
             yield event
     finally:
-        # the generator may be closed early (worker.quit()); training must not outlive it
-        job.stop.set()
+        # the generator may be closed early (worker.quit()); the work must not outlive it
+        stop.set()
         thread.join()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
 
 
-def _train_in_thread(job: TrainJob, events: queue.SimpleQueue, outcome: dict[str, Any]) -> None:
+def _train_in_thread(job: TrainJob, emit: Callable[[Any], None]) -> TrainOutcome:
     last_step = 0.0
     preview_inputs: np.ndarray | None = None
 
@@ -154,10 +170,10 @@ def _train_in_thread(job: TrainJob, events: queue.SimpleQueue, outcome: dict[str
                 return
             last_step = now
         # the model is live and stays in this thread; the GUI gets a model-free copy
-        events.put(dataclasses.replace(update, model=None))
+        emit(dataclasses.replace(update, model=None))
         due = update.epoch % job.preview_every == 0 or update.epoch == update.epochs
         if update.kind == "epoch" and update.model is not None and len(job.preview_indices) and due:
-            events.put(make_preview(update.model, job, update.epoch, preview_inputs))
+            emit(make_preview(update.model, job, update.epoch, preview_inputs))
 
     try:
         if len(job.preview_indices):
@@ -171,12 +187,9 @@ def _train_in_thread(job: TrainJob, events: queue.SimpleQueue, outcome: dict[str
             resume=job.resume,
             run_info=job.run_info,
         )
-        outcome["result"] = _finish(result, job)
-    except BaseException as err:  # re-raised in the worker thread, reported by the widget
-        outcome["error"] = err
+        return _finish(result, job)
     finally:
         release_device_memory()
-        events.put(_DONE)
         job.done.set()
 
 
@@ -310,13 +323,10 @@ def run_inference(job: ApplyJob) -> Generator[tuple[int, int], None, InferenceRe
     """
     from napari_spatial_vae.core.device import resolve_device
 
-    progress: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
+    def work(emit: Callable[[Any], None]) -> InferenceResults:
         try:
             job.model.to(resolve_device(job.device))
-            outcome["result"] = infer_results(
+            return infer_results(
                 job.model,
                 job.config,
                 job.images,
@@ -325,27 +335,14 @@ def run_inference(job: ApplyJob) -> Generator[tuple[int, int], None, InferenceRe
                 source=job.source,
                 source_path=job.source_path,
                 should_stop=job.stop.is_set,
-                on_progress=lambda done, total: progress.put((done, total)),
+                on_progress=lambda done, total: emit((done, total)),
             )
-        except BaseException as err:
-            outcome["error"] = err
         finally:
             with contextlib.suppress(Exception):
                 job.model.cpu()
             release_device_memory()
-            progress.put(_DONE)
 
-    thread = threading.Thread(target=work, name="spatial-vae-infer", daemon=True)
-    thread.start()
-    try:
-        while (event := progress.get()) is not _DONE:
-            yield event
-    finally:
-        job.stop.set()
-        thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    return (yield from _relay(work, job.stop, "infer"))
 
 
 def release_device_memory() -> None:
