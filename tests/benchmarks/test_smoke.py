@@ -38,3 +38,56 @@ def test_particles_accuracy_prints_a_json_row(extra):
 def test_particles_trace_prints_one_line_per_epoch():
     out = run("particles_trace.py", "--n-train", "48", "--n-test", "16", "--epochs", "2", *TINY)
     assert [line.split()[1] for line in out.strip().splitlines()] == ["1", "2"]
+
+
+def test_particles_accuracy_writes_the_traversal_figure(tmp_path):
+    figure = tmp_path / "traversal.png"
+    args = ["--n-train", "48", "--n-test", "16", "--epochs", "1", "--tilt", "10"]
+    out = run("particles_accuracy.py", *args, "--figure", str(figure), *TINY)
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["tilt_deg"] == 10.0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason=f"the shared MNIST data is absent ({MNIST})")
+def test_mnist_elbo_prints_a_row_per_model_and_writes_figures(tmp_path):
+    out = run(
+        "mnist_elbo.py",
+        *["--epochs", "1", "--n-digits", "120", "--n-test", "40", "--z-dims", "2"],
+        *["--figures", str(tmp_path)],
+    )
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert {(r["variant"], r["model"]) for r in rows} == {
+        (variant, model)
+        for variant in ("rotated", "rotated_translated")
+        for model in ("spatial", "spatial-mlp", "fixed", "vanilla")
+    }
+    assert {r["canvas"] for r in rows} == {28, 56}
+    assert all(r["test_elbo"] < 0 for r in rows)
+    pngs = {p.name for p in tmp_path.iterdir()}
+    assert pngs == {
+        "mnist_manifolds_z2.png",
+        "mnist_elbo_rotated.png",
+        "mnist_elbo_rotated_translated.png",
+    }
+    # the saved rows redraw the charts and the table without training
+    saved = tmp_path / "rows.jsonl"
+    saved.write_text(out)
+    replotted = tmp_path / "replot"
+    table = run("mnist_elbo.py", "--replot", str(saved), "--figures", str(replotted))
+    assert "| rotated | vanilla VAE |" in table
+    assert {p.name for p in replotted.iterdir()} == pngs - {"mnist_manifolds_z2.png"}
+
+
+def test_galaxies_writes_the_figure(tmp_path):
+    pytest.importorskip("skimage", reason="the galaxies come from scikit-image's sample data")
+    out = run(
+        "galaxies.py",
+        *["--epochs", "1", "--count", "8", "--size", "32", "--figures", str(tmp_path)],
+    )
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["galaxies"] == 8
+    assert (tmp_path / "galaxies.png").read_bytes()[:4] == b"\x89PNG"

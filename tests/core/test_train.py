@@ -1,3 +1,6 @@
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +148,16 @@ def test_split_is_seeded_disjoint_and_complete():
     assert np.array_equal(again[1], test_idx)
     with pytest.raises(DataError, match="leave none for training"):
         split_train_test(1, 0.9, seed=0)
+
+
+def test_run_files_are_readable_by_the_group_like_any_new_file(
+    tmp_path, tiny_particles, make_config
+):
+    # colleagues on a shared cluster must be able to load a run; temp files start as 0600
+    train(make_config(epochs=1), tiny_particles.images, tmp_path / "run")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("checkpoint.safetensors", "config.json", "history.csv"):
+        mode = stat.S_IMODE((tmp_path / "run" / name).stat().st_mode)
+        assert mode == 0o666 & ~umask, (name, oct(mode))
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]

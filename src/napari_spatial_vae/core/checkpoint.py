@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from napari_spatial_vae import __version__
 from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.errors import CheckpointError, ConfigError
 from napari_spatial_vae.core.model import SpatialVAE
+from napari_spatial_vae.io.atomic import atomic_output
 
 FORMAT = "napari-spatial-vae-run"
 FORMAT_VERSION = 1
@@ -62,19 +61,13 @@ class Progress:
 
 
 def write_atomically(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then move the result over ``path`` in one ``os.replace``.
+    """Call ``write(tmp_path)``, then fsync and move the result over ``path`` in one rename.
 
-    The temporary file lives in the same folder so the rename never crosses file systems.
+    A crash at any moment leaves the previous file or the new one, never a partial file; the
+    file gets the usual permissions (readable by colleagues on a shared cluster).
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        write(tmp)
 
 
 def write_text_atomically(path: Path, text: str) -> None:

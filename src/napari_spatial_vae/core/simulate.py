@@ -141,6 +141,38 @@ def render_blobs(
     return out.reshape(-1, size, size)
 
 
+def render_particles(
+    conformation: np.ndarray,
+    theta: np.ndarray,
+    shift_px: np.ndarray,
+    tilt: np.ndarray,
+    size: int,
+    blob_sigma_px: float = 2.0,
+) -> np.ndarray:
+    """Noise-free projections of the two-domain object, one per pose and conformation.
+
+    Parameters
+    ----------
+    conformation
+        ``(N,)`` hinge values in 0..1.
+    theta, tilt
+        ``(N,)`` in-plane rotations and out-of-plane tilts, radians.
+    shift_px
+        ``(N, 2)`` shifts in pixels (x, y).
+    size, blob_sigma_px
+        Image side and blob width in pixels.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, size, size)`` float32.
+    """
+    half_width = (size - 1) / 2.0
+    positions = blob_positions(conformation, theta, np.asarray(shift_px) / half_width, tilt)
+    amplitudes = np.concatenate([_BODY_AMPLITUDE, _ARM_AMPLITUDE])
+    return render_blobs(positions, amplitudes, size, blob_sigma_px / half_width)
+
+
 def simulate_particles(
     n_images: int,
     size: int = 40,
@@ -185,10 +217,7 @@ def simulate_particles(
         else np.zeros((n_images, 2))
     )
     tilt = np.radians(rng.uniform(-max_tilt_deg, max_tilt_deg, n_images))
-    half_width = (size - 1) / 2.0
-    positions = blob_positions(conformation, theta, shift_px / half_width, tilt)
-    amplitudes = np.concatenate([_BODY_AMPLITUDE, _ARM_AMPLITUDE])
-    clean = render_blobs(positions, amplitudes, size, blob_sigma_px / half_width)
+    clean = render_particles(conformation, theta, shift_px, tilt, size, blob_sigma_px)
     images = clean.copy()
     if snr is not None:
         noise_std = np.sqrt(clean.var() / snr)
