@@ -6,7 +6,7 @@ the inputs, the inputs aligned by their inferred pose, each galaxy's reconstruct
 theta = 0, dx = 0, and new galaxies sampled from the prior at theta = 0, dx = 0. Prints a
 JSON row with the final ELBO and the wall time.
 
-    python benchmarks/galaxies.py --epochs 300
+    python benchmarks/galaxies.py --epochs 150 --count 400
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--z-dim", type=int, default=2)
     parser.add_argument("--size", type=int, default=64, help="cut-out size in pixels")
-    parser.add_argument("--count", type=int, default=96, help="most galaxies to cut out")
+    parser.add_argument("--count", type=int, default=400, help="most galaxies to cut out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--figures", type=Path, default=FIGURES, help="folder for the PNG")

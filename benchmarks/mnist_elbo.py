@@ -155,7 +155,8 @@ def save_chart(rows: list[dict], variant: str, folder: Path) -> None:
             [r["z_dim"] for r in rows if r["model"] == name],
             [r["test_elbo"] for r in rows if r["model"] == name],
         )
-        for name in dict.fromkeys(r["model"] for r in rows)
+        for name in MODELS
+        if any(r["model"] == name for r in rows)
     }
     epochs = sorted({r["epochs"] for r in rows})
     title = f"{variant}, {'/'.join(map(str, epochs))} epochs"
@@ -168,7 +169,8 @@ def print_table(rows: list[dict]) -> None:
     print("\n| data | model | " + " | ".join(f"z={z}" for z in z_dims) + " |")
     print("|---|---|" + "---|" * len(z_dims))
     for variant in dict.fromkeys(r["variant"] for r in rows):
-        for name in dict.fromkeys(r["model"] for r in rows if r["variant"] == variant):
+        present = {r["model"] for r in rows if r["variant"] == variant}
+        for name in (n for n in MODELS if n in present):
             cells = {
                 r["z_dim"]: r["test_elbo"]
                 for r in rows
