@@ -31,8 +31,19 @@ def montage(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
 def save_panels(
     panels: list[np.ndarray], titles: list[str], path: str | Path, suptitle: str = ""
 ) -> Path:
-    """Save pictures side by side (grey, or RGB in 0..1) with a title over each."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    """Save pictures side by side (grey, or RGB in 0..1) with a title over each.
+
+    Each panel keeps its aspect ratio at a common height, so a long strip stays legible.
+    """
+    height = 3.2 if all(p.shape[1] <= 1.5 * p.shape[0] for p in panels) else 1.6
+    widths = [height * p.shape[1] / p.shape[0] for p in panels]
+    figure, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(sum(widths) + 0.2 * len(panels), height + 0.8),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
     for axis, panel, title in zip(axes[0], panels, titles, strict=True):
         rgb = panel.ndim == 3
         axis.imshow(np.clip(panel, 0, 1) if rgb else panel, cmap=None if rgb else "gray")

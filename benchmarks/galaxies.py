@@ -39,6 +39,13 @@ def prior_samples(model, count: int, seed: int) -> np.ndarray:
     return model.expected_image(mean).permute(0, 2, 3, 1).numpy()
 
 
+def stretch(images: np.ndarray) -> np.ndarray:
+    """Each image ``(N, H, W, C)`` min-max scaled to 0..1 for display."""
+    low = images.min(axis=(1, 2, 3), keepdims=True)
+    high = images.max(axis=(1, 2, 3), keepdims=True)
+    return (images - low) / np.maximum(high - low, 1e-8)
+
+
 def grid(images: np.ndarray) -> np.ndarray:
     """The first (up to 16) images ``(N, H, W, C)`` as one square montage."""
     side = int(np.sqrt(min(len(images), SHOWN)))
@@ -51,6 +58,7 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--z-dim", type=int, default=2)
+    parser.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
     parser.add_argument("--size", type=int, default=64, help="cut-out size in pixels")
     parser.add_argument("--count", type=int, default=400, help="most galaxies to cut out")
     parser.add_argument("--seed", type=int, default=0)
@@ -60,12 +68,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     cutouts, _ = galaxy_cutouts(size=args.size, max_count=args.count)
+    bernoulli = args.likelihood == "bernoulli"
     config = TrainConfig(
-        # pixel values in 0..1 under the Bernoulli likelihood, one output per colour channel
-        model=ModelConfig(z_dim=args.z_dim, likelihood="bernoulli", fit_noise=False),
+        # bernoulli: pixel values in 0..1, one output per colour channel (8-bit input is
+        # scaled by 1/255); gaussian: the project's defaults (standardised images, fitted noise)
+        model=ModelConfig(z_dim=args.z_dim, likelihood=args.likelihood, fit_noise=not bernoulli),
         epochs=args.epochs,
-        normalize=False,
-        # a few dozen galaxies: every one is needed for training
+        normalize=not bernoulli,
+        # a few hundred galaxies: every one is needed for training
         test_fraction=0.0,
         seed=args.seed,
     )
@@ -78,12 +88,15 @@ def main() -> None:
     )
     aligned = np.concatenate([b.aligned for b in batches]) / 255.0
     recon = np.concatenate([b.reconstructions for b in batches])
+    samples = prior_samples(result.model, SHOWN, args.seed)
+    if not bernoulli:  # back from 0..255 (reconstructions) or standardised units (samples)
+        recon, samples = recon / 255.0, stretch(samples)
     path = save_panels(
         [
             grid(cutouts / 255.0),
             grid(aligned),
             grid(recon),
-            grid(prior_samples(result.model, SHOWN, args.seed)),
+            grid(samples),
         ],
         [
             "Hubble cut-outs",
@@ -92,12 +105,14 @@ def main() -> None:
             "sampled z, theta = dx = 0",
         ],
         args.figures / "galaxies.png",
-        suptitle=f"{len(cutouts)} HDF galaxies, RGB, z-dim {args.z_dim}, {args.epochs} epochs",
+        suptitle=f"{len(cutouts)} HDF galaxies, RGB, z-dim {args.z_dim}, {args.likelihood}, "
+        f"{args.epochs} epochs",
     )
     row = {
         "galaxies": len(cutouts),
         "size": args.size,
         "z_dim": args.z_dim,
+        "likelihood": args.likelihood,
         "epochs": result.epochs_completed,
         "train_elbo": round([r for r in result.history if r["split"] == "train"][-1]["elbo"], 1),
         "wall_s": round(wall, 1),

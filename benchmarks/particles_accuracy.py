@@ -116,7 +116,8 @@ def save_traversal(model, correlations: list[float], path: Path, label: str) -> 
     ):
         walk = walk[::-1] if correlation < 0 else walk  # z increasing with the conformation
         rows.append((walk - walk.min()) / max(float(np.ptp(walk)), 1e-8))
-    save_panels([montage(np.stack(rows))], [f"top: true motion; below: learned z ({label})"], path)
+    title = f"top: true motion (conformation 5-95 %); below: learned z, {label}"
+    save_panels([montage(np.stack(rows))], [title], path)
 
 
 if __name__ == "__main__":
