@@ -1,12 +1,14 @@
 """Galaxies, qualitative (the paper's galaxy experiment): RGB spatial-VAE on real Hubble cut-outs.
 
 Crops the brightest compact galaxies out of the Hubble Deep Field image that scikit-image
-ships (the plugin's sample data), trains spatial-VAE with RGB output, and writes one PNG:
+ships (the plugin's sample data), trains spatial-VAE with RGB output, and writes one PNG
+(``galaxies_<likelihood>.png``):
 the inputs, the inputs aligned by their inferred pose, each galaxy's reconstruction at
 theta = 0, dx = 0, and new galaxies sampled from the prior at theta = 0, dx = 0. Prints a
 JSON row with the final ELBO and the wall time.
 
     python benchmarks/galaxies.py --epochs 150 --count 400
+    python benchmarks/galaxies.py --epochs 150 --count 400 --likelihood gaussian
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def main() -> None:
             "reconstruction, theta = dx = 0",
             "sampled z, theta = dx = 0",
         ],
-        args.figures / "galaxies.png",
+        args.figures / f"galaxies_{args.likelihood}.png",
         suptitle=f"{len(cutouts)} HDF galaxies, RGB, z-dim {args.z_dim}, {args.likelihood}, "
         f"{args.epochs} epochs",
     )

@@ -90,4 +90,4 @@ def test_galaxies_writes_the_figure(tmp_path):
     )
     row = json.loads(out.strip().splitlines()[-1])
     assert row["galaxies"] == 8
-    assert (tmp_path / "galaxies.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "galaxies_bernoulli.png").read_bytes()[:4] == b"\x89PNG"
