@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from figures import montage, save_panels
 
 from napari_spatial_vae.core import metrics
 from napari_spatial_vae.core.config import ModelConfig, TrainConfig
@@ -107,6 +106,9 @@ def main() -> None:
 
 def save_traversal(model, correlations: list[float], path: Path, label: str) -> None:
     """The true motion (top row) above the learned traversal of each latent (paper Fig. 4)."""
+    # matplotlib (the bench extra) only when a figure is asked for; particles_trace imports us
+    from figures import montage, save_panels
+
     quantiles = np.linspace(0.05, 0.95, TRAVERSAL_STEPS)
     zeros = np.zeros(TRAVERSAL_STEPS)
     truth = render_particles(quantiles, zeros, np.zeros((TRAVERSAL_STEPS, 2)), zeros, 40)

@@ -204,9 +204,10 @@ def _poses(theta, theta_std, shift, shift_std, z, z_std, n, height, width) -> Po
 def _owned(values: torch.Tensor | np.ndarray) -> np.ndarray:
     """A compact float32 copy that owns its memory.
 
-    ``Tensor.numpy()`` of a slice shares the whole batch's storage; callers keep the poses of
-    every batch of a stack, so a view would keep every batch's buffers alive (measured: 4.2 GB
-    over 300,000 images instead of ~30 MB).
+    ``Tensor.numpy()`` of a slice shares its tensor's storage, and callers keep the poses of
+    every batch of a stack: a view would keep that storage alive for the whole run. Copying
+    alone did not bound memory (the heap still grew, see
+    :func:`~napari_spatial_vae.core.performance.release_large_blocks`); both are needed.
     """
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
