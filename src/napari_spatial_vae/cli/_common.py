@@ -1,0 +1,54 @@
+"""Pieces every ``spatial-vae`` subcommand shares: errors, messages, paths and stacks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+PROG = "spatial-vae"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A problem with the arguments themselves."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line (and exits 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def bool_flag(parser: argparse._ActionsContainer, name: str, help_text: str) -> None:
+    """Add ``--name/--no-name``; None when absent, so defaults stay the config's."""
+    parser.add_argument(
+        f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text
+    )
+
+
+def open_stack(path: str, datadir: str | None) -> Any:
+    """Open a particle stack lazily (io is imported here so ``--help`` stays fast)."""
+    from napari_spatial_vae.io import read_stack
+
+    return read_stack(Path(path), datadir=Path(datadir) if datadir else None)
+
+
+def say(message: str) -> None:
+    """One message line on stderr (stdout stays free for data)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_suffix(path: str, allowed: Sequence[str], what: str) -> Path:
+    """Check an output path's suffix, refuse a folder, and create its parent folder."""
+    out = Path(path)
+    if out.suffix.lower() not in allowed:
+        raise UsageError(f"{what} must end in {' or '.join(allowed)}, got {path!r}")
+    if out.exists() and out.is_dir():
+        raise UsageError(f"{what} {path!r} is a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
