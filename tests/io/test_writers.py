@@ -68,7 +68,7 @@ def test_write_mrcs_from_lazy_stack(tmp_path: Path, small_mrcs) -> None:
 def test_write_mrcs_rejects_bad_shapes(tmp_path: Path) -> None:
     with pytest.raises(StackError, match=r"cannot write images of shape \(2, 3, 4, 3\)"):
         write_mrcs(tmp_path / "x.mrcs", np.zeros((2, 3, 4, 3)), None)
-    with pytest.raises(StackError, match=r"output folder .* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"output folder .* does not exist"):
         write_mrcs(tmp_path / "no" / "x.mrcs", np.zeros((2, 3, 4)), None)
 
 

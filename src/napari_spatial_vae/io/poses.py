@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from .atomic import atomic_output
+from napari_spatial_vae._atomic import atomic_output
+
 from .errors import StackError
 from .stack import ParticleStack
 from .star import (
