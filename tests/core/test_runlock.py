@@ -55,7 +55,9 @@ def test_a_lock_from_another_host_is_respected(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "gpu-node-7", "started": 0}))
-    with pytest.raises(CheckpointError, match="process 1 on gpu-node-7") as info:
-        with hold_run_lock(run):
-            pass
+    with (
+        pytest.raises(CheckpointError, match="process 1 on gpu-node-7") as info,
+        hold_run_lock(run),
+    ):
+        pass
     assert "\n" not in str(info.value) and "delete" in str(info.value)
