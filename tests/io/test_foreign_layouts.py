@@ -17,7 +17,14 @@ import pandas as pd
 import pytest
 import starfile
 
-from napari_spatial_vae.io import StackError, parse_cs_table, read_poses, read_stack, write_poses
+from napari_spatial_vae.io import (
+    ParticleStack,
+    StackError,
+    parse_cs_table,
+    read_poses,
+    read_stack,
+    write_poses,
+)
 
 CS_DTYPE = [
     ("uid", "<u8"),
@@ -101,6 +108,11 @@ def test_csdat_layout_reads_like_the_numpy_layout(tmp_path: Path, small_mrcs) ->
     assert ours.image_names == theirs.image_names
     assert ours.pixel_size == 1.5
     pd.testing.assert_frame_equal(ours.metadata, theirs.metadata, check_dtype=False)
+
+    cut = tmp_path / "cut.cs"
+    cut.write_bytes((tmp_path / "csdat.cs").read_bytes()[:40])
+    with pytest.raises(StackError, match=r"cannot read this CSDAT \(cryosparc-tools\) \.cs file"):
+        read_stack(cut)
 
     empty = dataset_module.Dataset(array[:0])
     empty.save(tmp_path / "empty.cs", format=dataset_module.CSDAT_FORMAT)
@@ -281,6 +293,15 @@ def test_pose_star_keeps_the_input_orientation_in_its_own_columns(
     assert particles["rlnAnglePsi"].to_numpy() == pytest.approx(np.degrees(table["theta"]))
     # the input's columns are not pose columns: reading back gives our table only
     pd.testing.assert_frame_equal(read_poses(tmp_path / "poses.star"), table, atol=1e-8)
+
+
+def test_pose_star_for_an_in_memory_stack_writes_no_copy(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "parts.npy", np.zeros((2, 8, 8), np.float32))  # a file of that name
+    stack = ParticleStack.from_array(np.ones((2, 8, 8), np.float32), 2.0, path="parts.npy")
+    notes = write_poses(tmp_path / "p.star", pose_table(2), stack)
+    assert not (tmp_path / "p_particles.mrcs").exists()
+    assert any("parts.mrcs, which must hold the images" in n for n in notes)
 
 
 def test_pose_star_refuses_non_square_images(tmp_path: Path) -> None:

@@ -51,9 +51,10 @@ def resolve_stack_path(name: str, base_dirs: Sequence[Path], datadir: Path | Non
 
 def describe_search(base_dirs: Iterable[Path], datadir: Path | None) -> str:
     """Say (in one clause) where stacks were looked for, for error messages."""
-    where = "looked in " + ", ".join(
-        [*(str(d) for d in base_dirs), f"the current folder {Path.cwd()}"]
-    )
+    folders = [str(d) for d in base_dirs]
+    here = str(Path.cwd())
+    folders.append("the current folder" if here in folders else f"the current folder {here}")
+    where = "looked in " + ", ".join(folders)
     if datadir is None:
         return where + "; pass datadir= (--datadir) to name the folder that holds the stacks"
     return where + f" and datadir {datadir}"

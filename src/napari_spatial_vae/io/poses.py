@@ -31,7 +31,7 @@ from .atomic import atomic_output
 from .errors import StackError
 from .mrc import open_mrc
 from .paths import as_datadir, describe_search, resolve_stack_path
-from .sources import FileSource, GatherSource, SubsetSource
+from .sources import ArraySource, FileSource, GatherSource, SubsetSource
 from .stack import ParticleStack
 from .star import (
     merge_optics,
@@ -261,7 +261,9 @@ def _image_names(
         return [
             f"{i + 1:06d}@{names[w]}" for w, i in zip(which.tolist(), local.tolist(), strict=True)
         ]
-    if stack.path.exists():  # numpy, TIFF, PNG...: RELION needs an MRC copy
+    base = stack.images.base if isinstance(stack.images, SubsetSource) else stack.images
+    if stack.path.exists() and not isinstance(base, ArraySource):
+        # numpy, TIFF, PNG...: RELION needs an MRC copy (in-memory stacks have no file)
         copy = folder / f"{path.stem}_particles.mrcs"
         out.copy = (copy, stack.subset(rows))
         out.notes.append(
