@@ -164,6 +164,16 @@ def test_subtomogram_star_is_refused(tmp_path: Path) -> None:
         read_stack(tmp_path / "sub3d.star")
 
 
+def test_relion5_tomography_list_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tomo.star"
+    path.write_text(
+        "data_particles\nloop_\n_rlnTomoName #1\n_rlnCoordinateX #2\n_rlnCoordinateY #3\n"
+        "_rlnCoordinateZ #4\nTS_01 10.0 20.0 30.0\n"
+    )
+    with pytest.raises(StackError, match=r"a tomography particle list \(rlnTomoName"):
+        read_stack(path)
+
+
 def test_single_image_files_without_at_still_read(tmp_path: Path) -> None:
     image = np.arange(256, dtype=np.float32).reshape(16, 16)
     with mrcfile.new(tmp_path / "one.mrc") as mrc:

@@ -76,6 +76,13 @@ def select_particle_block(
     with_names = {n: b for n, b in others.items() if "rlnImageName" in b.columns}
     if not with_names:
         filled = [n for n, b in others.items() if len(b)]
+        tomo = [n for n in filled if "rlnTomoName" in others[n].columns]
+        if tomo:  # RELION 5 tomography: particles are coordinates in tomograms
+            raise StackError(
+                path,
+                f"a tomography particle list (rlnTomoName in block data_{tomo[0]}, no"
+                " rlnImageName): spatial-VAE works on 2-D particle images",
+            )
         if filled:
             raise StackError(
                 path,
