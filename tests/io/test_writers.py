@@ -233,6 +233,9 @@ def test_poses_star_from_cryosparc(cryoem: Path, tmp_path: Path) -> None:
     link = tmp_path / "empiar_10076_7.mrcs"
     assert link.is_symlink()
     assert link.resolve() == (cryoem / "cryodrgn/empiar_10076_7.mrc").resolve()
+    np.testing.assert_array_equal(
+        read_stack(tmp_path / "p.star").read_batch([6, 0]), stack.read_batch([6, 0])
+    )
     assert not any("/" in c for c in particles.columns)  # no cryoSPARC field names
     assert blocks["optics"]["rlnImagePixelSize"].iloc[0] == pytest.approx(1.31, rel=1e-5)
     assert blocks["optics"]["rlnVoltage"].iloc[0] == 300
