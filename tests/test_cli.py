@@ -106,6 +106,9 @@ def test_infer_writes_relion_star(trained_run, npy_stack, tmp_path, capsys):
     assert code == 0, err
     text = (tmp_path / "p.star").read_text()
     assert "data_optics" in text and "_rlnAnglePsi" in text and "_rlnImageName" in text
+    # a .npy input: RELION gets an .mrcs copy and the optics defaults, each said in one line
+    assert (tmp_path / "p_particles.mrcs").is_file()
+    assert "rlnVoltage 300" in err and "p_particles.mrcs" in err
 
 
 def test_traverse_writes_one_image_per_dimension_and_step(trained_run, tmp_path, capsys):

@@ -76,7 +76,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 recon_writer.write(batch.start, batch.reconstructions)
             bar.update(len(batch.poses.theta))
     table = pd.DataFrame(Poses.concatenate(parts).columns())
-    write_poses(poses_path, table, stack)
+    for note in write_poses(poses_path, table, stack):
+        say(note)  # optics defaults assumed, .mrcs links or copies made for RELION
     say(
         f"wrote poses of {len(table)} images to {poses_path}"
         + (f", aligned particles to {aligned_path}" if aligned_path else "")
