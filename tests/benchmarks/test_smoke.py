@@ -91,3 +91,10 @@ def test_galaxies_writes_the_figure(tmp_path):
     row = json.loads(out.strip().splitlines()[-1])
     assert row["galaxies"] == 8
     assert (tmp_path / "galaxies_bernoulli.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_memory_compares_measured_and_estimated_steps():
+    out = run("training_memory.py", "--case", "24:4:hidden_dim=16,encoder_rotations=4")
+    row = json.loads(out.strip().splitlines()[-1])
+    (case,) = row["cases"]
+    assert case["measured_mb"] > 0 and case["estimate_mb"] > 0

@@ -51,6 +51,7 @@ from napari_spatial_vae.core.distributed import (
 )
 from napari_spatial_vae.core.errors import CheckpointError, DataError
 from napari_spatial_vae.core.losses import LossTerms
+from napari_spatial_vae.core.memory import MemoryPlan, available_bytes, plan_batch_size
 from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.performance import (
@@ -311,9 +312,6 @@ def _train(
         history = []
     # every rank has read the folder before rank 0 writes to it
     barrier(context)
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir, config, image_shape, {"run": run_info or {}})
 
     scale = input_scale(config.model.likelihood, getattr(images, "dtype", np.float32))
     limit = None if config.resident_gb is None else int(config.resident_gb * 1024**3)
@@ -337,6 +335,11 @@ def _train(
     else:
         train_feed = feeder(images, None)
         test_feed = feeder(test_images, None) if context.is_main else None
+    # after the feeders: resident images already took their share of the free memory
+    memory = _plan_memory(config, image_shape, model, device, context, resume)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, config, image_shape, {"run": run_info or {}})
 
     step_module: nn.Module = _LossModule(model, config.precision, device)
     if context.enabled:
@@ -360,7 +363,8 @@ def _train(
             steps_per_epoch,
             time.monotonic() - started,
             message=f"training on {describe_device(device)}{ranks}"
-            + (f", resuming after epoch {progress.epochs_completed}" if resume else ""),
+            + (f", resuming after epoch {progress.epochs_completed}" if resume else "")
+            + f"; memory: {memory.describe()}",
         )
     )
 
@@ -491,6 +495,50 @@ def _train(
         seconds=seconds,
         images_per_second=images_seen / seconds if seconds > 0 else 0.0,
     )
+
+
+def _plan_memory(
+    config: TrainConfig,
+    image_shape: tuple[int, int, int],
+    model: SpatialVAE,
+    device: torch.device,
+    context: DistributedContext,
+    resume: bool,
+) -> MemoryPlan:
+    """Check that a step fits the device; lower a new run's batch size if it does not.
+
+    A resumed run keeps its saved batch size (it defines the run), and ranks of a distributed
+    run must agree on it, so those are refused instead of changed.
+    """
+    ranks = context.world_size if context.enabled else 1
+    per_rank = math.ceil(config.batch_size / ranks)
+    n_parameters = sum(p.numel() for p in model.parameters())
+    plan = plan_batch_size(
+        config.model, image_shape, per_rank, n_parameters, available_bytes(device)
+    )
+    gb = 1024**3
+    if plan.available is None or not plan.lowered:
+        return plan
+    if plan.batch_size == 0:
+        raise DataError(
+            f"one training step needs ~{plan.step_bytes / gb:.1f} GB even for a single "
+            f"{image_shape[1]}x{image_shape[2]} image, but {plan.available / gb:.1f} GB is "
+            "available; downsample the particles (extract --size) or lower --hidden-dim"
+        )
+    if resume or context.enabled:
+        need = plan_batch_size(config.model, image_shape, per_rank, n_parameters, None)
+        raise DataError(
+            f"a step of {per_rank} images needs ~{need.step_bytes / gb:.1f} GB but "
+            f"{plan.available / gb:.1f} GB is available; free memory"
+            + (
+                ", or start a new run with --batch-size "
+                if resume
+                else " or lower --batch-size to "
+            )
+            + f"{plan.batch_size * ranks}"
+        )
+    config.batch_size = plan.batch_size
+    return plan
 
 
 def _wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
