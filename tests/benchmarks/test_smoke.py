@@ -91,3 +91,13 @@ def test_galaxies_writes_the_figure(tmp_path):
     row = json.loads(out.strip().splitlines()[-1])
     assert row["galaxies"] == 8
     assert (tmp_path / "galaxies_bernoulli.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_extract_micrographs_prints_time_and_peak_memory():
+    out = run(
+        "extract_micrographs.py",
+        *["--micrographs", "2", "--side", "256", "--particles", "6", "--box", "48"],
+        *["--size", "24", "--particle-size", "32"],
+    )
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["picks"] == 12 and row["peak_rss_mb"] > 0 and row["seconds"] > 0

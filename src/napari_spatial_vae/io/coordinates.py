@@ -45,6 +45,7 @@ __all__ = [
     "COORDINATE_SUFFIXES",
     "PICK_COLUMNS",
     "find_coordinate_files",
+    "match_micrograph_key",
     "match_picks",
     "read_coordinate_file",
     "read_coordinates",
@@ -290,7 +291,7 @@ def read_coordinates(
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PICK_COLUMNS)
 
 
-def _match_key(name: str, keys: dict[str, int]) -> int | None:
+def match_micrograph_key(name: str, keys: dict[str, int]) -> int | None:
     """Index of the micrograph a coordinate file's name refers to, or None.
 
     Exact base names first; else the longest micrograph base name that the name contains
@@ -333,7 +334,7 @@ def match_picks(picks: pd.DataFrame, micrographs: MicrographSet) -> pd.DataFrame
     """
     keys = {k: i for i, k in enumerate(micrographs.keys)}
     names = picks["micrograph"].astype(str)
-    cache = {name: _match_key(name, keys) for name in names.unique()}
+    cache = {name: match_micrograph_key(name, keys) for name in names.unique()}
     index = names.map(cache)
     unmatched = index.isna().to_numpy()
     if unmatched.any():

@@ -20,7 +20,7 @@ import pandas as pd
 from .errors import StackError
 from .mrc import open_mrc
 from .paths import resolve_stack_path
-from .sources import FileSource, GatherSource
+from .sources import ArraySource, FileSource, GatherSource, ImageSource
 from .star import merge_optics, pixel_sizes_per_row, read_star_blocks
 
 __all__ = [
@@ -54,7 +54,7 @@ class MicrographSet:
     names : list of str
         Names as the input gives them (``rlnMicrographName``, or the path as passed); these
         go into ``rlnMicrographName`` of extracted particles.
-    images : GatherSource
+    images : ImageSource
         ``(N, H, W)`` lazy micrographs; ``images[i]`` reads micrograph ``i`` only.
     pixel_size : float or None
         Å per pixel (STAR optics, else the MRC headers); None when unknown.
@@ -65,9 +65,43 @@ class MicrographSet:
     source: Path
     paths: list[Path]
     names: list[str]
-    images: GatherSource
+    images: ImageSource
     pixel_size: float | None
     table: pd.DataFrame | None = None
+
+    @classmethod
+    def from_array(
+        cls,
+        images: np.ndarray,
+        names: Sequence[str] | None = None,
+        pixel_size: float | None = None,
+        table: pd.DataFrame | None = None,
+        source: str = "<layer>",
+    ) -> MicrographSet:
+        """Wrap micrographs already in memory (or a dask array) ``(N, H, W)`` or ``(H, W)``.
+
+        ``names`` default to ``micrograph_001.mrc``, ...; ``table`` is one row per
+        micrograph (CTF and optics labels), as a micrographs STAR would give.
+        """
+        shape = tuple(images.shape)
+        if len(shape) == 2:
+            images = images[None]
+            shape = tuple(images.shape)
+        if len(shape) != 3 or shape[0] == 0:
+            raise StackError(source, f"micrographs must be (N, H, W) or (H, W), got {shape}")
+        n = shape[0]
+        names = (
+            list(names) if names is not None else [f"micrograph_{k + 1:03d}.mrc" for k in range(n)]
+        )
+        if len(names) != n:
+            raise StackError(source, f"{len(names)} micrograph names for {n} micrographs")
+        if table is not None and len(table) != n:
+            raise StackError(source, f"{len(table)} table rows for {n} micrographs")
+        keys = [micrograph_key(name) for name in names]
+        if len(set(keys)) != n:
+            raise StackError(source, "two micrographs share a base name")
+        paths = [Path(name) for name in names]
+        return cls(Path(source), paths, names, ArraySource(images), pixel_size, table)
 
     def __len__(self) -> int:
         return len(self.paths)
