@@ -291,3 +291,35 @@ def test_usage_errors(capsys, data, in_tmp):
     )
     assert code == 2 and "must end in .star" in err
     assert not os.path.exists(in_tmp / "x.star")
+
+
+def test_simulate_micrographs_then_extract(capsys, in_tmp):
+    code, err = run_cli(
+        capsys,
+        "simulate-micrographs",
+        "-o",
+        "sim",
+        "--n",
+        2,
+        "--side",
+        128,
+        "--particles",
+        3,
+        "--particle-size",
+        24,
+    )
+    assert code == 0, err
+    assert (in_tmp / "sim" / "Micrographs" / "mic_002.mrc").is_file()
+    code, err = run_cli(
+        capsys,
+        "extract",
+        "sim/micrographs_ctf.star",
+        "--coords",
+        "sim/picks.star",
+        "--box",
+        32,
+        "-o",
+        "p.star",
+    )
+    assert code == 0, err
+    assert read_stack(in_tmp / "p.star").pixel_size == 2.0

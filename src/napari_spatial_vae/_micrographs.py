@@ -253,13 +253,15 @@ def picks_layer(
             "micrograph": [frame_keys[int(f)] for f in frames[keep]],
         }
     )
+    scored = bool(np.isfinite(features["score"]).any())
     kwargs: dict[str, Any] = {
         "name": name,
         "scale": pixel_scale(pixel_size, 3),
         "size": point_size,
         "symbol": "square",
         "face_color": "transparent",
-        "border_color": "yellow",
+        # weak picks stand out when the border colour follows the score
+        "border_color": "score" if scored else "yellow",
         "border_width": 0.05,
         "features": features,
         "axis_labels": MICROGRAPH_AXES,
@@ -268,6 +270,8 @@ def picks_layer(
             "frame_micrographs": frame_keys,
         },
     }
+    if scored:
+        kwargs["border_colormap"] = "plasma"
     return (data, kwargs, "points")
 
 
@@ -284,7 +288,7 @@ def make_synthetic_micrographs(
 
     The true particles get scores in 0.5..1, the false picks (on empty ice) 0..0.4, so the
     ``score`` feature separates them, as a picker's figure of merit roughly does. Extract
-    with a box of about 96 px from the widget and train on the result.
+    with a box of 64 px from the widget and train on the result.
     """
     from napari_spatial_vae.core.simulate_micrographs import simulate_micrograph
     from napari_spatial_vae.io.particles_star import micrographs_star_tables
@@ -294,7 +298,7 @@ def make_synthetic_micrographs(
     names = [f"synthetic_{k + 1:03d}.mrc" for k in range(n_micrographs)]
     for k in range(n_micrographs):
         sim = simulate_micrograph(
-            (side, side), n_particles, particle_size, pixel_size, noise_std=1.0, seed=seed + k
+            (side, side), n_particles, particle_size, pixel_size, noise_std=0.5, seed=seed + k
         )
         images.append(sim.image)
         ctf.append(sim.ctf)
@@ -321,7 +325,7 @@ def make_synthetic_micrographs(
     image = micrograph_layer(micrographs, name="synthetic micrographs")
     all_picks = pd.concat(picks, ignore_index=True)
     points = picks_layer(
-        all_picks, names, pixel_size, name="synthetic picks", point_size=1.5 * particle_size
+        all_picks, names, pixel_size, name="synthetic picks", point_size=particle_size
     )
     points[1]["metadata"]["truth"] = all_picks["truth"].to_numpy()
     image[1]["metadata"][META_KEY]["path"] = None

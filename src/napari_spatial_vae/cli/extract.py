@@ -53,8 +53,31 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate_micrographs(args: argparse.Namespace) -> int:
+    from napari_spatial_vae.micrograph_samples import write_synthetic_micrographs
+
+    if args.n < 1 or args.side < 64 or args.particles < 1:
+        raise UsageError("--n and --particles must be at least 1, --side at least 64")
+    if not args.pixel_size > 0:
+        raise UsageError(f"--pixel-size must be positive, got {args.pixel_size}")
+    files = write_synthetic_micrographs(
+        args.output,
+        n_micrographs=args.n,
+        shape=(args.side, args.side),
+        n_particles=args.particles,
+        particle_size=args.particle_size,
+        pixel_size=args.pixel_size,
+        seed=args.seed,
+    )
+    say(
+        f"wrote {args.n} micrographs to {files.micrographs[0].parent}, their CTF to"
+        f" {files.micrographs_star} and {len(files.truth)} true picks to {files.coordinates_star}"
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
-    """Add the ``extract`` subcommand to the subparsers ``sub``."""
+    """Add the ``extract`` and ``simulate-micrographs`` subcommands to the subparsers ``sub``."""
     p = sub.add_parser(
         "extract",
         help="extract particles from micrographs at picked coordinates",
@@ -108,3 +131,22 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-o", "--output", required=True, metavar="PARTICLES.star")
     p.set_defaults(run=cmd_extract)
+
+    sim = sub.add_parser(
+        "simulate-micrographs",
+        help="write synthetic micrographs with CTF parameters and true picks",
+        description="Synthetic micrographs (the simulate command's hinged particles, dark, at"
+        " known positions, plus noise) as .mrc files under OUT/Micrographs, a RELION"
+        " micrographs STAR with CTF parameters (OUT/micrographs_ctf.star) and the true picks"
+        " (OUT/picks.star).",
+    )
+    sim.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    sim.add_argument("--n", type=int, default=4, help="number of micrographs (default 4)")
+    sim.add_argument("--side", type=int, default=1024, help="micrograph side in px (default 1024)")
+    sim.add_argument("--particles", type=int, default=50, help="particles per micrograph")
+    sim.add_argument(
+        "--particle-size", type=int, default=64, help="particle render size in px (default 64)"
+    )
+    sim.add_argument("--pixel-size", type=float, default=2.0, help="Å per pixel (default 2)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(run=cmd_simulate_micrographs)

@@ -126,7 +126,7 @@ def simulate_micrograph(
         Particles on it.
     particle_size
         Side of the square each particle is rendered in (the object spans about half of
-        it); particles are spaced at least ``0.75 * particle_size`` apart where room allows.
+        it); particle centres are at least ``particle_size`` apart where room allows.
     pixel_size
         Å per pixel (only used by the CTF).
     noise_std
@@ -145,7 +145,7 @@ def simulate_micrograph(
     height, width = shape
     size = int(particle_size)
     margin = size / 2 if margin is None else margin
-    centres = _place_centres(rng, n_particles, shape, 0.75 * size, margin)
+    centres = _place_centres(rng, n_particles, shape, float(size), margin)
     x, y = centres[:, 0], centres[:, 1]
     conformation = rng.uniform(0.0, 1.0, n_particles)
     theta = rng.uniform(-np.pi, np.pi, n_particles)
