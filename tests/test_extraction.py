@@ -323,3 +323,38 @@ def test_simulate_micrographs_then_extract(capsys, in_tmp):
     )
     assert code == 0, err
     assert read_stack(in_tmp / "p.star").pixel_size == 2.0
+
+
+def test_a_relion_30_micrographs_table_gives_its_ctf_and_pixel_size(capsys, in_tmp, shared_data):
+    """topaz's ctf_params.star (CTFFIND values, RELION 3.0 labels, tab-separated)."""
+    source = shared_data / "cryoem" / "topaz" / "ctf_params.star"
+    table = starfile.read(source)
+    star = in_tmp / "ctf_params.star"
+    star.write_bytes(source.read_bytes())
+    for name in table["rlnMicrographName"][:3]:  # three micrographs are enough
+        write_mic(in_tmp / name, shape=(64, 64), pixel_size=0.0)
+    lines = [
+        "data_images",
+        "loop_",
+        "_rlnMicrographName #1",
+        "_rlnCoordinateX #2",
+        "_rlnCoordinateY #3",
+    ]
+    lines += [f"{name}\t32\t30" for name in table["rlnMicrographName"][:3]]
+    # the other 27 micrographs are absent: keep only the rows whose files exist
+    trimmed = table.iloc[:3]
+    starfile.write({"images": trimmed}, star, overwrite=True)
+    (in_tmp / "picks.star").write_text("\n".join(lines) + "\n")
+    code, err = run_cli(
+        capsys, "extract", star, "--coords", "picks.star", "--box", 32, "-o", "p.star"
+    )
+    assert code == 0, err
+    written = starfile.read(in_tmp / "p.star")
+    np.testing.assert_allclose(written["particles"]["rlnDefocusU"], trimmed["rlnDefocusU"])
+    np.testing.assert_allclose(
+        written["particles"]["rlnCtfFigureOfMerit"], trimmed["rlnCtfFigureOfMerit"]
+    )
+    optics = written["optics"]
+    assert (optics.loc[0, "rlnVoltage"], optics.loc[0, "rlnSphericalAberration"]) == (300, 2.7)
+    # rlnDetectorPixelSize 2.5 µm / rlnMagnification 38023
+    np.testing.assert_allclose(optics.loc[0, "rlnImagePixelSize"], 2.5e4 / 38023, rtol=1e-6)

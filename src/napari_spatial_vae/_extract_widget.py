@@ -166,6 +166,8 @@ def make_extract_widget(
     if star.suffix.lower() != ".star":
         star = star.with_suffix(".star")
 
+    done: list[str] = []
+
     @thread_worker
     def work() -> LayerDataTuple:
         mics = micrographs_from_layer(micrographs)
@@ -174,7 +176,7 @@ def make_extract_widget(
         star.parent.mkdir(parents=True, exist_ok=True)
         result = extract_particles(mics, table, star, box, size or None, invert=invert)
         skipped = f", skipped {result.n_skipped} whose box leaves the micrograph"
-        show_info(
+        done.append(
             f"extracted {result.n_particles} particles to {star}"
             + (skipped if result.n_skipped else "")
         )
@@ -182,7 +184,9 @@ def make_extract_widget(
         return (data, kwargs, kind)
 
     worker = work()
+    # notifications go out from the Qt thread, not the worker
     worker.errored.connect(lambda err: show_error(str(err)))
+    worker.returned.connect(lambda _: show_info(done[-1]) if done else None)
     # napari connects the layer-adding slot to the returned worker after this function
     # returns; start it from the event loop, so that connection is in place first
     QTimer.singleShot(0, worker.start)

@@ -131,3 +131,27 @@ def test_points_off_the_micrographs_are_named_by_layer_and_row(sample):
     mics = micrographs_from_layer(image)
     with pytest.raises(StackError, match=r"points layer 'synthetic picks': row 17: coordinate"):
         picks_from_layer(points, image, mics)
+
+
+def test_picks_opened_before_their_micrographs_are_matched_by_name(sample):
+    from napari_spatial_vae._micrographs import picks_layer
+
+    image, _ = sample.layers
+    names = image.metadata["micrograph_names"]
+    # a coordinate file read without the micrograph layer: its frames are its own order
+    picks = pd.DataFrame(
+        {
+            "micrograph": [names[1], names[0]],
+            "x": [100.0, 120.0],
+            "y": [110.0, 130.0],
+            "score": np.nan,
+            "file": "f",
+            "row": [1, 2],
+        }
+    )
+    data, kwargs, _ = picks_layer(picks, None, 2.0)
+    layer = sample.add_points(data, **kwargs)
+    assert layer.data[:, 0].tolist() == [0, 1]
+    matched = picks_from_layer(layer, image, micrographs_from_layer(image))
+    assert matched["index"].tolist() == [1, 0]
+    np.testing.assert_allclose(matched[["x", "y"]], [[100, 110], [120, 130]])
