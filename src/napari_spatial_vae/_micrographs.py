@@ -22,6 +22,7 @@ import pandas as pd
 
 from napari_spatial_vae._layers import META_KEY, LayerData, contrast_limits, pixel_scale
 from napari_spatial_vae.io.coordinates import match_micrograph_key, read_coordinates
+from napari_spatial_vae.io.errors import StackError
 from napari_spatial_vae.io.micrographs import MicrographSet, micrograph_key, read_micrographs
 
 __all__ = [
@@ -146,8 +147,18 @@ def read_coordinate_layers(path: Any) -> list[LayerData]:
     paths = _paths(path)
     picks = read_coordinates(paths)
     names, pixel_size = _micrographs_in_viewer()
+    if names is not None and _frames(picks, names).isna().all():
+        names = None  # picks of other micrographs: show them on frames of their own
     name = paths[0].stem if len(paths) == 1 else f"{paths[0].parent.name} picks"
     return [picks_layer(picks, names, pixel_size, name=name)]
+
+
+def _frames(picks: pd.DataFrame, frame_keys: Sequence[str]) -> pd.Series:
+    """Frame of every pick among micrographs ``frame_keys`` (base names); NaN where none."""
+    keys = picks["micrograph"].astype(str).map(micrograph_key)
+    frame_of = {micrograph_key(k): i for i, k in enumerate(frame_keys)}
+    cache = {k: frame_of.get(k, match_micrograph_key(k, frame_of)) for k in keys.unique()}
+    return keys.map(cache).astype("float64")
 
 
 def _micrographs_in_viewer() -> tuple[list[str] | None, float | None]:
@@ -221,24 +232,29 @@ def picks_layer(
         :func:`~napari_spatial_vae.io.coordinates.read_coordinates`'s table.
     micrograph_names : sequence of str, optional
         The micrograph layer's frames; picks are put on the frame of their micrograph
-        (matched by base name). Picks of micrographs not listed are dropped. Without it,
-        frames are the picks' micrographs in order of first appearance.
+        (matched by base name); a pick of a micrograph not listed raises
+        :class:`~napari_spatial_vae.io.StackError`. Without it, frames are the picks'
+        micrographs in order of first appearance.
     pixel_size : float, optional
         Å per pixel (the micrograph layer's scale).
     point_size : float
         Marker diameter in pixels.
     """
-    keys = picks["micrograph"].astype(str).map(micrograph_key)
     if micrograph_names is None:
+        keys = picks["micrograph"].astype(str).map(micrograph_key)
         frame_keys = list(dict.fromkeys(keys))
     else:
         frame_keys = [micrograph_key(n) for n in micrograph_names]
-    frame_of = {k: i for i, k in enumerate(frame_keys)}
-    frames = keys.map(frame_of)
-    if micrograph_names is not None and frames.isna().any():
-        # coordinate files name micrographs by longer names (e.g. mic_autopick): match them
-        frames = keys.map(lambda k: frame_of.get(k, match_micrograph_key(k, frame_of)))
-    keep = frames.notna().to_numpy()
+    frames = _frames(picks, frame_keys)
+    unmatched = frames.isna().to_numpy()
+    if unmatched.any():
+        k = int(np.argmax(unmatched))
+        raise StackError(
+            picks["file"].iloc[k],
+            f"row {picks['row'].iloc[k]}: micrograph '{picks['micrograph'].iloc[k]}' is not"
+            f" among the {len(frame_keys)} micrographs of the micrograph layer",
+        )
+    keep = ~unmatched
     data = np.stack(
         [
             frames[keep].to_numpy(dtype=np.float64),

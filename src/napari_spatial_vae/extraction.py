@@ -144,6 +144,8 @@ def extract_particles(
     """
     star = Path(output)
     size = check_box_sizes(micrographs, box, size)
+    if len(picks) == 0:
+        raise StackError(star, "no picks to extract (are the coordinate files empty?)")
     mic_pixel = pixel_size if pixel_size is not None else micrographs.pixel_size
     out_pixel = None if mic_pixel is None else mic_pixel * box / size
 

@@ -155,3 +155,21 @@ def test_picks_opened_before_their_micrographs_are_matched_by_name(sample):
     matched = picks_from_layer(layer, image, micrographs_from_layer(image))
     assert matched["index"].tolist() == [1, 0]
     np.testing.assert_allclose(matched[["x", "y"]], [[100, 110], [120, 130]])
+
+
+def test_picks_of_a_micrograph_the_layer_lacks_are_named_by_file_and_row(sample):
+    from napari_spatial_vae._micrographs import picks_layer
+
+    names = sample.layers[0].metadata["micrograph_names"]
+    picks = pd.DataFrame(
+        {
+            "micrograph": [names[0], "other.mrc"],
+            "x": [1.0, 2.0],
+            "y": [1.0, 2.0],
+            "score": np.nan,
+            "file": "p.star",
+            "row": [1, 2],
+        }
+    )
+    with pytest.raises(StackError, match=r"p.star: row 2: micrograph 'other.mrc' is not among"):
+        picks_layer(picks, names, 2.0)
