@@ -254,19 +254,18 @@ def picks_layer(
             f"row {picks['row'].iloc[k]}: micrograph '{picks['micrograph'].iloc[k]}' is not"
             f" among the {len(frame_keys)} micrographs of the micrograph layer",
         )
-    keep = ~unmatched
     data = np.stack(
         [
-            frames[keep].to_numpy(dtype=np.float64),
-            picks["y"].to_numpy(dtype=np.float64)[keep],
-            picks["x"].to_numpy(dtype=np.float64)[keep],
+            frames.to_numpy(dtype=np.float64),
+            picks["y"].to_numpy(dtype=np.float64),
+            picks["x"].to_numpy(dtype=np.float64),
         ],
         axis=1,
     ).reshape(-1, 3)
     features = pd.DataFrame(
         {
-            "score": picks["score"].to_numpy(dtype=np.float64)[keep],
-            "micrograph": [frame_keys[int(f)] for f in frames[keep]],
+            "score": picks["score"].to_numpy(dtype=np.float64),
+            "micrograph": [frame_keys[int(f)] for f in frames],
         }
     )
     scored = bool(np.isfinite(features["score"]).any())

@@ -48,6 +48,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         f"wrote {result.n_particles} particles ({pixel}) to {out} and {len(result.stacks)}"
         f" stacks next to it in {time.perf_counter() - started:.1f} s"
     )
+    if result.pixel_size is None:
+        say("note: the pixel size is unknown (RELION needs it); give it with --pixel-size")
     if micrographs.table is None or "rlnDefocusU" not in micrographs.table.columns:
         say("note: the micrographs carry no CTF (give a micrographs STAR to copy it)")
     return 0
