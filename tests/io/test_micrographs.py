@@ -94,3 +94,9 @@ def test_other_files_are_not_micrographs(tmp_path):
         read_micrographs([tmp_path / "a.txt"])
     with pytest.raises(StackError, match=r"no \.mrc micrographs"):
         read_micrographs(tmp_path)
+
+
+def test_several_files_keep_the_given_order(folder):
+    mics = read_micrographs([folder / "mic_2.mrc", folder / "mic_0.mrc"])
+    assert mics.keys == ["mic_2", "mic_0"]
+    np.testing.assert_array_equal(mics.read(1), mrcfile.read(folder / "mic_0.mrc"))
