@@ -29,6 +29,7 @@ import torch
 from napari_spatial_vae.core.config import ModelConfig, TrainConfig
 from napari_spatial_vae.core.infer import iter_inference
 from napari_spatial_vae.core.model import SpatialVAE
+from napari_spatial_vae.core.performance import release_large_blocks
 from napari_spatial_vae.io import MrcsWriter, read_stack
 
 
@@ -81,6 +82,7 @@ def main() -> None:
         total = args.limit or len(stack)
         done = 0
         poses: list = []
+        release_large_blocks()  # as `spatial-vae infer` does
         t0 = time.perf_counter()
         with (
             MrcsWriter(Path(folder) / "aligned.mrcs", total, shape, 1.0) as aligned,

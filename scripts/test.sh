@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 if ! command -v xvfb-run >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     bash scripts/install-system-deps.sh
 fi
-bash scripts/setup.sh dev,napari
+bash scripts/setup.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check src tests benchmarks scripts
 ruff format --check src tests benchmarks scripts

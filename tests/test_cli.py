@@ -106,6 +106,9 @@ def test_infer_writes_relion_star(trained_run, npy_stack, tmp_path, capsys):
     assert code == 0, err
     text = (tmp_path / "p.star").read_text()
     assert "data_optics" in text and "_rlnAnglePsi" in text and "_rlnImageName" in text
+    # a .npy input: RELION gets an .mrcs copy and the optics defaults, each said in one line
+    assert (tmp_path / "p_particles.mrcs").is_file()
+    assert "rlnVoltage 300" in err and "p_particles.mrcs" in err
 
 
 def test_traverse_writes_one_image_per_dimension_and_step(trained_run, tmp_path, capsys):
@@ -128,7 +131,22 @@ def test_resume_continues_to_more_epochs(trained_run, npy_stack, capsys):
     assert code == 0, err
     assert pd.read_csv(trained_run / "history.csv")["epoch"].max() == 3
     code, err = run_cli(capsys, "train", npy_stack, "-o", trained_run, "--resume", "--z-dim", "3")
-    assert code == 2 and "only --epochs, --max-minutes and --device" in err
+    assert code == 2 and "--z-dim 3 differs from this run's saved z_dim = 2" in err
+    assert err.count("\n") == 1
+
+
+def test_resume_accepts_the_original_command_repeated(trained_run, npy_stack, capsys):
+    # the command that made the run (see trained_run), with --resume and a longer budget
+    code, err = run_cli(
+        capsys, "train", npy_stack, "-o", trained_run, "--z-dim", "2", *TINY,
+        "--resume", "--epochs", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    assert pd.read_csv(trained_run / "history.csv")["epoch"].max() == 3
+    code, err = run_cli(
+        capsys, "train", npy_stack, "-o", trained_run, "--resume", "--no-rotation-search"
+    )
+    assert code == 2 and "saved rotation_search = true" in err
 
 
 def test_simulate_writes_a_stack_and_its_truth(tmp_path, capsys):

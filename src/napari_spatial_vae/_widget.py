@@ -60,6 +60,7 @@ from napari_spatial_vae._worker import (
 )
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.runlock import LOCK_FILE
 from napari_spatial_vae.core.train import TrainUpdate
 
 if TYPE_CHECKING:
@@ -507,7 +508,12 @@ class SpatialVAEWidget(QWidget):
             show_error(f"spatial-VAE: {destination} is not empty; choose a new folder")
             return False
         try:
-            shutil.copytree(self.model_run_dir, destination, dirs_exist_ok=True)
+            shutil.copytree(
+                self.model_run_dir,
+                destination,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns(LOCK_FILE),  # a copy is nobody's run yet
+            )
         except OSError as err:
             show_error(f"spatial-VAE: could not copy the run folder: {err}")
             return False

@@ -72,7 +72,12 @@ def write_poses_layer(path: str, data: Any, attributes: dict[str, Any]) -> list[
     stack = None
     if Path(path).suffix.lower() == ".star":
         stack = _source_stack(attributes, len(table))
-    write_poses(path, table, stack)
+    notes = write_poses(path, table, stack)
+    if notes:  # optics defaults assumed, .mrcs links or copies made for RELION
+        from napari.utils.notifications import show_info
+
+        for note in notes:
+            show_info(note)
     return [os.fspath(path)]
 
 

@@ -68,7 +68,7 @@ def test_write_mrcs_from_lazy_stack(tmp_path: Path, small_mrcs) -> None:
 def test_write_mrcs_rejects_bad_shapes(tmp_path: Path) -> None:
     with pytest.raises(StackError, match=r"cannot write images of shape \(2, 3, 4, 3\)"):
         write_mrcs(tmp_path / "x.mrcs", np.zeros((2, 3, 4, 3)), None)
-    with pytest.raises(StackError, match=r"output folder .* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"output folder .* does not exist"):
         write_mrcs(tmp_path / "no" / "x.mrcs", np.zeros((2, 3, 4)), None)
 
 
@@ -172,15 +172,21 @@ def test_poses_star_round_trip_with_relion_stack(cryoem: Path, tmp_path: Path) -
     assert "rlnOriginX" not in particles.columns
 
 
-def test_poses_star_without_stack_uses_pixels(tmp_path: Path) -> None:
+def test_poses_star_without_stack_needs_the_box_and_says_what_it_assumed(tmp_path: Path) -> None:
     table = pose_table(4, k=1)
     path = tmp_path / "poses.star"
-    write_poses(path, table)
-    particles = starfile.read(path, always_dict=True)["particles"]
+    with pytest.raises(StackError, match="needs the box size"):
+        write_poses(path, table)
+    notes = write_poses(path, table, image_size=16)
+    blocks = starfile.read(path, always_dict=True)
+    particles, optics = blocks["particles"], blocks["optics"]
     assert particles["rlnImageName"].tolist() == [f"00000{i}@poses.mrcs" for i in range(1, 5)]
-    # box size unknown: no half-pixel term
-    assert particles["rlnOriginX"].to_numpy() == pytest.approx(-table["dx"].to_numpy())
-    assert "rlnOriginXAngst" not in particles.columns
+    # pixel size unknown: 1 Å written and said, so origins in Å are pixels (+0.5: even box)
+    assert optics["rlnImagePixelSize"].tolist() == [1.0]
+    expected = 0.5 - table["dx"].to_numpy()
+    assert particles["rlnOriginXAngst"].to_numpy() == pytest.approx(expected)
+    assert any("rlnImagePixelSize 1" in n for n in notes)
+    assert any("no stack given" in n for n in notes)
     pd.testing.assert_frame_equal(read_poses(path), table, rtol=1e-8, atol=1e-8)
 
 
@@ -191,13 +197,14 @@ def test_poses_star_odd_box_no_pixel_size(tmp_path: Path) -> None:
     write_poses(tmp_path / "p.star", table, stack)
     blocks = starfile.read(tmp_path / "p.star", always_dict=True)
     particles = blocks["particles"]
+    # RELION cannot read .npy: the images are written beside the STAR file
     assert particles["rlnImageName"].tolist() == [
-        "000001@parts.mrcs",
-        "000002@parts.mrcs",
-        "000003@parts.mrcs",
+        "000001@p_particles.mrcs",
+        "000002@p_particles.mrcs",
+        "000003@p_particles.mrcs",
     ]
-    assert particles["rlnOriginY"].to_numpy() == pytest.approx(-table["dy"].to_numpy())
-    assert "rlnImagePixelSize" not in blocks["optics"].columns
+    assert particles["rlnOriginYAngst"].to_numpy() == pytest.approx(-table["dy"].to_numpy())
+    assert blocks["optics"]["rlnImagePixelSize"].tolist() == [1.0]
     pd.testing.assert_frame_equal(read_poses(tmp_path / "p.star"), table, rtol=1e-8, atol=1e-8)
 
 
@@ -221,7 +228,14 @@ def test_poses_star_from_cryosparc(cryoem: Path, tmp_path: Path) -> None:
     particles = blocks["particles"]
     assert particles["rlnDefocusU"].iloc[0] == pytest.approx(15301.1, rel=1e-6)
     assert particles["rlnDefocusAngle"].iloc[0] == pytest.approx(np.degrees(0.09215339), rel=1e-6)
-    assert particles["rlnImageName"].iloc[0] == "000001@empiar_10076_7.mrc"
+    # a .mrc stack gets an .mrcs link beside the STAR file (RELION reads N@ only from .mrcs)
+    assert particles["rlnImageName"].iloc[0] == "000001@empiar_10076_7.mrcs"
+    link = tmp_path / "empiar_10076_7.mrcs"
+    assert link.is_symlink()
+    assert link.resolve() == (cryoem / "cryodrgn/empiar_10076_7.mrc").resolve()
+    np.testing.assert_array_equal(
+        read_stack(tmp_path / "p.star").read_batch([6, 0]), stack.read_batch([6, 0])
+    )
     assert not any("/" in c for c in particles.columns)  # no cryoSPARC field names
     assert blocks["optics"]["rlnImagePixelSize"].iloc[0] == pytest.approx(1.31, rel=1e-5)
     assert blocks["optics"]["rlnVoltage"].iloc[0] == 300

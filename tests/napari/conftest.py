@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("napari", reason="the napari extra is not installed")
+pytest.importorskip("napari", reason="napari is not installed (the test extra brings it)")
 pytest.importorskip("pytestqt", reason="pytest-qt is not installed")
 
 from napari_spatial_vae import _layers as L

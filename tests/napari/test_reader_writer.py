@@ -62,11 +62,13 @@ REAL = [
 
 
 @pytest.mark.parametrize(("name", "shape", "pixel", "table"), REAL)
-def test_viewer_opens_real_files(make_napari_viewer, shared_data, name, shape, pixel, table):
+def test_viewer_opens_real_files(shared_data, name, shape, pixel, table, request):
     path = shared_data / "cryoem" / name
     if not path.exists():
         pytest.skip(f"{path} is not in this checkout of the shared data")
-    viewer = make_napari_viewer()
+    # requested only after the skips: napari's fixture errors at teardown when a test skips
+    # after it was set up (a fresh clone without ../shared)
+    viewer = request.getfixturevalue("make_napari_viewer")()
     (layer,) = viewer.open(path, plugin=PLUGIN)
     assert layer.data.shape == shape
     np.testing.assert_allclose(layer.scale[-2:], [pixel or 1.0] * 2, rtol=1e-4)

@@ -103,8 +103,10 @@ def test_train_two_epochs_adds_every_result_layer(
         f"\nlongest event-loop stall during training: {meter.longest * 1000:.0f} ms "
         f"over {meter.ticks} ticks"
     )
-    assert meter.ticks >= 3  # the timer fired while training ran (it is short once warm)
-    assert meter.longest < 0.5
+    # the timer fired while training ran: the Qt thread kept serving events (the stall's
+    # length is printed, not asserted: tests never assert on wall time, and a busy machine
+    # stretches it; benchmarks/ measure responsiveness)
+    assert meter.ticks >= 3
 
     assert L.PREVIEW in inserted  # the live preview appeared during training
     assert {layer.name for layer in viewer.layers} >= RESULT_LAYERS

@@ -17,6 +17,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from napari_spatial_vae.core.checkpoint import load_model
     from napari_spatial_vae.core.device import resolve_device
     from napari_spatial_vae.core.infer import Poses, iter_inference
+    from napari_spatial_vae.core.performance import release_large_blocks
     from napari_spatial_vae.io import MrcsWriter, write_poses
 
     poses_path = check_suffix(args.output, (".csv", ".star"), "POSES")
@@ -35,6 +36,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     height, width = stack.shape[1], stack.shape[2]
     from tqdm import tqdm
 
+    # memory bounded by the batch over any number of images (process-wide: this process
+    # only infers)
+    release_large_blocks()
     parts = []
     with contextlib.ExitStack() as outputs:
         # each writer publishes its file only when the whole stack went through
@@ -72,7 +76,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 recon_writer.write(batch.start, batch.reconstructions)
             bar.update(len(batch.poses.theta))
     table = pd.DataFrame(Poses.concatenate(parts).columns())
-    write_poses(poses_path, table, stack)
+    for note in write_poses(poses_path, table, stack):
+        say(note)  # optics defaults assumed, .mrcs links or copies made for RELION
     say(
         f"wrote poses of {len(table)} images to {poses_path}"
         + (f", aligned particles to {aligned_path}" if aligned_path else "")

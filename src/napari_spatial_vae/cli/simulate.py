@@ -11,9 +11,9 @@ from napari_spatial_vae.cli._common import UsageError, check_suffix, say
 def cmd_simulate(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from napari_spatial_vae._atomic import atomic_output
     from napari_spatial_vae.core.simulate import simulate_particles
     from napari_spatial_vae.io import write_mrcs
-    from napari_spatial_vae.io.atomic import atomic_output
 
     out = check_suffix(args.output, (".mrcs", ".mrc"), "OUT")
     if args.n < 1 or args.size < 8:

@@ -26,10 +26,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from napari_spatial_vae import __version__
+from napari_spatial_vae._atomic import atomic_output
 from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.errors import CheckpointError, ConfigError
 from napari_spatial_vae.core.model import SpatialVAE
-from napari_spatial_vae.io.atomic import atomic_output
 
 FORMAT = "napari-spatial-vae-run"
 FORMAT_VERSION = 1

@@ -1,17 +1,25 @@
-"""Typed, validated training configuration.
+"""Typed, validated training configuration: the one source of every training setting.
 
 One :class:`TrainConfig` drives the CLI, the napari widget and the benchmarks; it is saved
-next to the weights (``config.json``) so a run folder fully describes its model. Defaults are
-the ones a user should get good results with on a CPU; docs/defaults.md records the
-measurements behind them.
+next to the weights (``config.json``) so a run folder fully describes its model. Each field
+carries a :class:`Setting` in its metadata (bounds, choices, help text, GUI label and unit,
+whether it may change on resume); validation here, the ``spatial-vae train`` arguments
+(:mod:`napari_spatial_vae.cli.settings`) and the widget's form
+(:mod:`napari_spatial_vae._widget_settings`) are generated from it, so no bound or default is
+written twice. Defaults are the ones a user should get good results with on a CPU;
+docs/defaults.md records the measurements behind them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
+import textwrap
+import types
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from napari_spatial_vae.core.errors import ConfigError
 
@@ -27,72 +35,267 @@ THETA_KLS: tuple[str, ...] = ("free-mean", "standard")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32")
 
 
-@dataclass
-class ModelConfig:
-    """Architecture and the probabilistic model.
+@dataclass(frozen=True)
+class Setting:
+    """What the CLI, the GUI and validation need to know about one config field.
 
     Attributes
     ----------
-    z_dim
-        Size of the unstructured (content) latent ``z``.
-    hidden_dim, num_layers
-        Width and number of hidden layers of the generator and the encoder MLPs.
-    activation
-        Non-linearity of the hidden layers.
-    encoder
-        ``"mlp"``: the paper's inference MLP on the flattened image. ``"equivariant"``: one
-        shared MLP scores ``encoder_rotations`` rotated copies of the input and theta is read
-        from the scores (rotation-equivariant by construction): see ``rotation_search``.
-    encoder_rotations
-        Number of rotated copies the equivariant encoder looks at.
-    rotation_search
-        With the equivariant encoder: treat the copy angles as a discrete latent and
-        marginalise the likelihood over them (theta = a bin angle plus a small continuous
-        offset), instead of their circular soft-argmax. Every candidate rotation is
-        scored against the data in every step, which avoids the half-turn local optimum of
-        alignment by gradient descent. ``theta_prior``/``theta_kl`` then do not apply: the
-        bins have a uniform prior and the offset a free-mean prior of half a bin.
-    likelihood
-        ``"gaussian"`` (cryo-EM, continuous data) or ``"bernoulli"`` (binary images in 0..1).
-    rotate, translate
-        Infer the in-plane rotation / the translation. Both off gives the fixed-pose
-        spatial baseline.
-    vanilla
-        Replace the spatial generator with an MLP from ``z`` straight to all pixels (the
-        paper's baseline; implies no rotation or translation).
-    theta_prior
-        Standard deviation of the prior on theta, in radians.
-    theta_kl
-        ``"free-mean"``: the paper's eq. 3, no penalty on the mean angle (particles, whose
-        mean rotation is arbitrary). ``"standard"``: KL to ``N(0, theta_prior^2)``.
-    dx_prior
-        Standard deviation of the prior on the translation, as a fraction of the image size.
-    fit_noise
-        Learn a per-pixel noise standard deviation (Gaussian likelihood only).
-    softplus_mean
-        Constrain the Gaussian mean to be positive (softplus).
-    circular_mask
-        Model only the pixels inside the inscribed circle (corners are ignored and never
-        evaluated, which also saves ~21 % of the generator's work).
+    help
+        One or two sentences: the CLI's ``--help`` and the GUI's tooltip.
+    label
+        Short GUI label (the CLI flag is the field name with dashes).
+    low, high
+        Inclusive bounds of a number (``low`` exclusive with ``open_low``).
+    choices
+        Allowed values of a string field.
+    group
+        ``"model"``, ``"training"`` or ``"speed"``: the CLI's argument group.
+    gui
+        ``"main"`` or ``"advanced"`` section of the widget's form, or None: CLI only.
+    shown_as
+        ``"degrees"`` (stored in radians) or ``"pixels"`` (stored as a fraction of the image
+        size): the GUI shows the unit people think in. None: as stored.
+    step
+        Step of the GUI's spin box.
+    resumable
+        May differ from the saved value when a run is resumed (budget and speed settings);
+        every other field must equal the saved one.
+    metavar
+        Placeholder in the CLI's usage line.
     """
 
-    z_dim: int = 2
-    hidden_dim: int = 128
-    num_layers: int = 2
-    activation: Activation = "tanh"
-    encoder: EncoderKind = "equivariant"
-    encoder_rotations: int = 16
-    rotation_search: bool = True
-    likelihood: Likelihood = "gaussian"
-    rotate: bool = True
-    translate: bool = True
-    vanilla: bool = False
-    theta_prior: float = math.pi
-    theta_kl: ThetaKL = "free-mean"
-    dx_prior: float = 0.1
-    fit_noise: bool = True
-    softplus_mean: bool = False
-    circular_mask: bool = True
+    help: str
+    label: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple[str, ...] | None = None
+    group: str = "training"
+    gui: str | None = "advanced"
+    shown_as: str | None = None
+    step: float | None = None
+    resumable: bool = False
+    metavar: str | None = None
+
+
+def setting(default: Any, **kwargs: Any) -> Any:
+    """A dataclass field with ``default`` and its :class:`Setting` as metadata."""
+    return field(default=default, metadata={"setting": Setting(**kwargs)})
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """One config field with its resolved type: what generators iterate over.
+
+    Attributes
+    ----------
+    name
+        Field name (``z_dim``); the CLI flag is ``--z-dim``.
+    owner
+        :class:`ModelConfig` or :class:`TrainConfig`.
+    kind
+        ``bool``, ``int``, ``float`` or ``str``.
+    optional
+        None is allowed (it means "no limit" or "automatic").
+    default
+        The dataclass default.
+    setting
+        The field's :class:`Setting`.
+    """
+
+    name: str
+    owner: type
+    kind: type
+    optional: bool
+    default: Any
+    setting: Setting
+
+    @property
+    def flag(self) -> str:
+        """The CLI option, e.g. ``--z-dim``."""
+        return "--" + self.name.replace("_", "-")
+
+    def get(self, config: TrainConfig) -> Any:
+        """This field's value in ``config``."""
+        return getattr(config.model if self.owner is ModelConfig else config, self.name)
+
+    def set(self, config: TrainConfig, value: Any) -> None:
+        """Set this field's value in ``config`` (no validation)."""
+        setattr(config.model if self.owner is ModelConfig else config, self.name, value)
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`ConfigError` naming this field when ``value`` is out of bounds."""
+        s = self.setting
+        if value is None:
+            if not self.optional:
+                raise ConfigError(f"{self.name} must be given")
+            return
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{self.name} must be true or false, got {value!r}")
+        elif self.kind is int:
+            _check_int(self.name, value, int(s.low or 0), int(s.high if s.high is not None else 0))
+        elif self.kind is float:
+            low = s.low if s.low is not None else -math.inf
+            high = s.high if s.high is not None else math.inf
+            _check_float(self.name, value, low, high, open_low=s.open_low)
+        elif s.choices is not None:
+            _check_choice(self.name, value, s.choices)
+        elif not isinstance(value, str):
+            raise ConfigError(f"{self.name} must be text, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and the probabilistic model (fields listed below, from their settings)."""
+
+    z_dim: int = setting(
+        2,
+        help="Size of the unstructured (content) latent z.",
+        label="z dim",
+        low=0,
+        high=1024,
+        group="model",
+        gui="main",
+    )
+    hidden_dim: int = setting(
+        128,
+        help="Width of the hidden layers of the generator and the encoder MLPs.",
+        label="hidden width",
+        low=1,
+        high=65536,
+        step=32,
+        group="model",
+        gui="main",
+    )
+    num_layers: int = setting(
+        2,
+        help="Number of hidden layers of the generator and the encoder MLPs.",
+        label="hidden layers",
+        low=1,
+        high=64,
+        group="model",
+    )
+    activation: Activation = setting(
+        "tanh",
+        help="Non-linearity of the hidden layers.",
+        label="activation",
+        choices=ACTIVATIONS,
+        group="model",
+    )
+    encoder: EncoderKind = setting(
+        "equivariant",
+        help="'mlp': the paper's inference MLP on the flattened image. 'equivariant': one "
+        "shared MLP scores encoder_rotations rotated copies of the input and theta is read "
+        "from the scores (rotation-equivariant by construction); see rotation_search.",
+        label="encoder",
+        choices=ENCODERS,
+        group="model",
+    )
+    encoder_rotations: int = setting(
+        16,
+        help="Number of rotated copies the equivariant encoder looks at.",
+        label="encoder rotations",
+        low=2,
+        high=360,
+        group="model",
+    )
+    rotation_search: bool = setting(
+        True,
+        help="With the equivariant encoder: treat the copy angles as a discrete latent and "
+        "marginalise the likelihood over them (theta = a bin angle plus a small continuous "
+        "offset) instead of their circular soft-argmax; every candidate rotation is scored "
+        "against the data in every step, which avoids the half-turn local optimum of alignment "
+        "by gradient descent. theta_prior/theta_kl then do not apply: the bins have a uniform "
+        "prior and the offset a free-mean prior of half a bin.",
+        label="search rotation bins",
+        group="model",
+    )
+    likelihood: Likelihood = setting(
+        "gaussian",
+        help="'gaussian' (cryo-EM, continuous data) or 'bernoulli' (binary images in 0..1).",
+        label="likelihood",
+        choices=LIKELIHOODS,
+        group="model",
+        gui="main",
+    )
+    rotate: bool = setting(
+        True,
+        help="Infer the in-plane rotation (off with translate off: the fixed-pose "
+        "spatial baseline).",
+        label="infer rotation",
+        group="model",
+        gui="main",
+    )
+    translate: bool = setting(
+        True,
+        help="Infer the translation.",
+        label="infer translation",
+        group="model",
+        gui="main",
+    )
+    vanilla: bool = setting(
+        False,
+        help="Replace the spatial generator with an MLP from z straight to all pixels "
+        "(the paper's baseline; implies no rotation or translation).",
+        label="vanilla VAE baseline",
+        group="model",
+    )
+    theta_prior: float = setting(
+        math.pi,
+        help="Standard deviation of the prior on theta (radians; degrees in the GUI).",
+        label="rotation prior (°)",
+        low=0.0,
+        high=1e3,
+        open_low=True,
+        group="model",
+        gui="main",
+        shown_as="degrees",
+        step=5.0,
+        metavar="RAD",
+    )
+    theta_kl: ThetaKL = setting(
+        "free-mean",
+        help="'free-mean': the paper's eq. 3, no penalty on the mean angle "
+        "(particles, whose mean rotation is arbitrary). 'standard': KL to N(0, theta_prior^2).",
+        label="rotation KL",
+        choices=THETA_KLS,
+        group="model",
+    )
+    dx_prior: float = setting(
+        0.1,
+        help="Standard deviation of the prior on the translation, as a fraction of the "
+        "image size (pixels in the GUI).",
+        label="shift prior (px)",
+        low=0.0,
+        high=10.0,
+        open_low=True,
+        group="model",
+        gui="main",
+        shown_as="pixels",
+        step=0.5,
+        metavar="FRACTION",
+    )
+    fit_noise: bool = setting(
+        True,
+        help="Learn a per-pixel noise standard deviation (gaussian likelihood only).",
+        label="fit per-pixel noise",
+        group="model",
+    )
+    softplus_mean: bool = setting(
+        False,
+        help="Constrain the gaussian mean to be positive (softplus).",
+        label="positive mean (softplus)",
+        group="model",
+    )
+    circular_mask: bool = setting(
+        True,
+        help="Model only the pixels inside the inscribed circle (corners are ignored and "
+        "never evaluated, which also saves ~21 % of the generator's work).",
+        label="circular mask",
+        group="model",
+    )
 
     @property
     def infers_rotation(self) -> bool:
@@ -111,16 +314,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` with a one-line message on the first invalid field."""
-        _check_int("z_dim", self.z_dim, 0, 1024)
-        _check_int("hidden_dim", self.hidden_dim, 1, 65536)
-        _check_int("num_layers", self.num_layers, 1, 64)
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_choice("encoder", self.encoder, ENCODERS)
-        _check_int("encoder_rotations", self.encoder_rotations, 2, 360)
-        _check_choice("likelihood", self.likelihood, LIKELIHOODS)
-        _check_choice("theta_kl", self.theta_kl, THETA_KLS)
-        _check_float("theta_prior", self.theta_prior, 0.0, 1e3, open_low=True)
-        _check_float("dx_prior", self.dx_prior, 0.0, 10.0, open_low=True)
+        for spec in setting_fields(ModelConfig):
+            spec.check(getattr(self, spec.name))
         if self.likelihood == "bernoulli" and (self.fit_noise or self.softplus_mean):
             raise ConfigError("fit_noise and softplus_mean apply to the gaussian likelihood only")
         if self.vanilla and self.encoder == "equivariant":
@@ -135,80 +330,150 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run.
-
-    Attributes
-    ----------
-    model
-        The :class:`ModelConfig`.
-    epochs
-        Passes over the training images.
-    max_minutes
-        Wall-clock budget; training stops cleanly and saves when it is spent (None: no limit).
-    batch_size, lr
-        Adam minibatch size and learning rate.
-    lr_min_fraction
-        Cosine decay of the learning rate to ``lr * lr_min_fraction`` over ``epochs``
-        (1.0 keeps it constant, as in the paper).
-    z_delay
-        Epochs during which ``z`` is frozen at 0, so pose is learned before content.
-    augment_rotation
-        Show the encoder each image rotated by a random angle gamma and subtract gamma from
-        the predicted theta (one batched resampling per step).
-    normalize
-        Standardise each image to zero mean and unit variance before training (gaussian only).
-    test_fraction
-        Fraction of the images held out to report the test ELBO (ignored when a separate
-        test stack is given).
-    seed
-        Seeds initialisation, the split, shuffling, noise and augmentation: same seed on the
-        CPU gives the same run.
-    device
-        ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    checkpoint_every
-        Save the run folder every this many epochs (the last epoch is always saved).
-    precision
-        ``"fp32"``; ``"bf16"``: the generator's per-pixel layers under bf16 autocast (the
-        encoder, poses and losses stay fp32; fast on GPUs and on CPUs with AVX512-BF16/AMX);
-        ``"tf32"``: TF32 tensor-core matmuls (NVIDIA GPUs only). See docs/performance.md.
-    compile
-        ``torch.compile`` the generator (minutes of compilation; pays off on long GPU runs).
-    resident_gb
-        Keep the training images on the device when they take at most this many GB as
-        float32, else stream them from the (memory-mapped) stack; None: 2 GB on the CPU,
-        half the free memory on a GPU.
-    """
+    """Everything that defines a training run: ``model`` plus the fields listed below."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 40
-    max_minutes: float | None = None
-    batch_size: int = 64
-    lr: float = 2e-3
-    lr_min_fraction: float = 0.05
-    z_delay: int = 2
-    augment_rotation: bool = True
-    normalize: bool = True
-    test_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 1
-    precision: str = "fp32"
-    compile: bool = False
-    resident_gb: float | None = None
+    epochs: int = setting(
+        40,
+        help="Passes over the training images.",
+        label="epochs",
+        low=1,
+        high=10**7,
+        gui="main",
+        resumable=True,
+    )
+    max_minutes: float | None = setting(
+        None,
+        help="Wall-clock budget in minutes; training stops cleanly and saves when it is "
+        "spent (none: no limit; 0 in the GUI).",
+        label="time limit (min)",
+        low=0.0,
+        high=1e7,
+        open_low=True,
+        step=5.0,
+        resumable=True,
+        metavar="M",
+    )
+    batch_size: int = setting(
+        64,
+        help="Adam minibatch size.",
+        label="batch size",
+        low=1,
+        high=10**6,
+        gui="main",
+    )
+    lr: float = setting(
+        2e-3,
+        help="Adam learning rate.",
+        label="learning rate",
+        low=0.0,
+        high=10.0,
+        open_low=True,
+        gui="main",
+        step=1e-5,
+    )
+    lr_min_fraction: float = setting(
+        0.05,
+        help="Cosine decay of the learning rate to lr times this over the epochs (1 keeps "
+        "it constant, as in the paper).",
+        label="final lr fraction",
+        low=0.0,
+        high=1.0,
+        step=0.05,
+    )
+    z_delay: int = setting(
+        2,
+        help="Epochs during which z is frozen at 0, so pose is learned before content.",
+        label="z delay (epochs)",
+        low=0,
+        high=10**7,
+        gui="main",
+        metavar="E",
+    )
+    augment_rotation: bool = setting(
+        True,
+        help="Show the encoder each image rotated by a random angle gamma and subtract "
+        "gamma from the predicted theta (one batched resampling per step).",
+        label="rotation augmentation",
+        gui="main",
+    )
+    normalize: bool = setting(
+        True,
+        help="Standardise each image to zero mean and unit variance before training "
+        "(gaussian likelihood only).",
+        label="standardise images",
+    )
+    test_fraction: float = setting(
+        0.1,
+        help="Fraction of the images held out to report the test ELBO (ignored when a "
+        "separate test stack is given).",
+        label="test fraction",
+        low=0.0,
+        high=0.9,
+        step=0.05,
+    )
+    seed: int = setting(
+        0,
+        help="Seeds initialisation, the split, shuffling, noise and augmentation: the same "
+        "seed on the CPU gives the same run.",
+        label="seed",
+        low=0,
+        high=2**63 - 1,
+        gui="main",
+    )
+    device: str = setting(
+        "auto",
+        help="'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'.",
+        label="device",
+        gui="main",
+        resumable=True,
+    )
+    checkpoint_every: int = setting(
+        1,
+        help="Save the run folder every this many epochs (the last epoch is always saved).",
+        label="checkpoint every (epochs)",
+        low=1,
+        high=10**7,
+        resumable=True,
+    )
+    precision: str = setting(
+        "fp32",
+        help="Generator arithmetic: 'fp32'; 'bf16': the generator's per-pixel layers "
+        "under bf16 autocast (encoder, poses and losses stay fp32; fast on GPUs and on CPUs with "
+        "AVX512-BF16/AMX); 'tf32': TF32 tensor-core matmuls (NVIDIA GPUs only). See "
+        "docs/performance.md.",
+        label="precision",
+        choices=PRECISIONS,
+        group="speed",
+        resumable=True,
+    )
+    compile: bool = setting(
+        False,
+        help="torch.compile the generator (minutes of compilation; pays off on long GPU runs).",
+        label="torch.compile",
+        group="speed",
+        resumable=True,
+    )
+    resident_gb: float | None = setting(
+        None,
+        help="Keep the training images on the device when they take at most this many GB "
+        "as float32, else stream them from the (memory-mapped) stack; none (0 in the GUI): 2 GB "
+        "on the CPU, half the free memory on a GPU.",
+        label="resident data (GB)",
+        low=0.0,
+        high=1e6,
+        open_low=True,
+        step=0.5,
+        group="speed",
+        resumable=True,
+        metavar="GB",
+    )
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` with a one-line message on the first invalid field."""
         self.model.validate()
-        _check_int("epochs", self.epochs, 1, 10**7)
-        if self.max_minutes is not None:
-            _check_float("max_minutes", self.max_minutes, 0.0, 1e7, open_low=True)
-        _check_int("batch_size", self.batch_size, 1, 10**6)
-        _check_float("lr", self.lr, 0.0, 10.0, open_low=True)
-        _check_float("lr_min_fraction", self.lr_min_fraction, 0.0, 1.0)
-        _check_int("z_delay", self.z_delay, 0, 10**7)
-        _check_float("test_fraction", self.test_fraction, 0.0, 0.9)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_int("checkpoint_every", self.checkpoint_every, 1, 10**7)
+        for spec in setting_fields(TrainConfig):
+            spec.check(getattr(self, spec.name))
         if self.normalize and self.model.likelihood == "bernoulli":
             raise ConfigError("normalize applies to the gaussian likelihood only")
         if not (
@@ -216,11 +481,6 @@ class TrainConfig:
             or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        _check_choice("precision", self.precision, PRECISIONS)
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
-        if self.resident_gb is not None:
-            _check_float("resident_gb", self.resident_gb, 0.0, 1e6)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dictionary."""
@@ -234,6 +494,51 @@ class TrainConfig:
         config = _build(cls, data, "config")
         config.model = model
         return config
+
+
+def setting_fields(*owners: type) -> list[SettingField]:
+    """Every setting of ``owners`` (default: model, then training) in declaration order."""
+    return [spec for owner in owners or (ModelConfig, TrainConfig) for spec in _fields_of(owner)]
+
+
+@functools.cache
+def _fields_of(owner: type) -> tuple[SettingField, ...]:
+    hints = get_type_hints(owner)
+    specs = []
+    for f in dataclasses.fields(owner):
+        if "setting" not in f.metadata:
+            continue  # TrainConfig.model
+        kind, optional = _resolve_type(hints[f.name])
+        specs.append(SettingField(f.name, owner, kind, optional, f.default, f.metadata["setting"]))
+    return tuple(specs)
+
+
+def _resolve_type(hint: Any) -> tuple[type, bool]:
+    """``(bool|int|float|str, optional)`` of a field's annotation (Literal counts as str)."""
+    args = get_args(hint)
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    if get_origin(hint) is Literal:
+        return str, optional
+    if hint not in (bool, int, float, str):
+        raise TypeError(f"unsupported setting type {hint!r}")
+    return hint, optional
+
+
+def _attributes_section(owner: type) -> str:
+    lines = ["", "Attributes", "----------"]
+    if owner is TrainConfig:
+        lines += ["model", "    The :class:`ModelConfig`."]
+    for spec in _fields_of(owner):
+        lines += [spec.name, textwrap.fill(spec.setting.help, 92, initial_indent="    ",
+                                           subsequent_indent="    ")]  # fmt: skip
+    return "\n".join(lines)
+
+
+# numpydoc Attributes generated from the settings, so help() and the API docs show them
+for _owner in (ModelConfig, TrainConfig):
+    _owner.__doc__ = inspect.cleandoc(_owner.__doc__ or "") + "\n" + _attributes_section(_owner)
 
 
 def _build(cls, data: dict[str, Any], where: str):

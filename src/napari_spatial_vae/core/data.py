@@ -43,7 +43,8 @@ def stack_image_shape(stack: Any) -> tuple[int, int, int]:
     Raises
     ------
     DataError
-        For 0-D/1-D/2-D arrays, 5-D or more, an empty stack or images smaller than 4x4.
+        For 0-D/1-D/2-D arrays, 5-D or more, an empty stack, images smaller than 4x4 or
+        images that are not square.
     """
     shape = tuple(getattr(stack, "shape", ()))
     if len(shape) not in (3, 4):
@@ -56,6 +57,14 @@ def stack_image_shape(stack: Any) -> tuple[int, int, int]:
     channels = shape[3] if len(shape) == 4 else 1
     if height < 4 or width < 4:
         raise DataError(f"images must be at least 4x4 pixels, got {height}x{width}")
+    if height != width:
+        # The coordinate grid spans -1..1 along both axes, so on a non-square image a
+        # rotation by theta would scale x and y differently (not a rigid rotation), and
+        # RELION's STAR files describe square boxes only.
+        raise DataError(
+            f"images are {height}x{width} (HxW) pixels; spatial-VAE needs square images"
+            " (crop or pad them to a square box)"
+        )
     if channels < 1 or channels > 4:
         raise DataError(f"images must have 1 to 4 channels, got {channels}")
     return int(channels), int(height), int(width)

@@ -23,7 +23,6 @@ from napari_spatial_vae.core.coords import align_images, particle_centre, shift_
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.model import SpatialVAE
-from napari_spatial_vae.core.performance import release_large_blocks
 
 
 @dataclass
@@ -119,6 +118,13 @@ def iter_inference(
     Yields
     ------
     InferenceBatch
+
+    Notes
+    -----
+    Over hundreds of thousands of images, memory stays bounded by the batch only once
+    :func:`~napari_spatial_vae.core.performance.release_large_blocks` has fixed glibc's
+    mmap threshold; that setting is process-wide, so the command line opts in and a host
+    process (the napari viewer) keeps its allocator as it is.
     """
     image_shape = stack_image_shape(stack)
     if image_shape != model.image_shape:
@@ -126,8 +132,6 @@ def iter_inference(
             f"the model was trained on {model.image_shape} (C, H, W) images, these are "
             f"{image_shape}"
         )
-    # memory bounded by the batch, however many images: see release_large_blocks
-    release_large_blocks()
     # restore the caller's mode afterwards: the napari worker previews a model mid-training
     was_training = model.training
     model.eval()

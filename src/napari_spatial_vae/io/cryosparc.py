@@ -1,4 +1,13 @@
-"""cryoSPARC particle files (``.cs``: a numpy structured array saved with ``np.save``)."""
+"""cryoSPARC particle files (``.cs``).
+
+Two layouts exist. cryoSPARC itself writes a numpy structured array with ``np.save`` (the file
+starts with numpy's ``\\x93NUMPY`` magic). cryosparc-tools (``Dataset.save(path,
+format=CSDAT_FORMAT)``, the "newest" format since cryosparc-tools 4.4) writes a compressed
+column stream that starts with ``\\x95CSDAT``: a JSON header, then LZ4-compressed columns and a
+string heap. Only cryosparc-tools decodes the second layout reliably (its compression is
+defined by that package's C code), so it is read through ``cryosparc.dataset.Dataset`` when that
+package is installed, and named precisely otherwise.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,9 @@ from .paths import as_datadir
 from .stack import ParticleStack
 
 __all__ = ["parse_cs_table", "read_cs_stack"]
+
+NUMPY_MAGIC = b"\x93NUMPY"
+CSDAT_MAGIC = b"\x95CSDAT"
 
 
 def _decode(column: np.ndarray) -> np.ndarray:
@@ -43,13 +55,23 @@ def parse_cs_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise StackError(path, "no such file")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise StackError(path, f"not a cryoSPARC .cs file ({exc})") from None
-    if isinstance(array, np.lib.npyio.NpzFile):
-        array.close()
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == CSDAT_MAGIC:
+        array = _load_csdat(path)
+    elif magic.startswith(b"PK"):
         raise StackError(path, "is a zip (.npz) archive, not a cryoSPARC .cs file")
+    elif magic != NUMPY_MAGIC:
+        raise StackError(
+            path,
+            f"not a cryoSPARC .cs file (starts with {magic!r}; expected numpy's {NUMPY_MAGIC!r}"
+            f" or cryosparc-tools' {CSDAT_MAGIC!r})",
+        )
+    else:
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise StackError(path, f"not a cryoSPARC .cs file ({exc})") from None
     if array.dtype.names is None or array.ndim != 1:
         raise StackError(
             path,
@@ -62,10 +84,35 @@ def parse_cs_table(path: str | Path) -> pd.DataFrame:
         if column.ndim == 1:
             columns[name] = _decode(column) if column.dtype.kind == "S" else column
             continue
-        flat = column.reshape(len(array), -1)
+        # explicit width: reshape(0, -1) is ambiguous for an empty dataset
+        flat = column.reshape(len(array), int(np.prod(column.shape[1:])))
         for k in range(flat.shape[1]):
             columns[f"{name}_{k}"] = flat[:, k]
     return pd.DataFrame(columns)
+
+
+def _load_csdat(path: Path) -> np.ndarray:
+    """A cryosparc-tools CSDAT file as the same structured array that ``np.load`` gives."""
+    try:
+        from cryosparc.dataset import Dataset
+    except ImportError:
+        raise StackError(
+            path,
+            "a cryoSPARC dataset in cryosparc-tools' compressed CSDAT layout (starts with"
+            " \\x95CSDAT); install cryosparc-tools (pip install cryosparc-tools) to read it, or"
+            " re-save it in the numpy layout with cryosparc-tools:"
+            " Dataset.load(path).save(new_path)",
+        ) from None
+    try:
+        dataset = Dataset.load(path)
+        # fixed=True: strings as fixed-width bytes, the layout cryoSPARC's numpy files have
+        return np.asarray(dataset.to_records(fixed=True))
+    except Exception as exc:  # cryosparc-tools raises DatasetLoadError and others
+        cause = exc.__cause__ or exc
+        raise StackError(
+            path,
+            f"cannot read this CSDAT (cryosparc-tools) .cs file ({type(cause).__name__}: {cause})",
+        ) from None
 
 
 def read_cs_stack(
@@ -97,14 +144,17 @@ def read_cs_stack(
             path, "no blob/path and blob/idx fields (not a particle .cs file, e.g. a passthrough?)"
         )
     if len(table) == 0:
-        raise StackError(path, "no particle rows")
-    stacks = table["blob/path"].str.removeprefix(">")
+        raise StackError(path, "no particle rows (an empty cryoSPARC dataset or selection)")
+    stacks = table["blob/path"].astype(str).str.removeprefix(">")
     local = table["blob/idx"].to_numpy(dtype=np.int64)
+    # The absolute location: for "particles.cs" opened inside its job folder the project
+    # folder is the parent of the current folder, but Path(".").parent is Path(".").
+    job_folder = Path(os.path.abspath(path)).parent
     images = gather_stacks(
         path,
         stacks.to_numpy(dtype=object),
         local,
-        [path.parent, path.parent.parent],
+        [job_folder, job_folder.parent],
         as_datadir(datadir),
         "blob/path",
         index_base=0,

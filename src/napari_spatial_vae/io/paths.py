@@ -15,7 +15,9 @@ def candidate_paths(name: str, base_dirs: Sequence[Path], datadir: Path | None) 
     """Places to look for a stack, most specific first.
 
     The name as written, relative to each base folder (the list file's folder first),
-    then relative to ``datadir``, then its bare file name in ``datadir`` and in the base
+    then relative to ``datadir``, then relative to the current working folder (RELION
+    resolves names from the project folder it runs in, so a STAR file used from its project
+    folder needs no ``datadir``), then its bare file name in ``datadir`` and in the base
     folders (for stacks copied next to each other without their job folders).
     """
     p = Path(name)
@@ -26,6 +28,7 @@ def candidate_paths(name: str, base_dirs: Sequence[Path], datadir: Path | None) 
         out.extend(d / p for d in base_dirs)
         if datadir is not None:
             out.append(datadir / p)
+        out.append(Path.cwd() / p)
     if datadir is not None:
         out.append(datadir / p.name)
     out.extend(d / p.name for d in base_dirs)
@@ -48,7 +51,10 @@ def resolve_stack_path(name: str, base_dirs: Sequence[Path], datadir: Path | Non
 
 def describe_search(base_dirs: Iterable[Path], datadir: Path | None) -> str:
     """Say (in one clause) where stacks were looked for, for error messages."""
-    where = "looked in " + ", ".join(str(d) for d in base_dirs)
+    folders = [str(d) for d in base_dirs]
+    here = str(Path.cwd())
+    folders.append("the current folder" if here in folders else f"the current folder {here}")
+    where = "looked in " + ", ".join(folders)
     if datadir is None:
         return where + "; pass datadir= (--datadir) to name the folder that holds the stacks"
     return where + f" and datadir {datadir}"

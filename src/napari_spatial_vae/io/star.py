@@ -19,6 +19,7 @@ import starfile
 from .errors import StackError
 from .gather import gather_stacks
 from .paths import as_datadir
+from .sources import GatherSource
 from .stack import ParticleStack
 
 __all__ = [
@@ -75,6 +76,13 @@ def select_particle_block(
     with_names = {n: b for n, b in others.items() if "rlnImageName" in b.columns}
     if not with_names:
         filled = [n for n, b in others.items() if len(b)]
+        tomo = [n for n in filled if "rlnTomoName" in others[n].columns]
+        if tomo:  # RELION 5 tomography: particles are coordinates in tomograms
+            raise StackError(
+                path,
+                f"a tomography particle list (rlnTomoName in block data_{tomo[0]}, no"
+                " rlnImageName): spatial-VAE works on 2-D particle images",
+            )
         if filled:
             raise StackError(
                 path,
@@ -190,6 +198,43 @@ def split_image_names(path: Path, names: pd.Series) -> tuple[np.ndarray, np.ndar
     return stacks.to_numpy(dtype=object), numbers.astype(np.int64) - 1
 
 
+def refuse_volumes(path: Path, table: pd.DataFrame) -> None:
+    """Refuse a 3-D (subtomogram) particle list: its optics say ``rlnImageDimensionality 3``."""
+    if "rlnImageDimensionality" not in table.columns:
+        return
+    dims = pd.to_numeric(table["rlnImageDimensionality"], errors="coerce").to_numpy()
+    if np.any(dims == 3):
+        row = int(np.argmax(dims == 3))
+        raise StackError(
+            path,
+            f"a 3-D particle list (rlnImageDimensionality 3 on row {row + 1}: subtomograms);"
+            " spatial-VAE works on 2-D particle images",
+        )
+
+
+def refuse_whole_file_names(path: Path, names: pd.Series, images: GatherSource) -> None:
+    """Refuse names without ``N@`` that point at files holding more than one section.
+
+    RELION reads such a name as the whole file: one 2-D image, or a 3-D volume (a
+    subtomogram) when the file holds several sections. Reading section 1 of a volume
+    would silently turn each subtomogram into one 2-D slice.
+    """
+    whole = ~names.astype(str).str.contains("@", regex=False).to_numpy()
+    if not whole.any():
+        return
+    counts = np.array([len(s) for s in images.sources], dtype=np.int64)[images.stack_ids]
+    bad = whole & (counts > 1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise StackError(
+            path,
+            f"row {row + 1}: rlnImageName '{names.iloc[row]}' names a whole file (no N@) that"
+            f" holds {counts[row]} sections: a 3-D volume (subtomogram), which RELION reads"
+            " as one 3-D particle; spatial-VAE works on 2-D images (write N@file to mean one"
+            " image of a stack)",
+        )
+
+
 def read_star_stack(
     path: str | os.PathLike[str], datadir: str | os.PathLike[str] | None = None
 ) -> ParticleStack:
@@ -209,10 +254,13 @@ def read_star_stack(
     """
     path = Path(path)
     table = parse_star_table(path)
+    refuse_volumes(path, table)
     stacks, local = split_image_names(path, table["rlnImageName"])
+    folder = Path(os.path.abspath(path)).parent
     images = gather_stacks(
-        path, stacks, local, [path.parent], as_datadir(datadir), "rlnImageName", index_base=1
+        path, stacks, local, [folder], as_datadir(datadir), "rlnImageName", index_base=1
     )
+    refuse_whole_file_names(path, table["rlnImageName"], images)
     return ParticleStack(
         path=path,
         images=images,

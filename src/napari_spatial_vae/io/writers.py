@@ -10,7 +10,8 @@ from typing import Any
 import mrcfile
 import numpy as np
 
-from .atomic import commit_temp_file, make_temp_file
+from napari_spatial_vae._atomic import commit_temp_file, make_temp_file
+
 from .errors import StackError
 from .mrc import MRC_HEADER_BYTES
 

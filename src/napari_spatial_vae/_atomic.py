@@ -1,14 +1,18 @@
-"""Write files under their final name only once they are complete."""
+"""Write files under their final name only once they are complete.
+
+Shared by the core (run folders) and io (stacks, pose tables); standard library only, so
+either layer can use it without importing the other. Failures raise :class:`OSError` with
+the file name and a one-line reason, which the command line prints as ``<path>: <reason>``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-from .errors import StackError
 
 __all__ = ["atomic_output", "commit_temp_file", "make_temp_file"]
 
@@ -30,11 +34,15 @@ def make_temp_file(path: Path) -> Path:
     """Create an empty hidden temporary file beside ``path`` (same file system)."""
     folder = path.parent
     if not folder.is_dir():
-        raise StackError(path, f"output folder {folder} does not exist")
+        raise FileNotFoundError(
+            errno.ENOENT, f"output folder {folder} does not exist", os.fspath(path)
+        )
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
     except OSError as exc:
-        raise StackError(path, f"cannot write in {folder} ({exc.strerror})") from None
+        raise OSError(
+            exc.errno, f"cannot write in {folder} ({exc.strerror})", os.fspath(path)
+        ) from None
     os.close(fd)
     return Path(tmp)
 
