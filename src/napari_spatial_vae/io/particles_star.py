@@ -1,8 +1,8 @@
 """RELION 3.1 STAR files out: extracted particles (with their micrographs' CTF) and micrographs.
 
 Blocks are written by :mod:`starfile`, each preceded by RELION's ``# version 30001`` line,
-atomically (:func:`~.atomic.atomic_output`). Labels are RELION's own, so RELION and
-:func:`~.reader.read_stack` read the particles directly.
+atomically (:func:`napari_spatial_vae._atomic.atomic_output`). Labels are RELION's own, so
+RELION and :func:`~.reader.read_stack` read the particles directly.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from .atomic import atomic_output
+from napari_spatial_vae._atomic import atomic_output
 
 __all__ = [
     "CTF_LABELS",
