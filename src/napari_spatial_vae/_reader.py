@@ -48,6 +48,12 @@ def get_reader(path: PathLike | Sequence[PathLike]) -> ReaderFunction | None:
         None for paths this plugin does not handle; nothing is opened here.
     """
     paths = _as_paths(path)
+    # micrographs and coordinate files (their own module) before particle stacks
+    from napari_spatial_vae._micrographs import get_micrograph_reader
+
+    micrograph_reader = get_micrograph_reader(paths)
+    if micrograph_reader is not None:
+        return micrograph_reader
     if not paths or not all(can_read(os.fspath(p)) for p in paths):
         return None
     return read_particle_stacks

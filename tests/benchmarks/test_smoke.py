@@ -98,3 +98,13 @@ def test_training_memory_compares_measured_and_estimated_steps():
     row = json.loads(out.strip().splitlines()[-1])
     (case,) = row["cases"]
     assert case["measured_mb"] > 0 and case["estimate_mb"] > 0
+
+
+def test_extract_micrographs_prints_time_and_peak_memory():
+    out = run(
+        "extract_micrographs.py",
+        *["--micrographs", "2", "--side", "256", "--particles", "6", "--box", "48"],
+        *["--size", "24", "--particle-size", "32"],
+    )
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["picks"] == 12 and row["peak_rss_mb"] > 0 and row["seconds"] > 0

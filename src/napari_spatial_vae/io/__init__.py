@@ -5,8 +5,10 @@ bad input raises :class:`StackError` with a one-line ``"<path>: <problem>"`` mes
 numpy/pandas only: no torch here.
 """
 
+from .coordinates import match_picks, read_coordinates
 from .cryosparc import parse_cs_table
 from .errors import StackError
+from .micrographs import MicrographSet, read_micrographs
 from .poses import read_poses, write_poses
 from .reader import SUPPORTED_SUFFIXES, can_read, read_stack
 from .sources import ImageSource
@@ -17,12 +19,16 @@ from .writers import MrcsWriter, write_mrcs
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "ImageSource",
+    "MicrographSet",
     "MrcsWriter",
     "ParticleStack",
     "StackError",
     "can_read",
+    "match_picks",
     "parse_cs_table",
     "parse_star_table",
+    "read_coordinates",
+    "read_micrographs",
     "read_poses",
     "read_stack",
     "split_indices",
