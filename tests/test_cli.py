@@ -258,3 +258,19 @@ def test_console_script_and_module_entry_point(tmp_path):
         assert done.returncode == 1
         assert done.stderr.count("\n") == 1 and "missing.mrcs" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_epoch_lines_report_each_latent_and_a_collapse(tmp_path, capsys):
+    # identical particles: nothing for z to explain, so z collapses and is named
+    image = np.zeros((20, 20), np.float32)
+    image[6:14, 8:12] = 1.0
+    stack = tmp_path / "same.npy"
+    np.save(stack, np.repeat(image[None], 48, axis=0))
+    code, err = run_cli(
+        capsys, "train", stack, "-o", tmp_path / "run", "--epochs", "3", "--z-dim", "2",
+        "--no-augment-rotation", *[a for a in TINY if a != "-q"],
+    )  # fmt: skip
+    assert code == 0, err
+    assert re.search(r"epoch 3/3 .* KL per z dim \d+\.\d\d \d+\.\d\d", err)
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert re.match(r"warning: (z1, )?z2 carr(y|ies) almost nothing", warning)

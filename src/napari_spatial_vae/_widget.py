@@ -60,6 +60,7 @@ from napari_spatial_vae._worker import (
 )
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.metrics import EpochMetrics, collapse_warning, describe_latent_use
 from napari_spatial_vae.core.runlock import LOCK_FILE
 from napari_spatial_vae.core.train import TrainUpdate
 
@@ -107,6 +108,9 @@ class SpatialVAEWidget(QWidget):
         self._apply_job: ApplyJob | None = None
         self._worker: Any = None
         self._eta_start: tuple[float, float] | None = None
+        self._started_message = ""
+        # (epoch, metrics) of the last epoch, held-out where there are: for the collapse check
+        self._last_epoch: tuple[int, EpochMetrics] | None = None
         self._build()
         self._connect_viewer()
         self._set_busy(False)
@@ -313,6 +317,7 @@ class SpatialVAEWidget(QWidget):
         if job.resume:
             self.loss_plot.set_history(read_history(run_dir))
         self._eta_start = None
+        self._last_epoch = None
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
         self.status.setText(f"run folder: {run_dir}")
@@ -338,6 +343,7 @@ class SpatialVAEWidget(QWidget):
             self._show_preview(event)
             return
         if event.kind == "started":
+            self._started_message = event.message
             self.status.setText(event.message)
         elif event.kind in ("step", "epoch"):
             self._show_progress(event)
@@ -345,6 +351,13 @@ class SpatialVAEWidget(QWidget):
                 self.loss_plot.add_epoch(
                     event.epoch, event.train.elbo, event.test.elbo if event.test else None
                 )
+                self._last_epoch = (event.epoch, event.test or event.train)
+                if event.train.kl_z_dims:
+                    # what each latent carries: a collapsed one shows ~0 nats
+                    self.status.setText(
+                        f"{self._started_message}\nepoch {event.epoch}: "
+                        f"{describe_latent_use(event.test or event.train)} nats"
+                    )
         elif event.kind == "finished":
             self.progress.setFormat(
                 f"{event.stop_reason} after epoch {event.epoch}; making result layers…"
@@ -387,6 +400,11 @@ class SpatialVAEWidget(QWidget):
             f"{format_seconds(outcome.seconds)}"
         )
         self._describe_model()
+        if self._last_epoch is not None:
+            epoch, metrics = self._last_epoch
+            warning = collapse_warning(metrics, epoch, outcome.config.z_delay)
+            if warning:
+                show_warning(f"spatial-VAE: {warning}")
         if outcome.results is not None:
             self.show_results(outcome.results)
             if PREVIEW in self.viewer.layers:

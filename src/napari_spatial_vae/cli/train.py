@@ -12,6 +12,7 @@ from typing import Any
 from napari_spatial_vae.cli._common import open_stack, say
 from napari_spatial_vae.cli.settings import add_setting_arguments, config_from_args, resume_config
 from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.metrics import collapse_warning, describe_latent_use
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,9 +57,11 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
 class _Progress:
     """tqdm progress bar fed by TrainUpdate events, with one summary line per epoch."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, z_delay: int):
         self.quiet = quiet
+        self.z_delay = z_delay
         self.bar: Any = None
+        self.last: Any = None  # (epoch, metrics) of the last epoch, held-out where possible
 
     def __call__(self, update: Any) -> None:
         from tqdm import tqdm
@@ -84,13 +87,21 @@ class _Progress:
             )
             if update.test is not None:
                 line += f"  test ELBO {update.test.elbo:.2f}"
+            if update.train.kl_z_dims:
+                line += f"  {describe_latent_use(update.test or update.train)}"
             line += f"  {update.seconds:.0f}s"
+            self.last = (update.epoch, update.test or update.train)
             if self.bar is not None:
                 self.bar.write(line, file=sys.stderr)
             elif not self.quiet:
                 say(line)
-        elif update.kind == "finished" and self.bar is not None:
-            self.bar.close()
+        elif update.kind == "finished":
+            if self.bar is not None:
+                self.bar.close()
+            if self.last is not None:
+                warning = collapse_warning(self.last[1], self.last[0], self.z_delay)
+                if warning:
+                    say(f"warning: {warning}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -118,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             particles,
             args.run_dir,
             test_images=test,
-            on_update=_Progress(args.quiet) if main_rank else None,
+            on_update=_Progress(args.quiet, config.z_delay) if main_rank else None,
             should_stop=lambda: stop["requested"],
             resume=args.resume,
             run_info={

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,16 +188,24 @@ def restore_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer) -> None:
 
 
 def write_history(run_dir: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Rewrite ``history.csv`` atomically."""
+    """Rewrite ``history.csv`` atomically (with a ``kl_zK`` column per z dimension)."""
+    kept = list(rows)
 
     def write(tmp: Path) -> None:
+        fields = [*HISTORY_FIELDS, *_per_dim_fields(kept)]
         with tmp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+            for row in kept:
+                writer.writerow({k: row.get(k, "") for k in fields})
 
     write_atomically(Path(run_dir) / HISTORY_FILE, write)
+
+
+def _per_dim_fields(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The ``kl_z1, kl_z2, ...`` columns the rows have (one per z dimension), in order."""
+    names = {k for row in rows for k in row if re.fullmatch(r"kl_z\d+", k)}
+    return sorted(names, key=lambda name: int(name[4:]))
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -208,7 +217,7 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     with path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             parsed: dict[str, Any] = {"epoch": int(row["epoch"]), "split": row["split"]}
-            for key in HISTORY_FIELDS[2:]:
+            for key in [*HISTORY_FIELDS[2:], *_per_dim_fields([row])]:
                 parsed[key] = float(row[key]) if row.get(key) not in (None, "") else None
             rows.append(parsed)
     return rows

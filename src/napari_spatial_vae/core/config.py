@@ -457,12 +457,11 @@ class TrainConfig:
     resident_gb: float | None = setting(
         None,
         help="Keep the training images on the device when they take at most this many GB "
-        "as float32, else stream them from the (memory-mapped) stack; none (0 in the GUI): 2 GB "
-        "on the CPU, half the free memory on a GPU.",
+        "as float32, else stream them from the (memory-mapped) stack; 0 always streams; none: "
+        "2 GB on the CPU, half the free memory on a GPU (the GUI shows none as 0).",
         label="resident data (GB)",
         low=0.0,
         high=1e6,
-        open_low=True,
         step=0.5,
         group="speed",
         resumable=True,

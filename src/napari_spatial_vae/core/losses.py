@@ -105,13 +105,16 @@ def bernoulli_nll(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 class LossTerms:
     """Per-image terms of the negative ELBO; each tensor is ``(B,)``.
 
-    ``-ELBO = recon + kl_theta + kl_shift + kl_z``.
+    ``-ELBO = recon + kl_theta + kl_shift + kl_z``. ``kl_z_dims`` ``(B, Z)`` splits ``kl_z``
+    by latent dimension (how much each dimension carries; 0 nats: unused, collapsed), or is
+    None for a model without z.
     """
 
     recon: torch.Tensor
     kl_theta: torch.Tensor
     kl_shift: torch.Tensor
     kl_z: torch.Tensor
+    kl_z_dims: torch.Tensor | None = None
 
     @property
     def kl(self) -> torch.Tensor:

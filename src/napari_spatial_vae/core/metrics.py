@@ -17,10 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_spatial_vae.core.step import summed_terms
+
+# A latent dimension whose KL stays below this many nats per image carries (almost) nothing
+# about the images: the posterior equals the prior, the decoder ignores it (posterior collapse).
+COLLAPSED_NATS = 0.5
+
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """Per-image averages over an epoch or a held-out set (nats; ``elbo`` is the ELBO itself)."""
+    """Per-image averages over an epoch or a held-out set (nats; ``elbo`` is the ELBO itself).
+
+    ``kl_z_dims`` holds the KL of each z dimension (``kl_z`` is their sum).
+    """
 
     elbo: float
     recon: float
@@ -28,22 +37,56 @@ class EpochMetrics:
     kl_theta: float
     kl_shift: float
     kl_z: float
+    kl_z_dims: tuple[float, ...] = ()
 
     @classmethod
     def from_sums(cls, sums: list[float], count: int) -> EpochMetrics:
-        """From summed ``[-elbo, recon, kl_theta, kl_shift, kl_z]`` over ``count`` images."""
-        neg_elbo, recon, kl_theta, kl_shift, kl_z = (s / max(count, 1) for s in sums)
-        return cls(-neg_elbo, recon, kl_theta + kl_shift + kl_z, kl_theta, kl_shift, kl_z)
+        """From summed ``[-elbo, recon, kl_theta, kl_shift, kl_z, kl_z1..]`` over ``count``."""
+        neg_elbo, recon, kl_theta, kl_shift, kl_z, *dims = (s / max(count, 1) for s in sums)
+        return cls(
+            -neg_elbo, recon, kl_theta + kl_shift + kl_z, kl_theta, kl_shift, kl_z, tuple(dims)
+        )
 
     def as_row(self, epoch: int, split: str, lr: float, seconds: float) -> dict[str, Any]:
-        """A ``history.csv`` row."""
-        return {
-            "epoch": epoch,
-            "split": split,
-            "lr": lr,
-            "seconds": round(seconds, 3),
-            **self.__dict__,
-        }
+        """A ``history.csv`` row (one ``kl_zK`` column per z dimension)."""
+        values = {k: v for k, v in self.__dict__.items() if k != "kl_z_dims"}
+        per_dim = {f"kl_z{k + 1}": v for k, v in enumerate(self.kl_z_dims)}
+        return {"epoch": epoch, "split": split, "lr": lr, "seconds": round(seconds, 3),
+                **values, **per_dim}  # fmt: skip
+
+    def collapsed_dims(self) -> list[int]:
+        """1-based z dimensions that carry less than :data:`COLLAPSED_NATS` per image."""
+        return [k + 1 for k, kl in enumerate(self.kl_z_dims) if kl < COLLAPSED_NATS]
+
+
+def describe_latent_use(metrics: EpochMetrics) -> str:
+    """``"KL per z dim 3.21 0.02"``: what each latent dimension carries, in nats per image."""
+    return "KL per z dim " + " ".join(f"{kl:.2f}" for kl in metrics.kl_z_dims)
+
+
+def collapse_warning(metrics: EpochMetrics, epoch: int, z_delay: int) -> str | None:
+    """One line naming the z dimensions that collapsed, with what to try; None if none did.
+
+    Parameters
+    ----------
+    metrics
+        The last epoch's metrics (held-out ones where there are).
+    epoch, z_delay
+        The epoch they are from and the run's z-delay: z is frozen (KL 0) during the delay
+        and needs an epoch to start carrying information, so earlier epochs never warn.
+    """
+    dims = metrics.collapsed_dims()
+    if not dims or epoch < z_delay + 2:
+        return None
+    names = ", ".join(f"z{k}" for k in dims)
+    values = ", ".join(f"{metrics.kl_z_dims[k - 1]:.2f}" for k in dims)
+    some = "some of z" if len(dims) < len(metrics.kl_z_dims) else "z"
+    return (
+        f"{names} carr{'ies' if len(dims) == 1 else 'y'} almost nothing ({values} nats per "
+        f"image, below {COLLAPSED_NATS}): the model explains the images without "
+        f"{some} (posterior collapse); if the particles move, train longer (--epochs, "
+        "--max-minutes) or with fewer latent dimensions (--z-dim), and see docs/defaults.md"
+    )
 
 
 @torch.no_grad()
@@ -66,18 +109,9 @@ def evaluate_elbo(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    sums = torch.zeros(5 + model.config.z_dim, dtype=torch.float64, device=device)
     for batch in feeder.batches(batch_size):
-        terms = model.loss_terms(batch, freeze_z=freeze_z, generator=generator)
-        sums += torch.stack(
-            [
-                terms.neg_elbo.sum(),
-                terms.recon.sum(),
-                terms.kl_theta.sum(),
-                terms.kl_shift.sum(),
-                terms.kl_z.sum(),
-            ]
-        ).double()
+        sums += summed_terms(model.loss_terms(batch, freeze_z=freeze_z, generator=generator))
     model.train(was_training)
     return EpochMetrics.from_sums(sums.cpu().tolist(), len(feeder))
 

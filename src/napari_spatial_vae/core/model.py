@@ -518,11 +518,17 @@ class SpatialVAE(nn.Module):
         return images.flatten(2)[:, :, self.pixel_index]
 
     # -- the objective ----------------------------------------------------------------------
-    def kl_terms(self, posterior: Posterior) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """KL of theta, of the shift and of z, each ``(B,)``."""
+    def kl_terms(
+        self, posterior: Posterior
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """KL of theta and of the shift, each ``(B,)``, and of each z dimension, ``(B, Z)``.
+
+        The last is None for a model without z.
+        """
         mu, logstd = posterior.mu, posterior.logstd
         zeros = mu.new_zeros(mu.shape[0])
-        kl_theta = kl_shift = kl_z = zeros
+        kl_theta = kl_shift = zeros
+        kl_z_dims = None
         i = 0
         if self.config.infers_rotation:
             if self.config.theta_kl == "free-mean":
@@ -534,8 +540,8 @@ class SpatialVAE(nn.Module):
             kl_shift = standard_normal_kl(mu[:, i : i + 2], logstd[:, i : i + 2]).sum(1)
             i += 2
         if self.config.z_dim > 0:
-            kl_z = standard_normal_kl(mu[:, i:], logstd[:, i:]).sum(1)
-        return kl_theta, kl_shift, kl_z
+            kl_z_dims = standard_normal_kl(mu[:, i:], logstd[:, i:])
+        return kl_theta, kl_shift, kl_z_dims
 
     def reconstruction_nll(
         self, targets: torch.Tensor, mean: torch.Tensor, logstd: torch.Tensor | None
@@ -610,7 +616,8 @@ class SpatialVAE(nn.Module):
         theta, shift, z = self.split_latent(sample)
         if freeze_z and z is not None:
             z = torch.zeros_like(z)
-        kl_theta, kl_shift, kl_z = self.kl_terms(posterior)
+        kl_theta, kl_shift, kl_z_dims = self.kl_terms(posterior)
+        kl_z = kl_z_dims.sum(1) if kl_z_dims is not None else torch.zeros_like(kl_shift)
         targets = self.targets(images)
         with autocast or contextlib.nullcontext():
             if search is None:
@@ -630,7 +637,7 @@ class SpatialVAE(nn.Module):
             # KL of the bin posterior to the uniform prior over the K bins, plus the offset's
             kl_bins = (attention * torch.log(attention.clamp_min(1e-12) * k)).sum(dim=1)
             kl_theta = kl_bins + free_mean_rotation_kl(posterior.logstd[:, 0], math.pi / k)
-        return LossTerms(recon, kl_theta, kl_shift, kl_z)
+        return LossTerms(recon, kl_theta, kl_shift, kl_z, kl_z_dims)
 
     def decode_candidates(
         self,

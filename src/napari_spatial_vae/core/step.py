@@ -90,13 +90,15 @@ def loss_terms(
 
 
 def summed_terms(terms: LossTerms, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """``[-elbo, recon, kl_theta, kl_shift, kl_z]`` summed over images, float64 ``(5,)``.
+    """``[-elbo, recon, kl_theta, kl_shift, kl_z, kl_z1..kl_zZ]`` summed over images.
 
-    ``weight`` ``(b,)`` masks out padding rows (0) without a host sync.
+    Returns float64 ``(5 + Z,)``. ``weight`` ``(b,)`` masks out padding rows (0) without a
+    host sync.
     """
-    stacked = torch.stack(
-        [terms.neg_elbo, terms.recon, terms.kl_theta, terms.kl_shift, terms.kl_z]
-    )  # (5, b)
+    rows = [terms.neg_elbo, terms.recon, terms.kl_theta, terms.kl_shift, terms.kl_z]
+    if terms.kl_z_dims is not None:
+        rows += list(terms.kl_z_dims.T)
+    stacked = torch.stack(rows)  # (5 + Z, b)
     if weight is not None:
         stacked = stacked * weight
     return stacked.detach().sum(dim=1).double()

@@ -256,7 +256,7 @@ class _LossModule(nn.Module):
 
     def forward(
         self, images: torch.Tensor, gamma: torch.Tensor | None, eps: torch.Tensor, freeze_z: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         terms = loss_terms(
             self.model,
             images,
@@ -264,7 +264,8 @@ class _LossModule(nn.Module):
             freeze_z,
             generator_autocast(self.precision, self.device),
         )
-        return terms.recon, terms.kl_theta, terms.kl_shift, terms.kl_z
+        parts = (terms.recon, terms.kl_theta, terms.kl_shift, terms.kl_z)
+        return parts if terms.kl_z_dims is None else (*parts, terms.kl_z_dims)
 
 
 def _train(
@@ -377,7 +378,7 @@ def _train(
         order = torch.randperm(len(train_feed), generator=cpu_gen)
         plan = _shard_plan(order, config.batch_size, context)
         freeze_z = epoch <= config.z_delay
-        sums = torch.zeros(5, device=device, dtype=torch.float64)
+        sums = torch.zeros(5 + config.model.z_dim, device=device, dtype=torch.float64)
         model.train()
         batches = train_feed.batches_at(local for _, local, _, _ in plan)
         for step, ((global_size, _, rows, padding), batch) in enumerate(
