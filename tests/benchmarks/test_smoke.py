@@ -108,3 +108,15 @@ def test_extract_micrographs_prints_time_and_peak_memory():
     )
     row = json.loads(out.strip().splitlines()[-1])
     assert row["picks"] == 12 and row["peak_rss_mb"] > 0 and row["seconds"] > 0
+
+
+def test_design_family_prints_a_row_per_design_and_a_table():
+    out = run(
+        "design_family.py", "--designs", "two-motions", "--seeds", "0", "--n-train", "48",
+        "--n-test", "16", "--epochs", "1", "--apply-snr", "0.1", *TINY,
+    )  # fmt: skip
+    lines = out.strip().splitlines()
+    row = json.loads(lines[0])
+    assert row["design"] == "two-motions" and len(row["pearson_each"]) == 2
+    assert {"circ_fl", "recon_corr", "test_elbo", "applied"} <= set(row)
+    assert lines[-1].startswith("| two-motions | 0 |")
