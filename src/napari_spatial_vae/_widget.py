@@ -40,6 +40,7 @@ from superqt import QCollapsible
 from napari_spatial_vae._layers import (
     LATENT_MAP,
     META_KEY,
+    POSES,
     PREVIEW,
     InferenceResults,
     LayerData,
@@ -424,6 +425,13 @@ class SpatialVAEWidget(QWidget):
         latent = self.viewer.layers[LATENT_MAP]
         latent.selected_data.events.items_changed.connect(self._on_latent_selection)
         latent.mode = "select"
+        if self.model_run_dir is not None:  # the explore dock decodes mean z with this model
+            poses = self.viewer.layers[POSES]
+            poses.metadata = {
+                **poses.metadata,
+                META_KEY: {**poses.metadata.get(META_KEY, {}), "run_dir": str(self.model_run_dir)},
+            }
+        self.viewer.reset_view()  # results sit beside the input: show them all
         return layers
 
     def _put_layer(self, layer_data: LayerData) -> Layer:
@@ -455,7 +463,7 @@ class SpatialVAEWidget(QWidget):
 
     def go_to_particle(self, index: int) -> None:
         """Move the dims slider to particle ``index`` (of the (N, H, W) stacks)."""
-        # stacks are (N, H, W); a 4-D traversal layer adds one leading viewer axis
+        # stacks are (N, H, W): the particle axis is the first of the last three
         axis = max(self.viewer.dims.ndim - 3, 0)
         self.viewer.dims.set_current_step(axis, index)
 
