@@ -91,3 +91,10 @@ def test_galaxies_writes_the_figure(tmp_path):
     row = json.loads(out.strip().splitlines()[-1])
     assert row["galaxies"] == 8
     assert (tmp_path / "galaxies_bernoulli.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explore_speed_prints_a_json_row():
+    out = run("explore_speed.py", "--n", "32", "--size", "16", "--rows", "100")
+    row = json.loads(out.strip().splitlines()[-1])
+    assert {"average_s", "average_ctf_s", "star_write_s", "subset_s"} <= set(row)
+    assert row["n"] == 32 and row["rows"] == 100
