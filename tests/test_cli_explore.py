@@ -129,6 +129,26 @@ def test_subset_star_keeps_every_input_column_of_the_selected_rows(shared_data, 
     assert read_stack(out, datadir=source.parent).shape[0] == len(rows)
 
 
+def test_subset_can_leave_the_input_pose_untouched(shared_data, tmp_path, capsys):
+    source = shared_data / "cryoem" / ASPIRE_STAR
+    poses = tmp_path / "poses.csv"
+    table = poses_csv(poses, 17)
+    out = tmp_path / "subset.star"
+    code, err = run_cli(capsys, "subset", source, poses, "--where", "z1 > 0", "-o", out,
+                        "--keep-input-pose")  # fmt: skip
+    assert code == 0, err
+    rows = np.flatnonzero(table["z1"] > 0)
+    particles_in = starfile.read(source, always_dict=True)["particles"].iloc[rows]
+    particles_out = starfile.read(out, always_dict=True)["particles"]
+    pd.testing.assert_frame_equal(
+        particles_out[particles_in.columns], particles_in.reset_index(drop=True)
+    )
+    np.testing.assert_allclose(
+        particles_out["rlnSpatialVaeAnglePsi"], np.degrees(table["theta"][rows])
+    )
+    assert "rlnSpatialVaeOriginXAngst" in particles_out.columns
+
+
 def test_subset_cs_keeps_every_field(shared_data, tmp_path, capsys):
     source = shared_data / "cryoem" / EMPIAR_CS
     poses = tmp_path / "poses.csv"

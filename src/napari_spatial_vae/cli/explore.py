@@ -159,7 +159,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
     stack = open_stack(args.particles, args.datadir)
     _check_row_count(table, stack, args.poses)
     rows = select_rows(table, args.where)
-    write_subset(out, stack, rows, table.iloc[rows].reset_index(drop=True))
+    write_subset(out, stack, rows, table.iloc[rows].reset_index(drop=True), args.keep_input_pose)
     say(f"wrote {len(rows)} of {len(table)} particles to {out}")
     return 0
 
@@ -256,6 +256,12 @@ def register(sub: Any) -> None:
     _add_particles(subset)
     _add_where(subset, required=True)
     subset.add_argument("-o", "--output", required=True, metavar="SUBSET.star|SUBSET.cs")
+    subset.add_argument(
+        "--keep-input-pose",
+        action="store_true",
+        help="leave the input's rlnAnglePsi/rlnOrigin* as they are (e.g. 3-D angles from a"
+        " refinement) and write the inferred ones as rlnSpatialVaeAnglePsi/Origin*",
+    )
     subset.set_defaults(run=cmd_subset)
 
     movie = sub.add_parser(

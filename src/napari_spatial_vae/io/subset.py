@@ -10,7 +10,9 @@ RELION STAR (any input)
     mapping of :mod:`.poses`; ``zK`` -> ``rlnSpatialVaeZK`` and the other pose-table
     columns under the same names as :func:`.poses.write_poses` uses. When the input already
     has a psi or origin column, its values move to ``rlnSpatialVaeInput<Name>``
-    (``rlnAnglePsi`` -> ``rlnSpatialVaeInputAnglePsi``), so nothing of the input is lost.
+    (``rlnAnglePsi`` -> ``rlnSpatialVaeInputAnglePsi``), so nothing of the input is lost;
+    with ``keep_input_pose`` the input's stay and the inferred ones are written as
+    ``rlnSpatialVae<Name>`` instead.
     The optics block and any other block are written as read.
 cryoSPARC ``.cs`` (a ``.cs`` input only)
     All input fields unchanged; the pose table goes into new ``spatial_vae/<column>`` float
@@ -39,6 +41,7 @@ __all__ = ["INPUT_PREFIX", "write_subset"]
 INPUT_PREFIX = "rlnSpatialVaeInput"
 _POSE_LABELS = ("rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst")
 _CS_PREFIX = "spatial_vae/"
+_SPATIAL_VAE = "rlnSpatialVae"
 
 
 def _check_rows(path: Path, rows: np.ndarray, table: pd.DataFrame, n: int) -> np.ndarray:
@@ -90,6 +93,7 @@ def _write_star_subset(
     rows: np.ndarray,
     poses: pd.DataFrame,
     image_shape: tuple[int, int] | None,
+    keep_input_pose: bool,
 ) -> None:
     blocks = read_star_blocks(source)
     name, particles, optics = select_particle_block(source, blocks)
@@ -97,10 +101,20 @@ def _write_star_subset(
     selected = particles.iloc[rows].reset_index(drop=True)
     merged = merge_optics(source, selected, optics)
     added = _added_star_columns(poses.reset_index(drop=True), merged, image_shape)
-    # the input's own psi/origins stay, renamed, beside the inferred ones
-    renamed = {
-        label: f"{INPUT_PREFIX}{label[3:]}" for label in _POSE_LABELS if label in selected.columns
-    }
+    if keep_input_pose:
+        # the input's psi/origins stay where they are; the inferred ones get our prefix
+        added = {
+            (f"{_SPATIAL_VAE}{label[3:]}" if label in _POSE_LABELS else label): values
+            for label, values in added.items()
+        }
+        renamed = {}
+    else:
+        # the input's own psi/origins stay, renamed, beside the inferred ones
+        renamed = {
+            label: f"{INPUT_PREFIX}{label[3:]}"
+            for label in _POSE_LABELS
+            if label in selected.columns
+        }
     out = selected.rename(columns=renamed)
     for label, values in added.items():
         out[label] = values
@@ -139,6 +153,7 @@ def write_subset(
     stack: ParticleStack,
     rows: np.ndarray,
     poses: pd.DataFrame,
+    keep_input_pose: bool = False,
 ) -> None:
     """Write the selected particles with all their input metadata plus pose and latents.
 
@@ -154,6 +169,11 @@ def write_subset(
     poses : pandas.DataFrame
         ``M`` rows (the selected particles' rows of POSES.csv): ``theta``, ``dx``, ``dy``
         and any further columns (``z1..zK``, std columns, ``cluster`` ...).
+    keep_input_pose : bool
+        STAR from a STAR input: leave the input's ``rlnAnglePsi``/``rlnOrigin*`` as they are
+        and write the inferred ones as ``rlnSpatialVaeAnglePsi``/``rlnSpatialVaeOrigin*``
+        (for local refinement from an earlier 3-D result). Default: the inferred pose takes
+        the RELION names and the input's moves to ``rlnSpatialVaeInput*``.
 
     Raises
     ------
@@ -173,7 +193,8 @@ def write_subset(
         _write_cs_subset(path, source, rows, poses)
     elif suffix == ".star":
         if source_suffix == ".star":
-            _write_star_subset(path, source, rows, poses, tuple(stack.shape[1:3]))  # type: ignore[arg-type]
+            shape = (int(stack.shape[1]), int(stack.shape[2]))
+            _write_star_subset(path, source, rows, poses, shape, keep_input_pose)
         else:
             # no STAR to copy from: the pose writer names each image N@stack itself and
             # carries cryoSPARC CTF fields over as RELION labels
