@@ -84,6 +84,7 @@ class ExploreWidget(QWidget):
         self._model: Any = None
         self._model_dir: Path | None = None
         self._worker: Any = None
+        self._watched: Points | None = None
         self._build()
         events = self.viewer.layers.events
         events.inserted.connect(self._reset_choices)
@@ -205,6 +206,13 @@ class ExploreWidget(QWidget):
         return self.poses.features if self.poses is not None else pd.DataFrame()
 
     def _on_poses_changed(self, layer: Points | None) -> None:
+        # new results replace the poses layer's data in place: show them when they come
+        if self._watched is not layer:
+            if self._watched is not None:
+                self._watched.events.data.disconnect(self._on_poses_data)
+            if layer is not None:
+                layer.events.data.connect(self._on_poses_data)
+            self._watched = layer
         self.selection = np.zeros(0, dtype=np.int64)
         self.labels = None
         if layer is None:
@@ -234,6 +242,9 @@ class ExploreWidget(QWidget):
         )  # fmt: skip
         self._recolour()
         self._show_count()
+
+    def _on_poses_data(self, _event: Any = None) -> None:
+        self._on_poses_changed(self.poses)
 
     def _recolour(self) -> None:
         features = self.features

@@ -125,3 +125,18 @@ def test_nothing_to_do_gives_one_line_errors(make_napari_viewer, truth, tmp_path
     assert not widget.save_movie(tmp_path / "none.gif")  # no clusters, no model
     assert len(errors) == 4 and all("\n" not in e for e in errors)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_new_results_in_the_poses_layer_refresh_the_plot(make_napari_viewer, truth):
+    sim, path = truth
+    viewer = make_napari_viewer()
+    add_truth_layers(viewer, sim, path)
+    widget = ExploreWidget(viewer)
+    widget.select(np.arange(10))
+    poses = viewer.layers[L.POSES]
+    features = poses.features.copy()
+    features["z1"] = -features["z1"]
+    poses.features = features
+    poses.data = poses.data.copy()  # how the spatial-VAE dock updates a layer in place
+    np.testing.assert_allclose(widget.plot.xs, -sim.conformation)
+    assert len(widget.selection) == 0
