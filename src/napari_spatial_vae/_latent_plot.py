@@ -109,9 +109,13 @@ class LatentPlot(QWidget):
         self.plot = pg.PlotWidget(background="#262930", viewBox=self.view_box)
         self.plot.setMinimumHeight(260)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
+        for side in ("bottom", "left"):  # latent values read as they are, not as "x0.001"
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
         self.scatter = pg.ScatterPlotItem(size=5, pen=None)
         self.plot.addItem(self.scatter)
-        self.legend = self.plot.addLegend(offset=(-10, 10), labelTextColor="#dddddd")
+        self.legend = self.plot.addLegend(
+            offset=(-10, 10), labelTextColor="#dddddd", brush=pg.mkBrush(38, 41, 48, 210)
+        )
         self.colour_bar: pg.ColorBarItem | None = None
         self._legend_items: list[pg.ScatterPlotItem] = []
         self.xs = np.zeros(0)

@@ -41,8 +41,10 @@ STACK_AXES = ("particle", "y", "x")
 #: Gap between side-by-side panels, as a fraction of the image width.
 GAP_FRACTION = 0.15
 # Panels left to right: input (with poses), aligned, reconstructions, latent map; the
-# traversal goes under the input. Side by side, all stay visible at once.
+# traversal montage goes under them all. Side by side, all stay visible at once.
 COLUMN_INPUT, COLUMN_ALIGNED, COLUMN_RECONSTRUCTIONS, COLUMN_LATENT_MAP = 0, 1, 2, 3
+#: The traversal montage starts this many panels down: below the latent map (two panels tall).
+TRAVERSAL_ROW = 2
 
 
 def panel_translate(
@@ -410,7 +412,7 @@ def traversal_layer(
         pixel_size,
         source,
         leading_axes=0,
-        translate=panel_translate(image_shape, pixel_size, 2, COLUMN_INPUT, row=1),
+        translate=panel_translate(image_shape, pixel_size, 2, COLUMN_INPUT, row=TRAVERSAL_ROW),
         contrast_limits=contrast_limits(traversal.reshape(-1, *traversal.shape[2:])),
         metadata={
             META_KEY: {

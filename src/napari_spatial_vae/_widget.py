@@ -42,6 +42,7 @@ from napari_spatial_vae._layers import (
     META_KEY,
     POSES,
     PREVIEW,
+    TRAVERSAL_ROW,
     InferenceResults,
     LayerData,
     panel_translate,
@@ -392,7 +393,9 @@ class SpatialVAEWidget(QWidget):
             if PREVIEW in self.viewer.layers:
                 # keep the last preview, hidden below the results (removing costs a gc pass)
                 preview = self.viewer.layers[PREVIEW]
-                preview.translate = preview_translate(outcome.results, row=2)
+                preview.translate = preview_translate(
+                    outcome.results, row=_below_results(outcome.results)
+                )
                 preview.visible = False
         show_info(
             f"spatial-VAE: training {outcome.stop_reason} after {outcome.epochs_completed} "
@@ -627,6 +630,12 @@ def _layer_ndim(layer_data: LayerData) -> int:
     if layer_type == "vectors":
         return data.shape[-1]
     return data.shape[1]
+
+
+def _below_results(results: InferenceResults) -> int:
+    """First panel row under the result layers (the traversal montage has K rows)."""
+    traversal = results.traversal
+    return TRAVERSAL_ROW + (traversal.shape[0] if traversal is not None else 0)
 
 
 def preview_translate(results: InferenceResults, row: int) -> tuple[float, float]:
