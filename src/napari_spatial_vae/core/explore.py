@@ -265,8 +265,8 @@ def _wiener_divide(
     """
     _, height, width = numerator.shape
     power = torch.fft.ifftshift(denominator, dim=(-2, -1))[..., : width // 2 + 1]
-    ky = torch.fft.fftfreq(height, dtype=numerator.dtype)[:, None]
-    kx = torch.fft.rfftfreq(width, dtype=numerator.dtype)[None, :]
+    ky = torch.fft.fftfreq(height, dtype=numerator.dtype, device=numerator.device)[:, None]
+    kx = torch.fft.rfftfreq(width, dtype=numerator.dtype, device=numerator.device)[None, :]
     # rotation carries the measured square's corners outside it: keep the circle only
     inside = (kx**2 + ky**2) <= 0.25
     spectrum = torch.fft.rfft2(numerator) / (power + wiener_constant) * inside
@@ -371,7 +371,7 @@ def aligned_average(
     average = _HalfSums.merge(halves).image(wiener_constant, shape)
     half_images = [h.image(wiener_constant, shape) for h in halves]
     frequencies, frc = fourier_ring_correlation(
-        half_images[0].mean(0).numpy(), half_images[1].mean(0).numpy()
+        half_images[0].mean(0).cpu().numpy(), half_images[1].mean(0).cpu().numpy()
     )
     resolution = frc_resolution(frequencies, frc) if len(indices) >= 2 else float("inf")
     return AverageResult(
