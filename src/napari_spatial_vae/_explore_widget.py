@@ -237,9 +237,10 @@ class ExploreWidget(QWidget):
             if c != "particle" and pd.api.types.is_numeric_dtype(features[c])
         ]
         self.colour_choice.choices = numeric
-        self.colour_choice.value = "cluster" if self.labels is not None else (
-            "theta_deg" if "theta_deg" in numeric else numeric[0]
-        )  # fmt: skip
+        if self.labels is not None:
+            self.colour_choice.value = "cluster"
+        else:
+            self.colour_choice.value = "theta_deg" if "theta_deg" in numeric else numeric[0]
         self._recolour()
         self._show_count()
 
@@ -443,18 +444,25 @@ class ExploreWidget(QWidget):
             "ctf_corrected": [r.ctf_corrected for _, r in results],
             "averages": averages[0],
         }
-        self._replace(AVERAGES, image_layer(
-            montage(averages), name, pixel, leading_axes=0,
+        average_layer = image_layer(
+            montage(averages),
+            name,
+            pixel,
+            leading_axes=0,
             translate=panel_translate(image_shape, pixel, 2, COLUMN_AVERAGES),
             metadata={META_KEY: {"pixel_size": pixel, "explore": meta}},
-        ))  # fmt: skip
+        )
+        self._replace(AVERAGES, average_layer)
         if decoded is not None:
-            self._replace(DECODED, image_layer(
-                montage(decoded[None]), f"{DECODED} ({', '.join(n for n, _ in results)})",
-                pixel, leading_axes=0,
+            decoded_layer = image_layer(
+                montage(decoded[None]),
+                f"{DECODED} ({', '.join(n for n, _ in results)})",
+                pixel,
+                leading_axes=0,
                 translate=panel_translate(image_shape, pixel, 2, COLUMN_AVERAGES, row=1),
                 metadata={META_KEY: {"pixel_size": pixel, "explore": {"decoded": True}}},
-            ))  # fmt: skip
+            )
+            self._replace(DECODED, decoded_layer)
         self.status.setText("; ".join(summary))
         self.viewer.reset_view()
 

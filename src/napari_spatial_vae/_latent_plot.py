@@ -181,10 +181,8 @@ class LatentPlot(QWidget):
         brushes = self._brushes if len(self._brushes) == n else [pg.mkBrush("#9e9e9e")] * n
         outline = pg.mkPen(_SELECTED, width=1.5)
         pens = [outline if s else None for s in self.selected] if n else []
-        self.scatter.setData(
-            self.xs, self.ys, brush=brushes, pen=pens,
-            size=[8 if s else 5 for s in self.selected],
-        )  # fmt: skip
+        sizes = [8 if s else 5 for s in self.selected]
+        self.scatter.setData(self.xs, self.ys, brush=brushes, pen=pens, size=sizes)
 
     def _lasso_done(self, polygon: np.ndarray) -> None:
         self._on_select(points_in_polygon(self.xs, self.ys, polygon))

@@ -153,10 +153,10 @@ def _rotate_spectrum(power: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     turns about the geometric centre, so a shift makes up the half pixel of even sizes.
     """
     _, height, width = power.shape
-    offset = power.new_tensor(
-        [(width // 2 - (width - 1) / 2) * 2 / max(width - 1, 1),
-         (height // 2 - (height - 1) / 2) * 2 / max(height - 1, 1)]
-    )  # fmt: skip
+    # zero frequency minus the geometric centre, in coordinate units (x, y)
+    offset_x = (width // 2 - (width - 1) / 2) * 2 / max(width - 1, 1)
+    offset_y = (height // 2 - (height - 1) / 2) * 2 / max(height - 1, 1)
+    offset = power.new_tensor([offset_x, offset_y])
     c0 = offset.expand(len(theta), 2)
     cos, sin = torch.cos(theta), torch.sin(theta)
     # shift = c0 - c0 @ R(theta), R = [[cos, sin], [-sin, cos]]
@@ -413,8 +413,9 @@ def fourier_ring_correlation(
     """
     first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
     if first.shape != second.shape or first.ndim != 2:
-        raise DataError(f"FRC needs two (H, W) images of one shape, got {first.shape}, "
-                        f"{second.shape}")  # fmt: skip
+        raise DataError(
+            f"FRC needs two (H, W) images of one shape, got {first.shape}, {second.shape}"
+        )
     height, width = first.shape
     size = max(height, width)
     f1, f2 = np.fft.rfft2(first), np.fft.rfft2(second)
@@ -483,8 +484,8 @@ def render_latents(model: Any, z: np.ndarray) -> np.ndarray:
     was_training = model.training
     model.eval()
     try:
-        mean, _ = model.decode(torch.as_tensor(values, device=device) if z_dim else None,
-                               batch_size=len(values))  # fmt: skip
+        latents = torch.as_tensor(values, device=device) if z_dim else None
+        mean, _ = model.decode(latents, batch_size=len(values))
         images = model.expected_image(mean).detach().float().cpu().numpy()
     finally:
         model.train(was_training)
