@@ -35,16 +35,16 @@ PREVIEW = "preview (training)"
 #: Key under which every layer made here stores facts about its source in ``metadata``.
 META_KEY = "spatial_vae"
 
-#: Axis names of particle stacks, and of the traversal, whose step axis shares the particle
-#: slider (napari aligns layers' trailing axes).
+#: Axis names of particle stacks.
 STACK_AXES = ("particle", "y", "x")
-TRAVERSAL_AXES = ("latent", "particle / step", "y", "x")
 
 #: Gap between side-by-side panels, as a fraction of the image width.
 GAP_FRACTION = 0.15
 # Panels left to right: input (with poses), aligned, reconstructions, latent map; the
-# traversal goes under the input. Side by side, all stay visible at once.
+# traversal montage goes under them all. Side by side, all stay visible at once.
 COLUMN_INPUT, COLUMN_ALIGNED, COLUMN_RECONSTRUCTIONS, COLUMN_LATENT_MAP = 0, 1, 2, 3
+#: The traversal montage starts this many panels down: below the latent map (two panels tall).
+TRAVERSAL_ROW = 2
 
 
 def panel_translate(
@@ -369,21 +369,58 @@ def orientation_layer(results: InferenceResults, length: float | None = None) ->
     return (data, kwargs, "vectors")
 
 
+def montage(images: np.ndarray, gap: int = 1, fill: float | None = None) -> np.ndarray:
+    """Tile ``(R, C, H, W)`` (or ``(R, C, H, W, ch)``) images into one 2-D image.
+
+    Row ``r`` and column ``c`` of the grid hold ``images[r, c]``; ``gap`` pixels of ``fill``
+    (default: the images' median) separate the tiles.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(R * H + (R - 1) * gap, C * W + (C - 1) * gap[, ch])`` float32.
+    """
+    rows, cols, height, width = images.shape[:4]
+    fill = float(np.median(images)) if fill is None else fill
+    out = np.full(
+        (rows * height + (rows - 1) * gap, cols * width + (cols - 1) * gap, *images.shape[4:]),
+        fill,
+        dtype=np.float32,
+    )
+    for r in range(rows):
+        for c in range(cols):
+            y, x = r * (height + gap), c * (width + gap)
+            out[y : y + height, x : x + width] = images[r, c]
+    return out
+
+
 def traversal_layer(
     traversal: np.ndarray, pixel_size: float | None = None, source: str = ""
 ) -> LayerData:
-    """Images along each latent axis: ``(K, steps, H, W)``, one dims slider per axis."""
+    """Images along each latent axis as one 2-D montage: row k walks ``z(k+1)``.
+
+    A 2-D layer has no slider of its own, so the traversal stays visible whatever particle
+    the stacks' slider shows. ``metadata`` keeps the ``(K, steps, H, W)`` layout.
+    """
     if traversal.ndim < 4:
         raise ValueError(f"a traversal is (K, steps, H, W), got shape {traversal.shape}")
     image_shape = traversal.shape[2:4]
+    z_dim, steps = traversal.shape[:2]
     return image_layer(
-        traversal,
+        montage(traversal),
         TRAVERSAL,
         pixel_size,
         source,
-        leading_axes=2,
-        translate=panel_translate(image_shape, pixel_size, 4, COLUMN_INPUT, row=1),
-        axis_labels=TRAVERSAL_AXES,
+        leading_axes=0,
+        translate=panel_translate(image_shape, pixel_size, 2, COLUMN_INPUT, row=TRAVERSAL_ROW),
+        contrast_limits=contrast_limits(traversal.reshape(-1, *traversal.shape[2:])),
+        metadata={
+            META_KEY: {
+                "pixel_size": pixel_size,
+                "source": source,
+                "traversal": {"z_dim": z_dim, "steps": steps, "gap": 1},
+            }
+        },
     )
 
 

@@ -40,7 +40,9 @@ from superqt import QCollapsible
 from napari_spatial_vae._layers import (
     LATENT_MAP,
     META_KEY,
+    POSES,
     PREVIEW,
+    TRAVERSAL_ROW,
     InferenceResults,
     LayerData,
     panel_translate,
@@ -410,7 +412,9 @@ class SpatialVAEWidget(QWidget):
             if PREVIEW in self.viewer.layers:
                 # keep the last preview, hidden below the results (removing costs a gc pass)
                 preview = self.viewer.layers[PREVIEW]
-                preview.translate = preview_translate(outcome.results, row=2)
+                preview.translate = preview_translate(
+                    outcome.results, row=_below_results(outcome.results)
+                )
                 preview.visible = False
         show_info(
             f"spatial-VAE: training {outcome.stop_reason} after {outcome.epochs_completed} "
@@ -443,6 +447,13 @@ class SpatialVAEWidget(QWidget):
         latent = self.viewer.layers[LATENT_MAP]
         latent.selected_data.events.items_changed.connect(self._on_latent_selection)
         latent.mode = "select"
+        if self.model_run_dir is not None:  # the explore dock decodes mean z with this model
+            poses = self.viewer.layers[POSES]
+            poses.metadata = {
+                **poses.metadata,
+                META_KEY: {**poses.metadata.get(META_KEY, {}), "run_dir": str(self.model_run_dir)},
+            }
+        self.viewer.reset_view()  # results sit beside the input: show them all
         return layers
 
     def _put_layer(self, layer_data: LayerData) -> Layer:
@@ -474,7 +485,7 @@ class SpatialVAEWidget(QWidget):
 
     def go_to_particle(self, index: int) -> None:
         """Move the dims slider to particle ``index`` (of the (N, H, W) stacks)."""
-        # stacks are (N, H, W); a 4-D traversal layer adds one leading viewer axis
+        # stacks are (N, H, W): the particle axis is the first of the last three
         axis = max(self.viewer.dims.ndim - 3, 0)
         self.viewer.dims.set_current_step(axis, index)
 
@@ -643,6 +654,12 @@ def _layer_ndim(layer_data: LayerData) -> int:
     if layer_type == "vectors":
         return data.shape[-1]
     return data.shape[1]
+
+
+def _below_results(results: InferenceResults) -> int:
+    """First panel row under the result layers (the traversal montage has K rows)."""
+    traversal = results.traversal
+    return TRAVERSAL_ROW + (traversal.shape[0] if traversal is not None else 0)
 
 
 def preview_translate(results: InferenceResults, row: int) -> tuple[float, float]:

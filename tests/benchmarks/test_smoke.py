@@ -120,3 +120,10 @@ def test_design_family_prints_a_row_per_design_and_a_table():
     assert row["design"] == "two-motions" and len(row["pearson_each"]) == 2
     assert {"circ_fl", "recon_corr", "test_elbo", "applied"} <= set(row)
     assert lines[-1].startswith("| two-motions | 0 |")
+
+
+def test_explore_speed_prints_a_json_row():
+    out = run("explore_speed.py", "--n", "32", "--size", "16", "--rows", "100")
+    row = json.loads(out.strip().splitlines()[-1])
+    assert {"average_s", "average_ctf_s", "star_write_s", "subset_s"} <= set(row)
+    assert row["n"] == 32 and row["rows"] == 100

@@ -134,3 +134,15 @@ def test_circular_mask_keeps_the_inscribed_circle():
     # radius 1 reaches the centres of the edge pixels: (n - 1) / 2 pixels
     assert mask.sum() / mask.numel() == pytest.approx(math.pi * 19.5**2 / 40**2, abs=0.01)
     assert not mask[0] and mask[20 * 40 + 20]
+
+
+def test_shift_from_centre_inverts_particle_centre_and_pixels_invert_shift_to_pixels():
+    from napari_spatial_vae.core.coords import pixels_to_shift, shift_from_centre, shift_to_pixels
+
+    generator = torch.Generator().manual_seed(0)
+    theta = torch.rand(16, generator=generator) * 6.0 - 3.0
+    shift = torch.randn(16, 2, generator=generator) * 0.2
+    centre = particle_centre(theta, shift)
+    torch.testing.assert_close(shift_from_centre(theta, centre), shift)
+    pixels = shift_to_pixels(shift, 20, 24)
+    torch.testing.assert_close(pixels_to_shift(pixels, 20, 24), shift)

@@ -84,9 +84,11 @@ def test_image_layers_shapes_scale_and_contrast(make_results):
     low, high = kwargs["contrast_limits"]
     assert low < high
     data, kwargs, _ = L.traversal_layer(results.traversal, 2.0)
-    assert data.shape == (2, 7, 20, 24)
-    assert kwargs["axis_labels"] == ("latent", "particle / step", "y", "x")
-    assert kwargs["scale"] == (1.0, 1.0, 2.0, 2.0)
+    # one 2-D montage (rows: latent dimensions, columns: steps, 1 px gaps)
+    assert data.shape == (2 * 20 + 1, 7 * 24 + 6)
+    np.testing.assert_array_equal(data[21:41, 25:49], results.traversal[1, 1])
+    assert kwargs["scale"] == (2.0, 2.0)
+    assert kwargs["metadata"][L.META_KEY]["traversal"] == {"z_dim": 2, "steps": 7, "gap": 1}
     with pytest.raises(ValueError):
         L.traversal_layer(np.zeros((3, 4, 4)))
 

@@ -113,7 +113,7 @@ def test_train_two_epochs_adds_every_result_layer(
     n, h, w = small_particles.shape
     assert viewer.layers[L.ALIGNED].data.shape == (n, h, w)
     assert viewer.layers[L.RECONSTRUCTIONS].data.shape == (n, h, w)
-    assert viewer.layers[L.TRAVERSAL].data.shape == (2, 9, h, w)
+    assert viewer.layers[L.TRAVERSAL].data.shape == (2 * h + 1, 9 * w + 8)  # a 2-D montage
     poses = viewer.layers[L.POSES]
     assert poses.data.shape == (n, 3)
     features = poses.features
@@ -200,7 +200,7 @@ def test_save_load_apply_round_trip(make_napari_viewer, qtbot, tmp_path, small_p
     wait_idle(qtbot, fresh)
     poses = viewer2.layers[L.POSES]
     assert poses.data.shape == (40, 3)
-    assert viewer2.layers[L.TRAVERSAL].data.shape == (1, 9, 20, 20)
+    assert viewer2.layers[L.TRAVERSAL].data.shape == (20, 9 * 20 + 8)
     np.testing.assert_allclose(poses.features["theta"], trained_theta[:40], atol=1e-5)
     assert not fresh.load_model(tmp_path / "nowhere")
     assert "nowhere" in errors[-1]
@@ -221,6 +221,26 @@ def test_latent_map_selection_moves_to_the_particle(
     # showing results again replaces the layers in place instead of stacking copies
     widget.show_results(make_results())
     assert [layer.name for layer in viewer.layers].count(L.POSES) == 1
+
+
+def test_results_stay_visible_whatever_the_particle_slider_says(
+    make_napari_viewer, qtbot, make_results
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((500, 20, 24), np.float32), name="particles")
+    camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it
+    camera.zoom = 40.0  # looking closely at one corner before the results arrive
+    camera.center = (0, 5, 5)
+    widget = SpatialVAEWidget(viewer)
+    widget.show_results(make_results(n=500))
+    widget.go_to_particle(499)
+    traversal = viewer.layers[L.TRAVERSAL]
+    # a 2-D montage is drawn on every particle's slice (a 4-D stack of 7 steps was empty)
+    assert traversal.ndim == 2 and traversal._slice.image.raw.size == traversal.data.size
+    # the view was fitted to everything added: all layers' extent is inside the canvas
+    extent = viewer.layers.extent.world[:, -2:]
+    np.testing.assert_allclose(camera.center[-2:], extent.mean(axis=0), atol=1.0)
+    assert camera.zoom < 40.0
 
 
 def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot, tmp_path, small_particles):

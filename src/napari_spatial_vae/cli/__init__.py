@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from napari_spatial_vae import __version__
-from napari_spatial_vae.cli import extract, infer, simulate, train
+from napari_spatial_vae.cli import explore, extract, infer, simulate, train
 from napari_spatial_vae.cli._common import EXIT_ERROR, EXIT_USAGE, PROG, Parser, UsageError, say
 from napari_spatial_vae.cli.settings import config_from_args
 from napari_spatial_vae.core.errors import ConfigError, DataError, SpatialVAEError
 
 # one module per group of subcommands, in the order ``--help`` lists them
-_COMMAND_MODULES = (train, infer, simulate, extract)
+_COMMAND_MODULES = (train, infer, simulate, extract, explore)
 
 __all__ = ["build_parser", "config_from_args", "main"]
 

@@ -157,6 +157,33 @@ def shift_to_pixels(shift: torch.Tensor, height: int, width: int) -> torch.Tenso
     return shift * scale
 
 
+def pixels_to_shift(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Convert ``(..., 2)`` shifts from pixels (x, y) to coordinate units (inverse of
+    :func:`shift_to_pixels`)."""
+    scale = pixels.new_tensor([(width - 1) / 2.0, (height - 1) / 2.0])
+    return pixels / scale
+
+
+def shift_from_centre(theta: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """The model's translation that puts the template origin at ``centre``.
+
+    Inverse of :func:`particle_centre`: ``centre = -shift @ R^T`` so ``shift = -centre @ R``.
+
+    Parameters
+    ----------
+    theta
+        ``(B,)`` radians.
+    centre
+        ``(B, 2)`` particle centre ``(x, y)`` in coordinate units, screen frame.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 2)`` translation in coordinate units, as :func:`align_images` takes it.
+    """
+    return -torch.bmm(centre[:, None, :], rotation_matrices(theta))[:, 0]
+
+
 def particle_centre(theta: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Where the template's origin lands in the observed image.
 
