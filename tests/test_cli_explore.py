@@ -114,10 +114,12 @@ def test_subset_star_keeps_every_input_column_of_the_selected_rows(shared_data, 
     particles_in = before["particles"].iloc[rows].reset_index(drop=True)
     particles_out = after["particles"]
     assert len(particles_out) == len(rows)
+    assert "rlnAngleRot" not in particles_out.columns  # no half-replaced 3-D orientation
     for column in particles_in.columns:
-        # the input's own in-plane angle and origins move beside the inferred ones
-        kept = f"rlnSpatialVaeInput{column[3:]}" if column in (
-            "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst") else column  # fmt: skip
+        # the input's own orientation and origins move beside the inferred pose
+        moved = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                 "rlnOriginYAngst")  # fmt: skip
+        kept = f"rlnSpatialVaeInput{column[3:]}" if column in moved else column
         pd.testing.assert_series_equal(particles_out[kept], particles_in[column], check_names=False)
     np.testing.assert_allclose(particles_out["rlnAnglePsi"], np.degrees(table["theta"][rows]))
     # 200 px box, 1.4 Å pixels: origin = (0.5 - dx) * 1.4

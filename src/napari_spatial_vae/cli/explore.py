@@ -250,7 +250,7 @@ def register(sub: Any) -> None:
         description=(
             "Every input column of every selected row is kept; rlnAnglePsi, rlnOriginX/YAngst"
             " and the latent values are added (the input's own psi/origins are kept as"
-            " rlnSpatialVaeInput* columns)."
+            " rlnSpatialVaeInput* columns, rot and tilt with them)."
         ),
     )
     _add_particles(subset)

@@ -8,9 +8,11 @@ RELION STAR (any input)
     ``rlnAnglePsi`` (degrees) and ``rlnOriginXAngst``/``rlnOriginYAngst`` (``rlnOriginX/Y``
     in pixels when the pixel size is unknown) from ``theta``, ``dx``, ``dy`` with the
     mapping of :mod:`.poses`; ``zK`` -> ``rlnSpatialVaeZK`` and the other pose-table
-    columns under the same names as :func:`.poses.write_poses` uses. When the input already
-    has a psi or origin column, its values move to ``rlnSpatialVaeInput<Name>``
-    (``rlnAnglePsi`` -> ``rlnSpatialVaeInputAnglePsi``), so nothing of the input is lost;
+    columns under the same names as :func:`.poses.write_poses` uses. The input's own
+    orientation and origins (``rlnAngleRot``, ``rlnAngleTilt``, ``rlnAnglePsi``,
+    ``rlnOrigin*``) move to ``rlnSpatialVaeInput<Name>`` (``rlnAnglePsi`` ->
+    ``rlnSpatialVaeInputAnglePsi``), so nothing of the input is lost and no half-replaced 3-D
+    orientation is left;
     with ``keep_input_pose`` the input's stay and the inferred ones are written as
     ``rlnSpatialVae<Name>`` instead.
     The optics block and any other block are written as read.
@@ -39,7 +41,11 @@ __all__ = ["INPUT_PREFIX", "write_subset"]
 
 #: Input psi/origin columns replaced by the inferred pose keep their values under this prefix.
 INPUT_PREFIX = "rlnSpatialVaeInput"
+# Replaced by the inferred in-plane pose: psi and origins. Rot and tilt move aside with them
+# (the same labels as io.poses' POSES.star writer), since the input's rot/tilt next to our psi
+# would describe a 3-D orientation nobody estimated.
 _POSE_LABELS = ("rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst")
+_MOVED_LABELS = ("rlnAngleRot", "rlnAngleTilt", *_POSE_LABELS)
 _CS_PREFIX = "spatial_vae/"
 _SPATIAL_VAE = "rlnSpatialVae"
 
@@ -112,7 +118,7 @@ def _write_star_subset(
         # the input's own psi/origins stay, renamed, beside the inferred ones
         renamed = {
             label: f"{INPUT_PREFIX}{label[3:]}"
-            for label in _POSE_LABELS
+            for label in _MOVED_LABELS
             if label in selected.columns
         }
     out = selected.rename(columns=renamed)
