@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_output
+from napari_spatial_vae._atomic import atomic_output
+
 from .errors import StackError
 
 __all__ = ["MOVIE_SUFFIXES", "write_movie"]

@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from .atomic import atomic_output
+from napari_spatial_vae._atomic import atomic_output
+
 from .errors import StackError
 from .poses import _star_label, relion_centre_offset, write_poses
 from .stack import ParticleStack
