@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mrcfile
@@ -176,7 +177,9 @@ def test_subset_of_an_mrcs_stack_writes_a_star_naming_the_images(simulated, tmp_
     table = pd.read_csv(poses)
     rows = np.flatnonzero(table["z1"] < 0.1)
     names = starfile.read(out, always_dict=True)["particles"]["rlnImageName"]
-    assert list(names) == [f"{i + 1:06d}@particles.mrcs" for i in rows]
+    # image names are relative to the STAR's folder (RELION resolves them from there)
+    relative = os.path.relpath(stack, out.parent)
+    assert list(names) == [f"{i + 1:06d}@{relative}" for i in rows]
     np.testing.assert_array_equal(read_stack(out, datadir=stack.parent).read_batch(slice(None)),
                                   read_stack(stack).read_batch(rows))  # fmt: skip
 
