@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mrcfile
 import numpy as np
 import pytest
@@ -107,7 +109,8 @@ def test_select_cluster_average_export(make_napari_viewer, qtbot, truth, tmp_pat
     assert widget.export_subset(out)
     particles = starfile.read(out, always_dict=True)["particles"]
     rows = np.flatnonzero(labels == 1)
-    assert list(particles["rlnImageName"]) == [f"{i + 1:06d}@stack.mrcs" for i in rows]
+    relative = os.path.relpath(path, out.parent)  # names are relative to the STAR's folder
+    assert list(particles["rlnImageName"]) == [f"{i + 1:06d}@{relative}" for i in rows]
     np.testing.assert_allclose(particles["rlnSpatialVaeZ1"], sim.conformation[rows])
     np.testing.assert_array_equal(particles["rlnSpatialVae_cluster"], 1)
 
