@@ -25,6 +25,7 @@ ENCODERS: tuple[str, ...] = ("mlp", "equivariant")
 LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli")
 THETA_KLS: tuple[str, ...] = ("free-mean", "standard")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32")
+CTF_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 
 
 @dataclass
@@ -177,6 +178,10 @@ class TrainConfig:
         Keep the training images on the device when they take at most this many GB as
         float32, else stream them from the (memory-mapped) stack; None: 2 GB on the CPU,
         half the free memory on a GPU.
+    ctf
+        Model each particle's CTF (from the STAR/cs file) in the likelihood: ``"auto"`` when
+        the input carries CTF parameters, ``"on"`` (an input without them is an error),
+        ``"off"``. Gaussian likelihood only. See docs/conventions.md.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -195,6 +200,7 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     resident_gb: float | None = None
+    ctf: str = "auto"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` with a one-line message on the first invalid field."""
@@ -221,6 +227,9 @@ class TrainConfig:
             raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         if self.resident_gb is not None:
             _check_float("resident_gb", self.resident_gb, 0.0, 1e6)
+        _check_choice("ctf", self.ctf, CTF_CHOICES)
+        if self.ctf == "on" and self.model.likelihood != "gaussian":
+            raise ConfigError("ctf applies to the gaussian likelihood only (use --ctf off)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dictionary."""

@@ -38,6 +38,7 @@ from napari_spatial_vae.core.checkpoint import (
     write_history,
 )
 from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import ImageFeeder, input_scale, stack_image_shape
 from napari_spatial_vae.core.device import describe_device, resolve_device
 from napari_spatial_vae.core.distributed import (
@@ -173,6 +174,8 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     resume: bool = False,
     run_info: dict[str, Any] | None = None,
+    ctf: Any | None = None,
+    test_ctf: Any | None = None,
 ) -> TrainResult:
     """Train spatial-VAE on a stack and keep the run folder up to date.
 
@@ -197,6 +200,11 @@ def train(
         Continue the run saved in ``run_dir`` instead of starting a new one.
     run_info
         Extra JSON-serialisable facts to store in ``config.json`` (command line, data path).
+    ctf, test_ctf
+        Per-particle CTF parameters of ``images`` / ``test_images``
+        (:class:`~.ctf.CtfParameters` or the io layer's ``CtfTable``); by default the stacks'
+        own ``ctf`` attribute (a :class:`~napari_spatial_vae.io.ParticleStack` read from a
+        STAR or cs file). ``config.ctf`` decides whether they are used.
 
     Returns
     -------
@@ -228,6 +236,8 @@ def train(
                 should_stop=should_stop,
                 resume=resume,
                 run_info=run_info,
+                ctf=ctf,
+                test_ctf=test_ctf,
             )
     finally:
         shutdown(context)
@@ -243,7 +253,12 @@ class _LossModule(nn.Module):
         self.device = device
 
     def forward(
-        self, images: torch.Tensor, gamma: torch.Tensor | None, eps: torch.Tensor, freeze_z: bool
+        self,
+        images: torch.Tensor,
+        gamma: torch.Tensor | None,
+        eps: torch.Tensor,
+        freeze_z: bool,
+        ctf: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         terms = loss_terms(
             self.model,
@@ -251,6 +266,7 @@ class _LossModule(nn.Module):
             StepNoise(gamma, eps),
             freeze_z,
             generator_autocast(self.precision, self.device),
+            ctf,
         )
         return terms.recon, terms.kl_theta, terms.kl_shift, terms.kl_z
 
@@ -268,6 +284,8 @@ def _train(
     should_stop: Callable[[], bool] | None,
     resume: bool,
     run_info: dict[str, Any] | None,
+    ctf: Any | None,
+    test_ctf: Any | None,
 ) -> TrainResult:
     emit = on_update or (lambda update: None)
     stop_requested = should_stop or (lambda: False)
@@ -298,11 +316,13 @@ def _train(
         model = build_model(config, image_shape).to(device)
         progress = Progress()
         history = []
+    ctf_all, ctf_test = _run_ctf(config, images, test_images, ctf, test_ctf)
+    ctf_line = "CTF: " + (ctf_all.summary() if ctf_all is not None else "off")
     # every rank has read the folder before rank 0 writes to it
     barrier(context)
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir, config, image_shape, {"run": run_info or {}})
+        save_config(run_dir, config, image_shape, {"run": run_info or {}, "ctf": ctf_line})
 
     scale = input_scale(config.model.likelihood, getattr(images, "dtype", np.float32))
     limit = None if config.resident_gb is None else int(config.resident_gb * 1024**3)
@@ -326,6 +346,14 @@ def _train(
     else:
         train_feed = feeder(images, None)
         test_feed = feeder(test_images, None) if context.is_main else None
+    train_filters = test_filters = None
+    if ctf_all is not None:
+        # the parameters follow each feeder's positions, so a batch's rows find their CTF
+        train_filters = CtfBatches(ctf_all.subset(train_feed.indices), image_shape[1:], device)
+        if test_feed is not None:
+            source = ctf_all if test_images is None else ctf_test
+            assert source is not None
+            test_filters = CtfBatches(source.subset(test_feed.indices), image_shape[1:], device)
 
     step_module: nn.Module = _LossModule(model, config.precision, device)
     if context.enabled:
@@ -349,7 +377,8 @@ def _train(
             steps_per_epoch,
             time.monotonic() - started,
             message=f"training on {describe_device(device)}{ranks}"
-            + (f", resuming after epoch {progress.epochs_completed}" if resume else ""),
+            + (f", resuming after epoch {progress.epochs_completed}" if resume else "")
+            + f"; {ctf_line}",
         )
     )
 
@@ -365,7 +394,7 @@ def _train(
         sums = torch.zeros(5, device=device, dtype=torch.float64)
         model.train()
         batches = train_feed.batches_at(local for _, local, _, _ in plan)
-        for step, ((global_size, _, rows, padding), batch) in enumerate(
+        for step, ((global_size, local, rows, padding), batch) in enumerate(
             zip(plan, batches, strict=True), start=1
         ):
             local_stop = stop_requested()
@@ -390,7 +419,9 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, progress.lr_progress)
             noise = draw_noise(device_gen, global_size, model.n_latent, augment, rows, device)
-            terms = LossTerms(*step_module(batch, noise.gamma, noise.eps, freeze_z))
+            # the batch's CTF filters, built once and shared by every candidate rotation
+            filters = None if train_filters is None else train_filters.filters(local)
+            terms = LossTerms(*step_module(batch, noise.gamma, noise.eps, freeze_z, filters))
             # sum / global count, times the world size that DDP's averaging divides by:
             # the gradient is the global batch's per-image mean on every rank count
             weight = 0.0 if padding else context.world_size / global_size
@@ -419,7 +450,9 @@ def _train(
         test_metrics = None
         if test_feed is not None:
             eval_gen = torch.Generator(device=device).manual_seed(config.seed + epoch)
-            test_metrics = evaluate_elbo(model, test_feed, config.batch_size, eval_gen, freeze_z)
+            test_metrics = evaluate_elbo(
+                model, test_feed, config.batch_size, eval_gen, freeze_z, test_filters
+            )
         seconds = time.monotonic() - started
         lr_now = optimizer.param_groups[0]["lr"]
         history.append(train_metrics.as_row(epoch, "train", lr_now, seconds))
@@ -480,6 +513,33 @@ def _train(
         seconds=seconds,
         images_per_second=images_seen / seconds if seconds > 0 else 0.0,
     )
+
+
+def _run_ctf(
+    config: TrainConfig,
+    images: Any,
+    test_images: Any | None,
+    ctf: Any | None,
+    test_ctf: Any | None,
+) -> tuple[CtfParameters | None, CtfParameters | None]:
+    """The CTF parameters of the training and the separate test stack, per ``config.ctf``."""
+    likelihood = config.model.likelihood
+    if ctf is None:
+        ctf, problem = getattr(images, "ctf", None), getattr(images, "ctf_problem", None)
+    else:
+        problem = None
+    used = resolve_ctf(config.ctf, ctf, problem, len(images), likelihood)
+    if used is None or test_images is None:
+        return used, None
+    if test_ctf is None:
+        test_ctf = getattr(test_images, "ctf", None)
+        problem = getattr(test_images, "ctf_problem", None)
+    if test_ctf is None and not problem:
+        raise DataError(
+            "the training particles carry a CTF but the test particles do not (give a test "
+            ".star/.cs file with CTF columns, or use --ctf off)"
+        )
+    return used, resolve_ctf("on", test_ctf, problem, len(test_images), likelihood)
 
 
 def _wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:

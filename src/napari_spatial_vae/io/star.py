@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from .ctf_params import ctf_from_star_table
 from .errors import StackError
 from .gather import gather_stacks
 from .paths import as_datadir
@@ -213,10 +214,13 @@ def read_star_stack(
     images = gather_stacks(
         path, stacks, local, [path.parent], as_datadir(datadir), "rlnImageName", index_base=1
     )
+    ctf, ctf_problem = ctf_from_star_table(path, table, pixel_sizes_per_row(table))
     return ParticleStack(
         path=path,
         images=images,
         pixel_size=pixel_size_from_table(table),
         metadata=table,
         image_names=table["rlnImageName"].astype(str).tolist(),
+        ctf=ctf,
+        ctf_problem=ctf_problem,
     )
