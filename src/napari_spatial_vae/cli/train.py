@@ -12,6 +12,7 @@ from typing import Any
 from napari_spatial_vae.cli._common import UsageError, bool_flag, open_stack, say
 from napari_spatial_vae.core.config import (
     ACTIVATIONS,
+    CTF_CHOICES,
     ENCODERS,
     LIKELIHOODS,
     THETA_KLS,
@@ -122,6 +123,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     bool_flag(opt, "normalize", f"standardise each image (default {d.normalize})")
     opt.add_argument("--test-fraction", type=float, help=f"default {d.test_fraction}")
     opt.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    opt.add_argument(
+        "--ctf",
+        choices=CTF_CHOICES,
+        help="model each particle's CTF from the .star/.cs file: auto = when the input "
+        f"carries one (default {d.ctf})",
+    )
     perf = p.add_argument_group("speed (see docs/performance.md)")
     perf.add_argument(
         "--precision",
@@ -178,6 +185,7 @@ _TRAIN_FLAGS = (
     "precision",
     "compile",
     "resident_gb",
+    "ctf",
 )
 _RESUMABLE = ("epochs", "max_minutes", "device", "precision", "compile", "resident_gb")
 

@@ -19,8 +19,16 @@ import numpy as np
 import pandas as pd
 
 from .errors import StackError
+from .sources import ArraySource
 
-__all__ = ["CTF_COLUMNS", "CtfTable", "ctf_from_cs_table", "ctf_from_star_table"]
+__all__ = [
+    "CTF_COLUMNS",
+    "CtfTable",
+    "ctf_from_cs_table",
+    "ctf_from_star_table",
+    "relion_ctf_columns",
+    "write_particles_star",
+]
 
 # One column per parameter, RELION units; the core's napari_spatial_vae.core.ctf.PARAMETER_NAMES.
 CTF_COLUMNS: tuple[str, ...] = (
@@ -204,3 +212,63 @@ def ctf_from_cs_table(path: str | Path, table: pd.DataFrame) -> tuple[CtfTable |
     except StackError as err:
         return None, str(err)
     return ctf, None
+
+
+def relion_ctf_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """A CTF table (:data:`CTF_COLUMNS`) under RELION's labels, for writing a STAR file.
+
+    The pixel size becomes ``rlnImagePixelSize`` (an optics label, like the voltage, Cs and
+    amplitude contrast: :func:`~.poses.write_poses` moves them into ``data_optics``).
+    """
+    labels = {**_STAR_REQUIRED, **{k: label for k, (label, _) in _STAR_OPTIONAL.items()}}
+    labels["pixel_size"] = "rlnImagePixelSize"
+    return pd.DataFrame(
+        {labels[name]: table[name].to_numpy(dtype=np.float64) for name in CTF_COLUMNS}
+    )
+
+
+def write_particles_star(
+    path: str | Path,
+    images: np.ndarray,
+    pixel_size: float | None,
+    ctf: object | None,
+    truth: pd.DataFrame,
+) -> Path:
+    """Write images as ``<path>.mrcs`` and a RELION 3.1 STAR naming them, with CTF and poses.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The ``.star`` file; the stack goes next to it with suffix ``.mrcs``.
+    images : numpy.ndarray
+        ``(N, H, W)``.
+    pixel_size : float or None
+        Å per pixel.
+    ctf : object or None
+        Anything with a ``values`` ``(N, 10)`` array in :data:`CTF_COLUMNS` order (the core's
+        ``CtfParameters``), or None.
+    truth : pandas.DataFrame
+        ``theta``, ``dx``, ``dy`` and any other columns, as :func:`~.poses.write_poses` takes.
+
+    Returns
+    -------
+    pathlib.Path
+        The ``.mrcs`` written.
+    """
+    from .poses import write_poses  # poses imports the readers; keep this module light
+    from .stack import ParticleStack
+    from .writers import write_mrcs
+
+    path = Path(path)
+    mrcs = path.with_suffix(".mrcs")
+    write_mrcs(mrcs, images, pixel_size)
+    values = getattr(ctf, "values", None)
+    if values is not None:
+        metadata = relion_ctf_columns(pd.DataFrame(values, columns=list(CTF_COLUMNS)))
+    else:
+        metadata = pd.DataFrame(index=pd.RangeIndex(len(images)))
+    names = [f"{i + 1:06d}@{mrcs.name}" for i in range(len(images))]
+    metadata.insert(0, "rlnImageName", names)
+    stack = ParticleStack(mrcs, ArraySource(images), pixel_size, metadata, names)
+    write_poses(path, truth, stack)
+    return mrcs
