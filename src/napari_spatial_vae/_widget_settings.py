@@ -18,6 +18,7 @@ from magicgui import widgets
 
 from napari_spatial_vae.core.config import (
     ACTIVATIONS,
+    CTF_CHOICES,
     ENCODERS,
     LIKELIHOODS,
     THETA_KLS,
@@ -186,13 +187,14 @@ class SettingsForm:
             tooltip="Aligned particles and reconstructions are made for at most this many "
             "particles (poses for all of them); bounds the memory the result layers take.",
         )  # fmt: skip
+        self.ctf = w.ComboBox(value=t.ctf, choices=CTF_CHOICES, label="CTF", tooltip=_tip("ctf"))
         self.advanced = w.Container(
             widgets=[
                 self.num_layers, self.activation, self.encoder, self.encoder_rotations,
                 self.rotation_search, self.theta_kl, self.vanilla, self.fit_noise,
                 self.softplus_mean, self.circular_mask, self.normalize, self.test_fraction,
                 self.lr_min_fraction,
-                self.max_minutes, self.preview_every, self.result_limit,
+                self.max_minutes, self.preview_every, self.result_limit, self.ctf,
             ],
             labels=True,
         )  # fmt: skip
@@ -263,6 +265,7 @@ class SettingsForm:
             test_fraction=self.test_fraction.value,
             seed=self.seed.value,
             device=self.device.value,
+            ctf=self.ctf.value,
         )
         config.validate()
         return config
@@ -282,7 +285,7 @@ class SettingsForm:
             "batch_size": config.batch_size, "lr": config.lr,
             "lr_min_fraction": config.lr_min_fraction, "z_delay": config.z_delay,
             "augment_rotation": config.augment_rotation, "normalize": config.normalize,
-            "test_fraction": config.test_fraction, "seed": config.seed,
+            "test_fraction": config.test_fraction, "seed": config.seed, "ctf": config.ctf,
         }  # fmt: skip
         for name, value in values.items():
             getattr(self, name).value = value
