@@ -151,3 +151,31 @@ def test_config_validates_the_ctf_choice(make_config):
         make_config(ctf="yes").validate()
     with pytest.raises(ConfigError, match="gaussian likelihood only"):
         make_config(ctf="on", likelihood="bernoulli", fit_noise=False, normalize=False).validate()
+
+
+def test_phase_flipped_encoder_view(make_config, ctf_particles):
+    model = _model(make_config, ctf_encoder="flip")
+    ctf = _filters(ctf_particles, [0, 1])
+    clean = torch.randn(2, 1, SIZE, SIZE)
+    recorded = apply_filter(clean, ctf[:, None])
+    flipped = model.encoder_view(recorded, ctf)
+    expected = apply_filter(clean, ctf.abs()[:, None])
+    # compare spectra below the Nyquist column (an astigmatic CTF is not Hermitian there, so
+    # irfft2 symmetrises that column differently after one or two filterings)
+    spectrum, wanted = torch.fft.rfft2(flipped)[..., :-1], torch.fft.rfft2(expected)[..., :-1]
+    assert torch.allclose(spectrum, wanted, atol=1e-3)
+    assert torch.equal(_model(make_config).encoder_view(recorded, ctf), recorded)
+
+
+def test_a_flipping_encoder_trains_and_needs_the_ctf_to_infer(tmp_path, make_config, ctf_particles):
+    from napari_spatial_vae.core.infer import encode_stack, iter_inference
+
+    config = make_config(epochs=1, ctf_encoder="flip")
+    result = train(config, ctf_particles.images, tmp_path / "run", ctf=ctf_particles.ctf)
+    first = ctf_particles.ctf.subset(np.arange(8))
+    [batch] = iter_inference(result.model, config, ctf_particles.images[:8], ctf=first)
+    assert np.isfinite(batch.poses.theta).all()
+    with pytest.raises(DataError, match="encoder sees phase-flipped particles"):
+        encode_stack(result.model, config, ctf_particles.images[:8])
+    with pytest.raises(ConfigError, match="ctf_encoder='flip' needs the particles' CTF"):
+        train(make_config(ctf_encoder="flip"), ctf_particles.images, tmp_path / "r2")

@@ -13,6 +13,7 @@ from napari_spatial_vae.cli._common import UsageError, bool_flag, open_stack, sa
 from napari_spatial_vae.core.config import (
     ACTIVATIONS,
     CTF_CHOICES,
+    CTF_ENCODER_INPUTS,
     ENCODERS,
     LIKELIHOODS,
     THETA_KLS,
@@ -92,6 +93,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FRACTION",
         help=f"prior std of the shift, fraction of the image size (default {m.dx_prior})",
     )
+    model.add_argument(
+        "--ctf-encoder",
+        choices=CTF_ENCODER_INPUTS,
+        help=f"what the encoder sees of particles with a CTF: raw or phase-flipped images "
+        f"(default {m.ctf_encoder})",
+    )
     bool_flag(model, "fit-noise", f"learn a per-pixel noise std (default {m.fit_noise})")
     bool_flag(model, "softplus-mean", f"positive Gaussian mean (default {m.softplus_mean})")
     bool_flag(
@@ -169,6 +176,7 @@ _MODEL_FLAGS = {
     "fit_noise": "fit_noise",
     "softplus_mean": "softplus_mean",
     "circular_mask": "circular_mask",
+    "ctf_encoder": "ctf_encoder",
 }
 _TRAIN_FLAGS = (
     "epochs",

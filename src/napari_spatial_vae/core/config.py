@@ -26,6 +26,7 @@ LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli")
 THETA_KLS: tuple[str, ...] = ("free-mean", "standard")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32")
 CTF_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+CTF_ENCODER_INPUTS: tuple[str, ...] = ("raw", "flip")
 
 
 @dataclass
@@ -75,6 +76,10 @@ class ModelConfig:
     circular_mask
         Model only the pixels inside the inscribed circle (corners are ignored and never
         evaluated, which also saves ~21 % of the generator's work).
+    ctf_encoder
+        What the encoder sees of particles that carry a CTF: ``"raw"`` images, or
+        ``"flip"``: phase-flipped (multiplied by the sign of their CTF in Fourier space, so
+        every particle's contrast has the sign of the projection). See docs/results.md.
     """
 
     z_dim: int = 2
@@ -94,6 +99,7 @@ class ModelConfig:
     fit_noise: bool = True
     softplus_mean: bool = False
     circular_mask: bool = True
+    ctf_encoder: str = "raw"
 
     @property
     def infers_rotation(self) -> bool:
@@ -122,6 +128,7 @@ class ModelConfig:
         _check_choice("theta_kl", self.theta_kl, THETA_KLS)
         _check_float("theta_prior", self.theta_prior, 0.0, 1e3, open_low=True)
         _check_float("dx_prior", self.dx_prior, 0.0, 10.0, open_low=True)
+        _check_choice("ctf_encoder", self.ctf_encoder, CTF_ENCODER_INPUTS)
         if self.likelihood == "bernoulli" and (self.fit_noise or self.softplus_mean):
             raise ConfigError("fit_noise and softplus_mean apply to the gaussian likelihood only")
         if self.vanilla and self.encoder == "equivariant":

@@ -20,6 +20,7 @@ import torch
 
 from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.coords import align_images, particle_centre, shift_to_pixels
+from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.model import SpatialVAE
@@ -97,6 +98,7 @@ def iter_inference(
     batch_size: int = 256,
     aligned: bool = False,
     reconstructions: bool = False,
+    ctf: Any | None = None,
 ) -> Iterator[InferenceBatch]:
     """Encode a stack batch by batch.
 
@@ -115,6 +117,9 @@ def iter_inference(
     reconstructions
         Also return the generator's image at theta = 0, dx = 0 for each particle's z,
         rescaled to the image's own intensity scale when images were standardised.
+    ctf
+        The stack's CTF parameters (default: its ``ctf`` attribute); used only by a model
+        whose encoder sees phase-flipped particles (``ctf_encoder="flip"``).
 
     Yields
     ------
@@ -135,11 +140,14 @@ def iter_inference(
         device = next(model.parameters()).device
         scale = input_scale(config.model.likelihood, getattr(stack, "dtype", np.float32))
         _, height, width = image_shape
+        filters = _encoder_ctf(model, stack, ctf, device)
         for start in range(0, len(stack), batch_size):
             indices = np.arange(start, min(start + batch_size, len(stack)))
             raw = torch.from_numpy(gather(stack, indices)).to(device)
             model_input = preprocess(raw, scale, config.normalize)
-            posterior = model.encode(model_input)
+            posterior = model.encode(
+                model_input, None if filters is None else filters.filters(indices)
+            )
             theta, shift, z = model.split_latent(posterior.mu)
             std = torch.exp(posterior.logstd)
             theta_std, shift_std, z_std = model.split_latent(std)
@@ -169,6 +177,24 @@ def iter_inference(
             yield out
     finally:
         model.train(was_training)
+
+
+def _encoder_ctf(
+    model: SpatialVAE, stack: Any, ctf: Any | None, device: torch.device
+) -> CtfBatches | None:
+    """The CTF filters the encoder needs (phase-flipped input), or None."""
+    if model.config.ctf_encoder == "raw":
+        return None
+    ctf = ctf if ctf is not None else getattr(stack, "ctf", None)
+    if ctf is None:
+        raise DataError(
+            "the model's encoder sees phase-flipped particles, but these carry no CTF "
+            "parameters (open the .star/.cs file they came from)"
+        )
+    parameters = CtfParameters.from_any(ctf)
+    if len(parameters) != len(stack):
+        raise DataError(f"CTF parameters for {len(parameters)} of {len(stack)} images")
+    return CtfBatches(parameters, model.image_shape[1:], device)
 
 
 def _poses(theta, theta_std, shift, shift_std, z, z_std, n, height, width) -> Poses:

@@ -441,9 +441,22 @@ class SpatialVAE(nn.Module):
         # image units -> the canvas's grid_sample units
         self.register_buffer("render_scale", 1.0 / scale, persistent=False)
 
-    def encode(self, images: torch.Tensor) -> Posterior:
-        """Posterior for ``(B, C, H, W)`` images (masked like the training input)."""
-        return self.encoder(images * self.input_mask)
+    def encode(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> Posterior:
+        """Posterior for ``(B, C, H, W)`` images (masked like the training input).
+
+        ``ctf`` ``(B, H, W // 2 + 1)``: the images' CTF filters, for :meth:`encoder_view`.
+        """
+        return self.encoder(self.encoder_view(images, ctf) * self.input_mask)
+
+    def encoder_view(self, images: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
+        """What the encoder sees of ``(B, C, H, W)`` images with CTF filters ``ctf``.
+
+        The images themselves, or with ``ctf_encoder="flip"`` and a CTF, the phase-flipped
+        images (Fourier coefficients times the sign of the CTF).
+        """
+        if ctf is None or self.config.ctf_encoder == "raw":
+            return images
+        return apply_filter(images, torch.sign(ctf)[:, None].to(images.dtype))
 
     def split_latent(
         self, latent: torch.Tensor
@@ -562,8 +575,8 @@ class SpatialVAE(nn.Module):
         images
             ``(B, C, H, W)`` training images (the reconstruction targets).
         encoder_images
-            ``(B, C, H, W)`` what the encoder sees (``images`` rotated by ``rotation_offset``
-            for augmentation), default ``images``.
+            ``(B, C, H, W)`` what the encoder sees (:meth:`encoder_view` of ``images``
+            rotated by ``rotation_offset`` for augmentation), default the view of ``images``.
         rotation_offset
             ``(B,)`` the augmentation angle gamma, subtracted from the predicted theta.
         freeze_z
@@ -606,7 +619,9 @@ class SpatialVAE(nn.Module):
         filtered by that particle's CTF before the likelihood: the CTF acts in the image
         frame, after rotation and shift. The generator itself stays CTF-free.
         """
-        encoder_input = (images if encoder_images is None else encoder_images) * self.input_mask
+        if encoder_images is None:
+            encoder_images = self.encoder_view(images, ctf)
+        encoder_input = encoder_images * self.input_mask
         search = None
         if self.config.searches_rotation:
             assert isinstance(self.encoder, EquivariantEncoder)

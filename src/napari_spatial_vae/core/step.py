@@ -85,8 +85,10 @@ def loss_terms(
     """
     encoder_images = None
     if noise.gamma is not None:
-        # one batched resampling; the encoder then predicts theta + gamma
-        encoder_images = warp_images(images, noise.gamma.to(images.dtype), None)
+        # one batched resampling; the encoder then predicts theta + gamma. The CTF acts in
+        # the image frame, so the encoder's view (e.g. phase-flipped) is made before turning.
+        view = model.encoder_view(images, ctf)
+        encoder_images = warp_images(view, noise.gamma.to(images.dtype), None)
     return model.terms_from_noise(
         images, encoder_images, noise.gamma, noise.eps, freeze_z, autocast, ctf
     )

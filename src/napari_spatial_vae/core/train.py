@@ -50,7 +50,7 @@ from napari_spatial_vae.core.distributed import (
     shard_rows,
     shutdown,
 )
-from napari_spatial_vae.core.errors import CheckpointError, DataError
+from napari_spatial_vae.core.errors import CheckpointError, ConfigError, DataError
 from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo
 from napari_spatial_vae.core.model import SpatialVAE
@@ -529,6 +529,11 @@ def _run_ctf(
     else:
         problem = None
     used = resolve_ctf(config.ctf, ctf, problem, len(images), likelihood)
+    if used is None and config.model.ctf_encoder != "raw":
+        raise ConfigError(
+            f"ctf_encoder={config.model.ctf_encoder!r} needs the particles' CTF (a .star/.cs "
+            "file with CTF columns and --ctf auto or on)"
+        )
     if used is None or test_images is None:
         return used, None
     if test_ctf is None:
