@@ -193,7 +193,8 @@ def save_ctf_figure(model, config, test_stack, correlations, path: Path, row) ->
 
     tiles = np.stack([unit(raw), unit(batch.reconstructions), unit(walk)])
     label = "CTF modelled" if config.ctf != "off" else "CTF ignored"
-    title = f"{label}: raw test particles / CTF-free reconstructions / z traversal"
+    middle = "CTF-free reconstructions" if config.ctf != "off" else "reconstructions"
+    title = f"{label}: raw test particles / {middle} / z traversal"
     save_panels([montage(tiles)], [title], path)
 
 

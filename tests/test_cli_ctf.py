@@ -105,3 +105,27 @@ def test_simulate_ctf_bad_flags(tmp_path, capsys, args, pattern):
     code, err = run_cli(capsys, "simulate", *args, "--n", "4", "--size", "16")
     assert code != 0 and pattern in err
     assert err.strip().count("\n") == 0
+
+
+def test_infer_reconstructions_with_and_without_the_ctf(ctf_star, tmp_path, capsys):
+    import mrcfile
+    import numpy as np
+
+    run = tmp_path / "run"
+    code, err = run_cli(capsys, "train", ctf_star, "-o", run, *TINY)
+    assert code == 0, err
+    outputs = {}
+    for flag in ([], ["--with-ctf"]):
+        recon = tmp_path / f"recon{len(flag)}.mrcs"
+        args = ["infer", run, ctf_star, "-o", tmp_path / "p.csv", "--reconstructions", recon, "-q"]
+        code, err = run_cli(capsys, *args, *flag)
+        assert code == 0, err
+        with mrcfile.open(recon) as mrc:
+            outputs[len(flag)] = np.array(mrc.data)
+    assert outputs[0].shape == outputs[1].shape == (40, 20, 20)
+    assert not np.allclose(outputs[0], outputs[1])
+    npy = tmp_path / "plain.npy"
+    np.save(npy, outputs[0])
+    args = ["infer", run, npy, "-o", tmp_path / "q.csv", "--reconstructions", tmp_path / "r.mrcs"]
+    code, err = run_cli(capsys, *args, "--with-ctf", "-q")
+    assert code != 0 and "with CTF, but these particles carry no CTF parameters" in err

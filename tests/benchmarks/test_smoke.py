@@ -91,3 +91,18 @@ def test_galaxies_writes_the_figure(tmp_path):
     row = json.loads(out.strip().splitlines()[-1])
     assert row["galaxies"] == 8
     assert (tmp_path / "galaxies_bernoulli.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_particles_accuracy_with_ctf_reads_star_files_and_writes_the_figure(tmp_path):
+    figure = tmp_path / "ctf.png"
+    args = ["--ctf", "--size", "24", "--n-train", "48", "--n-test", "16", "--epochs", "1"]
+    out = run("particles_accuracy.py", *args, "--figure", str(figure), *TINY)
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["ctf_data"] is True and row["snr"] == 0.3 and "pearson_z_defocus" in row
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ctf_throughput_reports_the_slowdown():
+    out = run("ctf_throughput.py", "--size", "16", "--batch", "8", "--steps", "1", "--repeats", "1")
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["img_per_s_with_ctf"] > 0 and row["slowdown"] > 0

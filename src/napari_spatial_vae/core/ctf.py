@@ -39,11 +39,14 @@ from napari_spatial_vae.core.errors import DataError
 
 __all__ = [
     "PARAMETER_NAMES",
+    "CtfBatches",
     "CtfParameters",
     "FrequencyGrid",
     "apply_filter",
+    "check_parameters",
     "electron_wavelength",
     "evaluate_ctf",
+    "resolve_ctf",
 ]
 
 # Column order of a (N, 10) parameter array; the io layer's CtfTable has the same columns.

@@ -99,6 +99,7 @@ def iter_inference(
     aligned: bool = False,
     reconstructions: bool = False,
     ctf: Any | None = None,
+    with_ctf: bool = False,
 ) -> Iterator[InferenceBatch]:
     """Encode a stack batch by batch.
 
@@ -118,8 +119,12 @@ def iter_inference(
         Also return the generator's image at theta = 0, dx = 0 for each particle's z,
         rescaled to the image's own intensity scale when images were standardised.
     ctf
-        The stack's CTF parameters (default: its ``ctf`` attribute); used only by a model
-        whose encoder sees phase-flipped particles (``ctf_encoder="flip"``).
+        The stack's CTF parameters (default: its ``ctf`` attribute); used by a model whose
+        encoder sees phase-flipped particles (``ctf_encoder="flip"``) and by ``with_ctf``.
+    with_ctf
+        Reconstructions as the data should look: each particle's template rendered at its
+        inferred pose and filtered by its CTF (default: the CTF-free template at theta = 0,
+        dx = 0).
 
     Yields
     ------
@@ -140,7 +145,7 @@ def iter_inference(
         device = next(model.parameters()).device
         scale = input_scale(config.model.likelihood, getattr(stack, "dtype", np.float32))
         _, height, width = image_shape
-        filters = _encoder_ctf(model, stack, ctf, device)
+        filters = _ctf_filters(model, stack, ctf, device, needed=reconstructions and with_ctf)
         for start in range(0, len(stack), batch_size):
             indices = np.arange(start, min(start + batch_size, len(stack)))
             raw = torch.from_numpy(gather(stack, indices)).to(device)
@@ -164,9 +169,14 @@ def iter_inference(
                         shift if shift is not None else raw.new_zeros(len(indices), 2),
                     )
                 )
-            if reconstructions:
+            if reconstructions and with_ctf:
+                assert filters is not None
+                mean, _ = model.decode(z, theta, shift, batch_size=len(indices))
+                images = model.expected_image(model.apply_ctf(mean, filters.filters(indices)))
+            elif reconstructions:
                 mean, _ = model.decode(z, batch_size=len(indices))
                 images = model.expected_image(mean)
+            if reconstructions:
                 if config.normalize:
                     flat = (raw * scale).flatten(1)
                     images = (
@@ -179,17 +189,19 @@ def iter_inference(
         model.train(was_training)
 
 
-def _encoder_ctf(
-    model: SpatialVAE, stack: Any, ctf: Any | None, device: torch.device
+def _ctf_filters(
+    model: SpatialVAE, stack: Any, ctf: Any | None, device: torch.device, needed: bool
 ) -> CtfBatches | None:
-    """The CTF filters the encoder needs (phase-flipped input), or None."""
-    if model.config.ctf_encoder == "raw":
+    """The stack's CTF filters when the encoder (phase-flipped input) or ``needed`` asks."""
+    flips = model.config.ctf_encoder != "raw"
+    if not (flips or needed):
         return None
     ctf = ctf if ctf is not None else getattr(stack, "ctf", None)
     if ctf is None:
+        what = "the model's encoder sees phase-flipped particles" if flips else "with CTF"
         raise DataError(
-            "the model's encoder sees phase-flipped particles, but these carry no CTF "
-            "parameters (open the .star/.cs file they came from)"
+            f"{what}, but these particles carry no CTF parameters (open the .star/.cs file "
+            "they came from)"
         )
     parameters = CtfParameters.from_any(ctf)
     if len(parameters) != len(stack):
