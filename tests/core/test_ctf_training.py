@@ -179,3 +179,19 @@ def test_a_flipping_encoder_trains_and_needs_the_ctf_to_infer(tmp_path, make_con
         encode_stack(result.model, config, ctf_particles.images[:8])
     with pytest.raises(ConfigError, match="ctf_encoder='flip' needs the particles' CTF"):
         train(make_config(ctf_encoder="flip"), ctf_particles.images, tmp_path / "r2")
+
+
+def test_streamed_and_resident_stacks_feed_the_same_ctf(tmp_path, make_config, ctf_particles):
+    # the CTF parameters follow each batch's positions whether the images stay on the device
+    # or are streamed from the stack batch by batch
+    resident = train(
+        make_config(epochs=1), ctf_particles.images, tmp_path / "a", ctf=ctf_particles.ctf
+    )
+    streamed = train(
+        make_config(epochs=1, resident_gb=0.0),
+        ctf_particles.images,
+        tmp_path / "b",
+        ctf=ctf_particles.ctf,
+    )
+    elbos = [(r["split"], r["elbo"]) for r in resident.history]
+    assert [(r["split"], r["elbo"]) for r in streamed.history] == elbos
