@@ -36,6 +36,8 @@ def valid_configs(draw, devices: Sequence[str] = ("auto", "cpu", "cuda", "cuda:1
     model = config.model
     if model.likelihood == "bernoulli":
         model.fit_noise = model.softplus_mean = config.normalize = False
+        if config.ctf == "on":
+            config.ctf = "auto"
     if model.vanilla or not model.rotate:
         model.encoder = "mlp"
     if model.z_dim == 0 and not (model.infers_rotation or model.infers_translation):

@@ -127,3 +127,18 @@ def test_explore_speed_prints_a_json_row():
     row = json.loads(out.strip().splitlines()[-1])
     assert {"average_s", "average_ctf_s", "star_write_s", "subset_s"} <= set(row)
     assert row["n"] == 32 and row["rows"] == 100
+
+
+def test_particles_accuracy_with_ctf_reads_star_files_and_writes_the_figure(tmp_path):
+    figure = tmp_path / "ctf.png"
+    args = ["--ctf", "--size", "24", "--n-train", "48", "--n-test", "16", "--epochs", "1"]
+    out = run("particles_accuracy.py", *args, "--figure", str(figure), *TINY)
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["ctf_data"] is True and row["snr"] == 0.3 and "pearson_z_defocus" in row
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ctf_throughput_reports_the_slowdown():
+    out = run("ctf_throughput.py", "--size", "16", "--batch", "8", "--steps", "1", "--repeats", "1")
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["img_per_s_with_ctf"] > 0 and row["slowdown"] > 0

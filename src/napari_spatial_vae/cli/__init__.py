@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except DataError as err:
         where = getattr(args, "particles", None)
+        # messages that already name their file (a CTF row of PARTICLES or --test) stay as is
+        named = tuple(str(p) + ":" for p in (where, getattr(args, "test", None)) if p)
+        if named and str(err).startswith(named):
+            where = None
         say(f"{PROG} {args.command}: error: {where + ': ' if where else ''}{err}")
         return EXIT_ERROR
     except SpatialVAEError as err:

@@ -24,13 +24,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def bool_flag(parser: argparse._ActionsContainer, name: str, help_text: str) -> None:
-    """Add ``--name/--no-name``; None when absent, so defaults stay the config's."""
-    parser.add_argument(
-        f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text
-    )
-
-
 def open_stack(path: str, datadir: str | None) -> Any:
     """Open a particle stack lazily (io is imported here so ``--help`` stays fast)."""
     from napari_spatial_vae.io import read_stack

@@ -68,6 +68,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or 256,
             aligned=aligned_writer is not None,
             reconstructions=recon_writer is not None,
+            with_ctf=args.with_ctf,
         ):
             parts.append(batch.poses)
             if aligned_writer is not None and batch.aligned is not None:
@@ -125,7 +126,13 @@ def register(sub: Any) -> None:
     infer_p.add_argument(
         "--reconstructions",
         metavar="OUT.mrcs",
-        help="the generator's image of each particle at theta = 0, dx = 0",
+        help="the generator's image of each particle at theta = 0, dx = 0 (CTF-free)",
+    )
+    infer_p.add_argument(
+        "--with-ctf",
+        action="store_true",
+        help="reconstructions as the data should look: at each particle's pose, filtered by "
+        "its CTF from the .star/.cs file",
     )
     infer_p.add_argument("--datadir", metavar="DIR")
     infer_p.add_argument("--batch-size", type=int, help="images per batch (default 256)")

@@ -33,6 +33,8 @@ ENCODERS: tuple[str, ...] = ("mlp", "equivariant")
 LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli")
 THETA_KLS: tuple[str, ...] = ("free-mean", "standard")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32")
+CTF_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+CTF_ENCODER_INPUTS: tuple[str, ...] = ("raw", "flip")
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,15 @@ class ModelConfig:
         label="circular mask",
         group="model",
     )
+    ctf_encoder: str = setting(
+        "raw",
+        help="What the encoder sees of particles that carry a CTF: 'raw' images, or 'flip': "
+        "phase-flipped (multiplied by the sign of their CTF in Fourier space, so every "
+        "particle's contrast has the sign of the projection). See docs/results.md.",
+        label="encoder input (CTF)",
+        choices=CTF_ENCODER_INPUTS,
+        group="model",
+    )
 
     @property
     def infers_rotation(self) -> bool:
@@ -467,6 +478,14 @@ class TrainConfig:
         resumable=True,
         metavar="GB",
     )
+    ctf: str = setting(
+        "auto",
+        help="Model each particle's CTF (from the STAR/cs file) in the likelihood: 'auto' when "
+        "the input carries CTF parameters, 'on' (an input without them is an error), 'off'. "
+        "Gaussian likelihood only. See docs/conventions.md.",
+        label="CTF",
+        choices=CTF_CHOICES,
+    )
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` with a one-line message on the first invalid field."""
@@ -475,6 +494,8 @@ class TrainConfig:
             spec.check(getattr(self, spec.name))
         if self.normalize and self.model.likelihood == "bernoulli":
             raise ConfigError("normalize applies to the gaussian likelihood only")
+        if self.ctf == "on" and self.model.likelihood != "gaussian":
+            raise ConfigError("ctf applies to the gaussian likelihood only (use --ctf off)")
         if not (
             self.device in ("auto", "cpu", "cuda", "mps")
             or (self.device.startswith("cuda:") and self.device[5:].isdigit())

@@ -20,6 +20,7 @@ import torch
 
 from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.coords import align_images, particle_centre, shift_to_pixels
+from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.model import SpatialVAE
@@ -96,6 +97,8 @@ def iter_inference(
     batch_size: int = 256,
     aligned: bool = False,
     reconstructions: bool = False,
+    ctf: Any | None = None,
+    with_ctf: bool = False,
 ) -> Iterator[InferenceBatch]:
     """Encode a stack batch by batch.
 
@@ -114,6 +117,13 @@ def iter_inference(
     reconstructions
         Also return the generator's image at theta = 0, dx = 0 for each particle's z,
         rescaled to the image's own intensity scale when images were standardised.
+    ctf
+        The stack's CTF parameters (default: its ``ctf`` attribute); used by a model whose
+        encoder sees phase-flipped particles (``ctf_encoder="flip"``) and by ``with_ctf``.
+    with_ctf
+        Reconstructions as the data should look: each particle's template rendered at its
+        inferred pose and filtered by its CTF (default: the CTF-free template at theta = 0,
+        dx = 0).
 
     Yields
     ------
@@ -139,11 +149,14 @@ def iter_inference(
         device = next(model.parameters()).device
         scale = input_scale(config.model.likelihood, getattr(stack, "dtype", np.float32))
         _, height, width = image_shape
+        filters = _ctf_filters(model, stack, ctf, device, needed=reconstructions and with_ctf)
         for start in range(0, len(stack), batch_size):
             indices = np.arange(start, min(start + batch_size, len(stack)))
             raw = torch.from_numpy(gather(stack, indices)).to(device)
             model_input = preprocess(raw, scale, config.normalize)
-            posterior = model.encode(model_input)
+            posterior = model.encode(
+                model_input, None if filters is None else filters.filters(indices)
+            )
             theta, shift, z = model.split_latent(posterior.mu)
             std = torch.exp(posterior.logstd)
             theta_std, shift_std, z_std = model.split_latent(std)
@@ -160,9 +173,14 @@ def iter_inference(
                         shift if shift is not None else raw.new_zeros(len(indices), 2),
                     )
                 )
-            if reconstructions:
+            if reconstructions and with_ctf:
+                assert filters is not None
+                mean, _ = model.decode(z, theta, shift, batch_size=len(indices))
+                images = model.expected_image(model.apply_ctf(mean, filters.filters(indices)))
+            elif reconstructions:
                 mean, _ = model.decode(z, batch_size=len(indices))
                 images = model.expected_image(mean)
+            if reconstructions:
                 if config.normalize:
                     flat = (raw * scale).flatten(1)
                     images = (
@@ -173,6 +191,26 @@ def iter_inference(
             yield out
     finally:
         model.train(was_training)
+
+
+def _ctf_filters(
+    model: SpatialVAE, stack: Any, ctf: Any | None, device: torch.device, needed: bool
+) -> CtfBatches | None:
+    """The stack's CTF filters when the encoder (phase-flipped input) or ``needed`` asks."""
+    flips = model.config.ctf_encoder != "raw"
+    if not (flips or needed):
+        return None
+    ctf = ctf if ctf is not None else getattr(stack, "ctf", None)
+    if ctf is None:
+        what = "the model's encoder sees phase-flipped particles" if flips else "with CTF"
+        raise DataError(
+            f"{what}, but these particles carry no CTF parameters (open the .star/.cs file "
+            "they came from)"
+        )
+    parameters = CtfParameters.from_any(ctf)
+    if len(parameters) != len(stack):
+        raise DataError(f"CTF parameters for {len(parameters)} of {len(stack)} images")
+    return CtfBatches(parameters, model.image_shape[1:], device)
 
 
 def _poses(theta, theta_std, shift, shift_std, z, z_std, n, height, width) -> Poses:

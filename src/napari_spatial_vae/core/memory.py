@@ -26,6 +26,9 @@ _FURTHER_LAYER = 3.4
 # bytes per image pixel and rotated copy: the copies, their sampling grid and gradients
 _PER_COPY_SEARCH = 50.0
 _PER_COPY = 25.0
+# bytes per image pixel and rendered candidate for the CTF: the candidates' rfft2, the
+# filtered spectrum and the irfft2 back, with their gradients
+_PER_CANDIDATE_CTF = 32.0
 # bytes per image pixel independent of the model (input, masks, encoder input gradient)
 _PER_PIXEL = 400.0
 _MARGIN = 1.25
@@ -33,7 +36,9 @@ _MARGIN = 1.25
 _PER_PARAMETER = 16
 
 
-def step_bytes_per_image(config: ModelConfig, image_shape: tuple[int, int, int]) -> int:
+def step_bytes_per_image(
+    config: ModelConfig, image_shape: tuple[int, int, int], ctf: bool = False
+) -> int:
     """Activation memory of one training step per image, in bytes (with the margin).
 
     Parameters
@@ -42,6 +47,8 @@ def step_bytes_per_image(config: ModelConfig, image_shape: tuple[int, int, int])
         The model settings.
     image_shape
         ``(C, H, W)``.
+    ctf
+        Whether the likelihood applies each particle's CTF (FFTs of every candidate).
     """
     channels, height, width = image_shape
     pixels = height * width
@@ -57,6 +64,9 @@ def step_bytes_per_image(config: ModelConfig, image_shape: tuple[int, int, int])
     if config.encoder == "equivariant":
         per_copy = _PER_COPY_SEARCH if config.searches_rotation else _PER_COPY
         per_image += pixels * channels * config.encoder_rotations * per_copy
+    if ctf:
+        candidates = config.encoder_rotations if config.searches_rotation else 1
+        per_image += pixels * channels * candidates * _PER_CANDIDATE_CTF
     return int(per_image * _MARGIN)
 
 
@@ -120,6 +130,7 @@ def plan_batch_size(
     n_parameters: int,
     available: int | None,
     usable_fraction: float = 0.8,
+    ctf: bool = False,
 ) -> MemoryPlan:
     """The largest batch size up to ``batch_size`` whose step fits the available memory.
 
@@ -136,13 +147,15 @@ def plan_batch_size(
     usable_fraction
         Share of the free memory a step may take (the rest is headroom for the allocator,
         data loading and the rest of the process).
+    ctf
+        Whether the likelihood applies each particle's CTF.
 
     Returns
     -------
     MemoryPlan
         ``batch_size`` 0 when not even one image fits.
     """
-    per_image = step_bytes_per_image(config, image_shape)
+    per_image = step_bytes_per_image(config, image_shape, ctf)
     fixed = n_parameters * _PER_PARAMETER
     fits = batch_size
     if available is not None:

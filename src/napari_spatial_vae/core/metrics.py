@@ -96,6 +96,7 @@ def evaluate_elbo(
     batch_size: int,
     generator: torch.Generator | None = None,
     freeze_z: bool = False,
+    ctf: Any | None = None,
 ) -> EpochMetrics:
     """Average ELBO terms of ``model`` over every image a feeder serves (no augmentation).
 
@@ -105,13 +106,22 @@ def evaluate_elbo(
         A :class:`~napari_spatial_vae.core.model.SpatialVAE`.
     feeder
         An :class:`~napari_spatial_vae.core.data.ImageFeeder`.
+    ctf
+        A :class:`~napari_spatial_vae.core.ctf.CtfBatches` over the feeder's images (same
+        positions), or None when the model ignores the CTF.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(5 + model.config.z_dim, dtype=torch.float64, device=device)
-    for batch in feeder.batches(batch_size):
-        sums += summed_terms(model.loss_terms(batch, freeze_z=freeze_z, generator=generator))
+    for start, batch in zip(
+        range(0, len(feeder), batch_size), feeder.batches(batch_size), strict=True
+    ):
+        filters = None
+        if ctf is not None:
+            filters = ctf.filters(torch.arange(start, start + len(batch)))
+        terms = model.loss_terms(batch, freeze_z=freeze_z, generator=generator, ctf=filters)
+        sums += summed_terms(terms)
     model.train(was_training)
     return EpochMetrics.from_sums(sums.cpu().tolist(), len(feeder))
 

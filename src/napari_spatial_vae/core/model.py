@@ -24,6 +24,7 @@ from napari_spatial_vae.core.coords import (
     transform_coordinates,
     warp_images,
 )
+from napari_spatial_vae.core.ctf import apply_filter
 from napari_spatial_vae.core.losses import (
     LossTerms,
     bernoulli_nll,
@@ -440,9 +441,22 @@ class SpatialVAE(nn.Module):
         # image units -> the canvas's grid_sample units
         self.register_buffer("render_scale", 1.0 / scale, persistent=False)
 
-    def encode(self, images: torch.Tensor) -> Posterior:
-        """Posterior for ``(B, C, H, W)`` images (masked like the training input)."""
-        return self.encoder(images * self.input_mask)
+    def encode(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> Posterior:
+        """Posterior for ``(B, C, H, W)`` images (masked like the training input).
+
+        ``ctf`` ``(B, H, W // 2 + 1)``: the images' CTF filters, for :meth:`encoder_view`.
+        """
+        return self.encoder(self.encoder_view(images, ctf) * self.input_mask)
+
+    def encoder_view(self, images: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
+        """What the encoder sees of ``(B, C, H, W)`` images with CTF filters ``ctf``.
+
+        The images themselves, or with ``ctf_encoder="flip"`` and a CTF, the phase-flipped
+        images (Fourier coefficients times the sign of the CTF).
+        """
+        if ctf is None or self.config.ctf_encoder == "raw":
+            return images
+        return apply_filter(images, torch.sign(ctf)[:, None].to(images.dtype))
 
     def split_latent(
         self, latent: torch.Tensor
@@ -558,6 +572,7 @@ class SpatialVAE(nn.Module):
         rotation_offset: torch.Tensor | None = None,
         freeze_z: bool = False,
         generator: torch.Generator | None = None,
+        ctf: torch.Tensor | None = None,
     ) -> LossTerms:
         """Per-image terms of ``-ELBO`` with one reparameterised sample.
 
@@ -566,14 +581,17 @@ class SpatialVAE(nn.Module):
         images
             ``(B, C, H, W)`` training images (the reconstruction targets).
         encoder_images
-            ``(B, C, H, W)`` what the encoder sees (``images`` rotated by ``rotation_offset``
-            for augmentation), default ``images``.
+            ``(B, C, H, W)`` what the encoder sees (:meth:`encoder_view` of ``images``
+            rotated by ``rotation_offset`` for augmentation), default the view of ``images``.
         rotation_offset
             ``(B,)`` the augmentation angle gamma, subtracted from the predicted theta.
         freeze_z
             Use ``z = 0`` (the z-delay phase: learn pose before content).
         generator
             Random source for the reparameterisation noise (reproducibility).
+        ctf
+            ``(B, H, W // 2 + 1)`` what each image's data see of the CTF (see
+            :meth:`terms_from_noise`), or None for images without a CTF.
         """
         eps = torch.randn(
             (images.shape[0], self.n_latent),
@@ -581,7 +599,9 @@ class SpatialVAE(nn.Module):
             device=images.device,
             dtype=images.dtype,
         )
-        return self.terms_from_noise(images, encoder_images, rotation_offset, eps, freeze_z)
+        return self.terms_from_noise(
+            images, encoder_images, rotation_offset, eps, freeze_z, ctf=ctf
+        )
 
     def terms_from_noise(
         self,
@@ -591,6 +611,7 @@ class SpatialVAE(nn.Module):
         eps: torch.Tensor,
         freeze_z: bool = False,
         autocast: contextlib.AbstractContextManager | None = None,
+        ctf: torch.Tensor | None = None,
     ) -> LossTerms:
         """The ``-ELBO`` terms for given reparameterisation noise ``eps`` ``(B, L)``.
 
@@ -598,8 +619,15 @@ class SpatialVAE(nn.Module):
         training step (:mod:`.step`) draws it for a global batch and passes each rank's rows.
         ``autocast`` is the context the generator runs in (bf16 autocast or None); the
         encoder, the pose transform and the likelihood stay fp32.
+
+        With ``ctf`` ``(B, H, W // 2 + 1)`` (rfft2 layout, :mod:`.ctf`) the generator's
+        rendering at the particle's pose (every candidate rotation with rotation search) is
+        filtered by that particle's CTF before the likelihood: the CTF acts in the image
+        frame, after rotation and shift. The generator itself stays CTF-free.
         """
-        encoder_input = (images if encoder_images is None else encoder_images) * self.input_mask
+        if encoder_images is None:
+            encoder_images = self.encoder_view(images, ctf)
+        encoder_input = encoder_images * self.input_mask
         search = None
         if self.config.searches_rotation:
             assert isinstance(self.encoder, EquivariantEncoder)
@@ -626,6 +654,8 @@ class SpatialVAE(nn.Module):
                 mean, logstd = self.decode_candidates(z, theta, shift, search.candidates)
         mean = mean.float()
         logstd = None if logstd is None else logstd.float()
+        if ctf is not None:
+            mean = self.apply_ctf(mean, ctf)
         if search is None:
             recon = self.reconstruction_nll(targets, mean, logstd)
         else:
@@ -692,6 +722,30 @@ class SpatialVAE(nn.Module):
         )  # (B, n_out, K, N)
         output = rotated.transpose(1, 2).reshape(batch * k, rotated.shape[1], -1)
         return self._split_output(output)
+
+    def apply_ctf(self, mean: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
+        """Filter renderings of the modelled pixels by their image's CTF.
+
+        Parameters
+        ----------
+        mean
+            ``(B * K, C, N)`` modelled pixels, rows ``b * K + k`` (``K = 1`` without
+            rotation search), as :meth:`decode` / :meth:`decode_candidates` return them.
+        ctf
+            ``(B, H, W // 2 + 1)`` filters in rfft2 layout; image ``b``'s is used for all
+            its ``K`` candidates (broadcast, never copied).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B * K, C, N)``: the renderings (0 outside the modelled pixels) filtered over
+            the whole box with one batched rfft2/irfft2, read back at the modelled pixels.
+        """
+        channels, height, width = self.image_shape
+        batch = ctf.shape[0]
+        images = self.render(mean).reshape(batch, -1, channels, height, width)
+        filtered = apply_filter(images, ctf[:, None, None].to(images.dtype))
+        return self.targets(filtered.reshape(-1, channels, height, width))
 
     def _split_output(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Generator output ``(B, n_out, N)`` -> mean ``(B, C, N)`` and log std or None."""

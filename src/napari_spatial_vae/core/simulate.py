@@ -16,6 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from napari_spatial_vae.core.ctf import (
+    PARAMETER_NAMES,
+    CtfParameters,
+    FrequencyGrid,
+    apply_filter,
+    evaluate_ctf,
+)
 
 # Blob centres in units of the image half-width. Domain A is an L-shaped body, domain B an arm
 # hinged at HINGE that swings in the x-y plane; asymmetric so every rotation is identifiable.
@@ -52,6 +61,8 @@ class SimulatedParticles:
         ``(N, 2)`` true particle centre offset (x, y) in pixels, y down.
     tilt
         ``(N,)`` out-of-plane tilt about the x axis, radians.
+    ctf
+        Each particle's CTF when simulated with one (``clean`` is then CTF-filtered), else None.
     """
 
     images: np.ndarray
@@ -60,6 +71,87 @@ class SimulatedParticles:
     theta: np.ndarray
     shift_px: np.ndarray
     tilt: np.ndarray
+    ctf: CtfParameters | None = None
+
+
+@dataclass
+class CtfSimulation:
+    """How to draw the simulated microscope's CTF (RELION units).
+
+    Attributes
+    ----------
+    defocus_um
+        ``(low, high)`` range of the mean defocus in µm (uniform).
+    astigmatism
+        Largest ``|U - V|`` in Å (uniform in ``0..astigmatism``), at a uniform angle.
+    voltage, cs, amplitude_contrast
+        kV, mm, fraction.
+    pixel_size
+        Å per pixel.
+    dark
+        Dark particles (as recorded: the negative of RELION's CTF-filtered projection);
+        False gives white ones (contrast inverted, RELION's usual choice).
+    """
+
+    defocus_um: tuple[float, float] = (0.5, 3.5)
+    astigmatism: float = 300.0
+    voltage: float = 300.0
+    cs: float = 2.7
+    amplitude_contrast: float = 0.1
+    pixel_size: float = 3.0
+    dark: bool = False
+
+    def draw(self, n_images: int, rng: np.random.Generator) -> CtfParameters:
+        """``n_images`` particles' CTF parameters."""
+        mean = rng.uniform(*self.defocus_um, n_images) * 1e4
+        difference = rng.uniform(0.0, self.astigmatism, n_images)
+        table = {
+            "defocus_u": mean + difference / 2,
+            "defocus_v": mean - difference / 2,
+            "defocus_angle": rng.uniform(-180.0, 180.0, n_images),
+            "voltage": np.full(n_images, self.voltage),
+            "cs": np.full(n_images, self.cs),
+            "amplitude_contrast": np.full(n_images, self.amplitude_contrast),
+            "phase_shift": np.zeros(n_images),
+            "bfactor": np.zeros(n_images),
+            "scale": np.ones(n_images),
+            "pixel_size": np.full(n_images, self.pixel_size),
+        }
+        return CtfParameters.from_table({k: table[k] for k in PARAMETER_NAMES})
+
+
+def apply_simulated_ctf(clean: np.ndarray, ctf: CtfParameters, chunk: int = 512) -> np.ndarray:
+    """Filter ``(N, H, W)`` projections by their CTF, as a microscope would.
+
+    The projections are zero-padded to twice the box before filtering and cropped back, so
+    the CTF's fringes are not wrapped around the box (the model, like cryoDRGN's, filters
+    within the box: a realistic mismatch).
+    """
+    n, height, width = clean.shape
+    grid = FrequencyGrid(2 * height, 2 * width)
+    out = np.empty_like(clean, dtype=np.float32)
+    top, left = height // 2, width // 2
+    for start in range(0, n, chunk):
+        block = torch.from_numpy(np.ascontiguousarray(clean[start : start + chunk]))
+        padded = torch.nn.functional.pad(block, (left, width - left, top, height - top))
+        rows = torch.from_numpy(ctf.values[start : start + chunk])
+        column = {name: rows[:, i] for i, name in enumerate(PARAMETER_NAMES)}
+        transfer = evaluate_ctf(
+            grid,
+            column["defocus_u"],
+            column["defocus_v"],
+            column["defocus_angle"],
+            column["voltage"],
+            column["cs"],
+            column["amplitude_contrast"],
+            column["pixel_size"],
+            phase_shift=column["phase_shift"],
+            bfactor=column["bfactor"],
+            scale=column["scale"],
+        )
+        filtered = apply_filter(padded.float(), transfer)
+        out[start : start + chunk] = filtered[:, top : top + height, left : left + width].numpy()
+    return out
 
 
 def _rotation_about(axis: str, angles: np.ndarray) -> np.ndarray:
@@ -181,6 +273,7 @@ def simulate_particles(
     max_tilt_deg: float = 0.0,
     blob_sigma_px: float = 2.0,
     seed: int = 0,
+    ctf: CtfSimulation | None = None,
 ) -> SimulatedParticles:
     """Make a synthetic particle stack with a continuous motion and random poses.
 
@@ -201,6 +294,9 @@ def simulate_particles(
         Blob width in pixels.
     seed
         Everything is a deterministic function of the seed.
+    ctf
+        Filter each projection by a CTF drawn from these settings (``snr`` is then measured
+        after the CTF); None for none.
 
     Returns
     -------
@@ -218,6 +314,12 @@ def simulate_particles(
     )
     tilt = np.radians(rng.uniform(-max_tilt_deg, max_tilt_deg, n_images))
     clean = render_particles(conformation, theta, shift_px, tilt, size, blob_sigma_px)
+    parameters = None
+    if ctf is not None:
+        parameters = ctf.draw(n_images, rng)
+        clean = apply_simulated_ctf(clean, parameters)
+        if ctf.dark:
+            clean = -clean
     images = clean.copy()
     if snr is not None:
         noise_std = np.sqrt(clean.var() / snr)
@@ -229,4 +331,5 @@ def simulate_particles(
         theta=theta,
         shift_px=shift_px,
         tilt=tilt,
+        ctf=parameters,
     )

@@ -63,6 +63,7 @@ def loss_terms(
     noise: StepNoise,
     freeze_z: bool,
     autocast: contextlib.AbstractContextManager | None = None,
+    ctf: torch.Tensor | None = None,
 ) -> LossTerms:
     """Per-image ``-ELBO`` terms with given noise; the maths of :meth:`SpatialVAE.loss_terms`.
 
@@ -79,13 +80,17 @@ def loss_terms(
     autocast
         Context the generator runs in (bf16 autocast or None for fp32). The encoder, the
         pose transform and the likelihood stay fp32.
+    ctf
+        ``(b, H, W // 2 + 1)`` each image's CTF filter (:class:`~.ctf.CtfBatches`), or None.
     """
     encoder_images = None
     if noise.gamma is not None:
-        # one batched resampling; the encoder then predicts theta + gamma
-        encoder_images = warp_images(images, noise.gamma.to(images.dtype), None)
+        # one batched resampling; the encoder then predicts theta + gamma. The CTF acts in
+        # the image frame, so the encoder's view (e.g. phase-flipped) is made before turning.
+        view = model.encoder_view(images, ctf)
+        encoder_images = warp_images(view, noise.gamma.to(images.dtype), None)
     return model.terms_from_noise(
-        images, encoder_images, noise.gamma, noise.eps, freeze_z, autocast
+        images, encoder_images, noise.gamma, noise.eps, freeze_z, autocast, ctf
     )
 
 

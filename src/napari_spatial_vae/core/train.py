@@ -38,6 +38,7 @@ from napari_spatial_vae.core.checkpoint import (
     write_history,
 )
 from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import ImageFeeder, input_scale, stack_image_shape
 from napari_spatial_vae.core.device import describe_device, resolve_device
 from napari_spatial_vae.core.distributed import (
@@ -49,7 +50,7 @@ from napari_spatial_vae.core.distributed import (
     shard_rows,
     shutdown,
 )
-from napari_spatial_vae.core.errors import CheckpointError, DataError
+from napari_spatial_vae.core.errors import CheckpointError, ConfigError, DataError
 from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.memory import MemoryPlan, available_bytes, plan_batch_size
 from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo
@@ -176,6 +177,8 @@ def train(
     resume: bool = False,
     run_info: dict[str, Any] | None = None,
     tune_allocator: bool = False,
+    ctf: Any | None = None,
+    test_ctf: Any | None = None,
 ) -> TrainResult:
     """Train spatial-VAE on a stack and keep the run folder up to date.
 
@@ -206,6 +209,11 @@ def train(
         :func:`~napari_spatial_vae.core.performance.retained_freed_memory`). The setting is
         process-wide, so it is for processes that only train (the CLI, torchrun workers),
         not for a host such as the napari viewer.
+    ctf, test_ctf
+        Per-particle CTF parameters of ``images`` / ``test_images``
+        (:class:`~.ctf.CtfParameters` or the io layer's ``CtfTable``); by default the stacks'
+        own ``ctf`` attribute (a :class:`~napari_spatial_vae.io.ParticleStack` read from a
+        STAR or cs file). ``config.ctf`` decides whether they are used.
 
     Returns
     -------
@@ -240,6 +248,8 @@ def train(
                 should_stop=should_stop,
                 resume=resume,
                 run_info=run_info,
+                ctf=ctf,
+                test_ctf=test_ctf,
             )
     finally:
         shutdown(context)
@@ -255,7 +265,12 @@ class _LossModule(nn.Module):
         self.device = device
 
     def forward(
-        self, images: torch.Tensor, gamma: torch.Tensor | None, eps: torch.Tensor, freeze_z: bool
+        self,
+        images: torch.Tensor,
+        gamma: torch.Tensor | None,
+        eps: torch.Tensor,
+        freeze_z: bool,
+        ctf: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         terms = loss_terms(
             self.model,
@@ -263,6 +278,7 @@ class _LossModule(nn.Module):
             StepNoise(gamma, eps),
             freeze_z,
             generator_autocast(self.precision, self.device),
+            ctf,
         )
         parts = (terms.recon, terms.kl_theta, terms.kl_shift, terms.kl_z)
         return parts if terms.kl_z_dims is None else (*parts, terms.kl_z_dims)
@@ -281,6 +297,8 @@ def _train(
     should_stop: Callable[[], bool] | None,
     resume: bool,
     run_info: dict[str, Any] | None,
+    ctf: Any | None,
+    test_ctf: Any | None,
 ) -> TrainResult:
     emit = on_update or (lambda update: None)
     stop_requested = should_stop or (lambda: False)
@@ -311,6 +329,8 @@ def _train(
         model = build_model(config, image_shape).to(device)
         progress = Progress()
         history = []
+    ctf_all, ctf_test = _run_ctf(config, images, test_images, ctf, test_ctf)
+    ctf_line = "CTF: " + (ctf_all.summary() if ctf_all is not None else "off")
     # every rank has read the folder before rank 0 writes to it
     barrier(context)
 
@@ -336,11 +356,19 @@ def _train(
     else:
         train_feed = feeder(images, None)
         test_feed = feeder(test_images, None) if context.is_main else None
+    train_filters = test_filters = None
+    if ctf_all is not None:
+        # the parameters follow each feeder's positions, so a batch's rows find their CTF
+        train_filters = CtfBatches(ctf_all.subset(train_feed.indices), image_shape[1:], device)
+        if test_feed is not None:
+            source = ctf_all if test_images is None else ctf_test
+            assert source is not None
+            test_filters = CtfBatches(source.subset(test_feed.indices), image_shape[1:], device)
     # after the feeders: resident images already took their share of the free memory
-    memory = _plan_memory(config, image_shape, model, device, context, resume)
+    memory = _plan_memory(config, image_shape, model, device, context, resume, ctf_all is not None)
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir, config, image_shape, {"run": run_info or {}})
+        save_config(run_dir, config, image_shape, {"run": run_info or {}, "ctf": ctf_line})
 
     step_module: nn.Module = _LossModule(model, config.precision, device)
     if context.enabled:
@@ -365,7 +393,7 @@ def _train(
             time.monotonic() - started,
             message=f"training on {describe_device(device)}{ranks}"
             + (f", resuming after epoch {progress.epochs_completed}" if resume else "")
-            + f"; memory: {memory.describe()}",
+            + f"; {ctf_line}; memory: {memory.describe()}",
         )
     )
 
@@ -381,7 +409,7 @@ def _train(
         sums = torch.zeros(5 + config.model.z_dim, device=device, dtype=torch.float64)
         model.train()
         batches = train_feed.batches_at(local for _, local, _, _ in plan)
-        for step, ((global_size, _, rows, padding), batch) in enumerate(
+        for step, ((global_size, local, rows, padding), batch) in enumerate(
             zip(plan, batches, strict=True), start=1
         ):
             local_stop = stop_requested()
@@ -406,7 +434,9 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, progress.lr_progress)
             noise = draw_noise(device_gen, global_size, model.n_latent, augment, rows, device)
-            terms = LossTerms(*step_module(batch, noise.gamma, noise.eps, freeze_z))
+            # the batch's CTF filters, built once and shared by every candidate rotation
+            filters = None if train_filters is None else train_filters.filters(local)
+            terms = LossTerms(*step_module(batch, noise.gamma, noise.eps, freeze_z, filters))
             # sum / global count, times the world size that DDP's averaging divides by:
             # the gradient is the global batch's per-image mean on every rank count
             weight = 0.0 if padding else context.world_size / global_size
@@ -435,7 +465,9 @@ def _train(
         test_metrics = None
         if test_feed is not None:
             eval_gen = torch.Generator(device=device).manual_seed(config.seed + epoch)
-            test_metrics = evaluate_elbo(model, test_feed, config.batch_size, eval_gen, freeze_z)
+            test_metrics = evaluate_elbo(
+                model, test_feed, config.batch_size, eval_gen, freeze_z, test_filters
+            )
         seconds = time.monotonic() - started
         lr_now = optimizer.param_groups[0]["lr"]
         history.append(train_metrics.as_row(epoch, "train", lr_now, seconds))
@@ -505,6 +537,7 @@ def _plan_memory(
     device: torch.device,
     context: DistributedContext,
     resume: bool,
+    ctf: bool,
 ) -> MemoryPlan:
     """Check that a step fits the device; lower a new run's batch size if it does not.
 
@@ -515,7 +548,7 @@ def _plan_memory(
     per_rank = math.ceil(config.batch_size / ranks)
     n_parameters = sum(p.numel() for p in model.parameters())
     plan = plan_batch_size(
-        config.model, image_shape, per_rank, n_parameters, available_bytes(device)
+        config.model, image_shape, per_rank, n_parameters, available_bytes(device), ctf=ctf
     )
     gb = 1024**3
     if plan.available is None or not plan.lowered:
@@ -527,7 +560,7 @@ def _plan_memory(
             "available; downsample the particles (extract --size) or lower --hidden-dim"
         )
     if resume or context.enabled:
-        need = plan_batch_size(config.model, image_shape, per_rank, n_parameters, None)
+        need = plan_batch_size(config.model, image_shape, per_rank, n_parameters, None, ctf=ctf)
         raise DataError(
             f"a step of {per_rank} images needs ~{need.step_bytes / gb:.1f} GB but "
             f"{plan.available / gb:.1f} GB is available; free memory"
@@ -540,6 +573,38 @@ def _plan_memory(
         )
     config.batch_size = plan.batch_size
     return plan
+
+
+def _run_ctf(
+    config: TrainConfig,
+    images: Any,
+    test_images: Any | None,
+    ctf: Any | None,
+    test_ctf: Any | None,
+) -> tuple[CtfParameters | None, CtfParameters | None]:
+    """The CTF parameters of the training and the separate test stack, per ``config.ctf``."""
+    likelihood = config.model.likelihood
+    if ctf is None:
+        ctf, problem = getattr(images, "ctf", None), getattr(images, "ctf_problem", None)
+    else:
+        problem = None
+    used = resolve_ctf(config.ctf, ctf, problem, len(images), likelihood)
+    if used is None and config.model.ctf_encoder != "raw":
+        raise ConfigError(
+            f"ctf_encoder={config.model.ctf_encoder!r} needs the particles' CTF (a .star/.cs "
+            "file with CTF columns and --ctf auto or on)"
+        )
+    if used is None or test_images is None:
+        return used, None
+    if test_ctf is None:
+        test_ctf = getattr(test_images, "ctf", None)
+        problem = getattr(test_images, "ctf_problem", None)
+    if test_ctf is None and not problem:
+        raise DataError(
+            "the training particles carry a CTF but the test particles do not (give a test "
+            ".star/.cs file with CTF columns, or use --ctf off)"
+        )
+    return used, resolve_ctf("on", test_ctf, problem, len(test_images), likelihood)
 
 
 def _wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .ctf_params import ctf_from_cs_table
 from .errors import StackError
 from .gather import gather_stacks
 from .mrc import pixel_size_from_voxel
@@ -165,4 +166,5 @@ def read_cs_stack(
         if np.all(sizes == sizes[0]):
             pixel_size = pixel_size_from_voxel(sizes[0], sizes[0])
     names = [f"{i + 1:06d}@{s}" for i, s in zip(local.tolist(), stacks.tolist(), strict=True)]
-    return ParticleStack(path, images, pixel_size, table, names)
+    ctf, ctf_problem = ctf_from_cs_table(path, table)
+    return ParticleStack(path, images, pixel_size, table, names, ctf, ctf_problem)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .ctf_params import CtfTable
 from .errors import StackError
 from .sources import ArraySource, ImageSource, SubsetSource, normalize_indices
 
@@ -31,6 +32,10 @@ class ParticleStack:
         One row per image in stack order (STAR/cs tables, file names of a folder).
     image_names : list of str or None
         ``"N@stack"`` names per image when the input says them (STAR, cs).
+    ctf : CtfTable or None
+        Every particle's CTF parameters when the input carries them (STAR, cs).
+    ctf_problem : str or None
+        One line saying why the input's CTF columns cannot be used (partly missing).
     """
 
     path: Path
@@ -38,6 +43,8 @@ class ParticleStack:
     pixel_size: float | None = None
     metadata: pd.DataFrame | None = field(default=None)
     image_names: list[str] | None = field(default=None)
+    ctf: CtfTable | None = field(default=None)
+    ctf_problem: str | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -46,6 +53,8 @@ class ParticleStack:
             raise ValueError(f"metadata has {len(self.metadata)} rows for {n} images")
         if self.image_names is not None and len(self.image_names) != n:
             raise ValueError(f"{len(self.image_names)} image names for {n} images")
+        if self.ctf is not None and len(self.ctf) != n:
+            raise ValueError(f"CTF parameters for {len(self.ctf)} of {n} images")
 
     @classmethod
     def from_array(
@@ -129,8 +138,15 @@ class ParticleStack:
         names = None
         if self.image_names is not None:
             names = [self.image_names[i] for i in idx.tolist()]
+        ctf = None if self.ctf is None else self.ctf.subset(idx)
         return ParticleStack(
-            self.path, SubsetSource(self.images, idx), self.pixel_size, metadata, names
+            self.path,
+            SubsetSource(self.images, idx),
+            self.pixel_size,
+            metadata,
+            names,
+            ctf,
+            self.ctf_problem,
         )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from .ctf_params import ctf_from_star_table
 from .errors import StackError
 from .gather import gather_stacks
 from .paths import as_datadir
@@ -261,10 +262,13 @@ def read_star_stack(
         path, stacks, local, [folder], as_datadir(datadir), "rlnImageName", index_base=1
     )
     refuse_whole_file_names(path, table["rlnImageName"], images)
+    ctf, ctf_problem = ctf_from_star_table(path, table, pixel_sizes_per_row(table))
     return ParticleStack(
         path=path,
         images=images,
         pixel_size=pixel_size_from_table(table),
         metadata=table,
         image_names=table["rlnImageName"].astype(str).tolist(),
+        ctf=ctf,
+        ctf_problem=ctf_problem,
     )
