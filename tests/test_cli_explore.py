@@ -13,7 +13,7 @@ import starfile
 
 from napari_spatial_vae.cli import main
 from napari_spatial_vae.core.simulate import render_particles, simulate_particles
-from napari_spatial_vae.io import read_stack
+from napari_spatial_vae.io import read_poses, read_stack
 
 ASPIRE_STAR = Path("aspire") / "sample_particles_relion31.star"  # 17 particles, 3-D angles
 EMPIAR_CS = Path("cryodrgn") / "empiar_10076_7.cs"  # 7 particles
@@ -254,3 +254,27 @@ def test_other_bad_input_fails_in_one_line(simulated, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1, err
         assert pattern in err, err
     assert [p.name for p in tmp_path.iterdir()] == ["nopose.csv"]
+
+
+def test_average_of_ctf_particles_is_wiener_filtered_with_their_ctf(tmp_path, capsys):
+    # white particles filtered by each one's astigmatic CTF, read from the RELION .star
+    star = tmp_path / "ctf.star"
+    code, err = run_cli(capsys, "simulate", "--ctf", "-o", star, "--n", "1500", "--snr", "1",
+                        "--seed", "4")  # fmt: skip
+    assert code == 0, err
+    truth = read_poses(star)
+    conformation = starfile.read(star, always_dict=True)["particles"]["rlnSpatialVae_conformation"]
+    poses = tmp_path / "poses.csv"
+    table = truth[["theta", "dx", "dy"]].assign(z1=conformation.to_numpy())
+    table.to_csv(poses, index=False)
+    template = render_particles(np.array([0.5]), np.zeros(1), np.zeros((1, 2)), np.zeros(1), 40)[0]
+    scores = {}
+    for mode in ("auto", "off"):
+        out = tmp_path / f"{mode}.mrcs"
+        code, err = run_cli(capsys, "average", star, poses, "--where", "z1 > 0.4 and z1 < 0.6",
+                            "--ctf", mode, "-o", out)  # fmt: skip
+        assert code == 0, err
+        assert ("Wiener-filtered" in err) == (mode == "auto")
+        scores[mode] = correlation(np.asarray(mrcfile.read(out)).reshape(40, 40), template)
+    # the target: >= 0.95 with the CTF correction, where a plain mean falls short
+    assert scores["auto"] >= 0.95 > scores["off"], scores

@@ -405,9 +405,15 @@ class ExploreWidget(QWidget):
         z = features[names].to_numpy(dtype=np.float32) if names else None
 
         def compute() -> tuple[list, np.ndarray | None]:
+            from napari_spatial_vae.core.ctf import StackCtfFilters
             from napari_spatial_vae.core.explore import aligned_average, render_latents
 
-            results = [(name, aligned_average(stack, theta, dx, dy, rows)) for name, rows in groups]
+            # Wiener-filtered with each particle's CTF when the particles carry one
+            ctf = StackCtfFilters.of_stack(stack)
+            results = [
+                (name, aligned_average(stack, theta, dx, dy, rows, ctf=ctf))
+                for name, rows in groups
+            ]
             decoded = None
             if model is not None and z is not None:
                 decoded = render_latents(model, np.stack([z[rows].mean(0) for _, rows in groups]))

@@ -305,7 +305,7 @@ def make_synthetic_micrographs(
     ``score`` feature separates them, as a picker's figure of merit roughly does. Extract
     with a box of 64 px from the widget and train on the result.
     """
-    from napari_spatial_vae.core.simulate_micrographs import simulate_micrograph
+    from napari_spatial_vae.core.simulate_micrographs import OPTICS, simulate_micrograph
     from napari_spatial_vae.io.particles_star import micrographs_star_tables
 
     rng = np.random.default_rng(seed)
@@ -331,7 +331,7 @@ def make_synthetic_micrographs(
                 }
             )
         )
-    blocks = micrographs_star_tables(names, pixel_size, pd.DataFrame(ctf))
+    blocks = micrographs_star_tables(names, pixel_size, pd.DataFrame(ctf), **OPTICS)
     # the micrographs STAR's rows with the optics merged in, as read_micrographs gives them
     table = blocks["micrographs"].merge(blocks["optics"], on="rlnOpticsGroup", how="left")
     micrographs = MicrographSet.from_array(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from napari_spatial_vae.core.simulate_micrographs import simulate_micrograph
+from napari_spatial_vae.core.simulate_micrographs import OPTICS, simulate_micrograph
 from napari_spatial_vae.io.particles_star import micrographs_star_tables, write_star
 from napari_spatial_vae.io.writers import write_mrcs
 
@@ -92,7 +92,7 @@ def write_synthetic_micrographs(
     ctf_table = pd.DataFrame(ctf)
     truth_table = pd.concat(truth, ignore_index=True)
     star = root / "micrographs_ctf.star"
-    write_star(star, micrographs_star_tables(names, pixel_size, ctf_table))
+    write_star(star, micrographs_star_tables(names, pixel_size, ctf_table, **OPTICS))
     picks = root / "picks.star"
     coordinates = pd.DataFrame(
         {

@@ -94,6 +94,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
+    from napari_spatial_vae.core.ctf import StackCtfFilters
     from napari_spatial_vae.core.explore import aligned_average
     from napari_spatial_vae.io import write_mrcs
 
@@ -112,6 +113,7 @@ def cmd_average(args: argparse.Namespace) -> int:
         groups = [(name, rows) for name, rows in groups if len(rows)]
     else:
         groups = [("selection", selected)]
+    ctf = StackCtfFilters.of_stack(stack) if args.ctf == "auto" else None
     averages = []
     for name, rows in groups:
         result = aligned_average(
@@ -120,6 +122,7 @@ def cmd_average(args: argparse.Namespace) -> int:
             table["dx"].to_numpy(),
             table["dy"].to_numpy(),
             rows,
+            ctf=ctf,
             batch_size=args.batch_size,
         )
         averages.append(result.average)
@@ -128,7 +131,12 @@ def cmd_average(args: argparse.Namespace) -> int:
             f" {result.resolution(stack.pixel_size)}"
         )
     write_mrcs(out, np.stack(averages), stack.pixel_size)
-    say(f"wrote {len(averages)} average(s) to {out} (plain mean: no CTF correction)")
+    how = (
+        f"Wiener-filtered with each particle's CTF ({ctf.parameters.summary()})"
+        if ctf is not None
+        else "plain mean: no CTF correction"
+    )
+    say(f"wrote {len(averages)} average(s) to {out} ({how})")
     return 0
 
 
@@ -241,6 +249,13 @@ def register(sub: Any) -> None:
         "--clusters", metavar="CLUSTERS.csv", help="one average per cluster (spatial-vae cluster)"
     )
     average.add_argument("-o", "--output", required=True, metavar="AVERAGES.mrcs")
+    average.add_argument(
+        "--ctf",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto (default): Wiener-filter with each particle's CTF when PARTICLES (a "
+        ".star/.cs) carries one; off: plain mean",
+    )
     average.add_argument("--batch-size", type=int, default=256, help=argparse.SUPPRESS)
     average.set_defaults(run=cmd_average)
 

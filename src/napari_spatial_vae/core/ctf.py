@@ -306,6 +306,44 @@ class CtfBatches:
         return ctf
 
 
+class StackCtfFilters:
+    """What every particle of a stack sees of its CTF, computed only for the rows read.
+
+    Array-like ``(N, H, W // 2 + 1)`` float32 on the rfft2 grid (the layout
+    :func:`evaluate_ctf` returns): ``filters[rows]`` builds the rows' CTFs (``|CTF|`` for
+    phase-flipped stacks, ``CTF^2`` for premultiplied ones), so averaging 100,000 particles
+    never holds 100,000 CTFs.
+
+    Parameters
+    ----------
+    parameters
+        The stack's :class:`CtfParameters` (or io's ``CtfTable``).
+    image_shape
+        ``(H, W)``.
+    """
+
+    def __init__(self, parameters: Any, image_shape: tuple[int, int]):
+        self.parameters = CtfParameters.from_any(parameters)
+        self._batches = CtfBatches(self.parameters, image_shape, torch.device("cpu"))
+        height, width = image_shape
+        self.shape = (len(self.parameters), height, width // 2 + 1)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        positions = np.arange(self.shape[0])[rows]
+        return self._batches.filters(np.atleast_1d(positions)).numpy()
+
+    @classmethod
+    def of_stack(cls, stack: Any) -> StackCtfFilters | None:
+        """The filters of a stack that carries CTF parameters (a STAR/cs ``ParticleStack``)."""
+        parameters = getattr(stack, "ctf", None)
+        if parameters is None:
+            return None
+        return cls(parameters, tuple(stack.shape[1:3]))
+
+
 def check_parameters(parameters: CtfParameters) -> None:
     """Raise :class:`DataError` naming the first particle row with non-physical values.
 

@@ -6,8 +6,8 @@ positions, dark on a flat background as in cryo-EM (protein scatters electrons a
 Gaussian noise. Each micrograph gets CTF parameters (defocus, astigmatism), recorded in
 RELION's labels and units (Å, degrees) so that the extracted particles carry them.
 
-The CTF itself is not applied yet: :func:`apply_micrograph_ctf` is the single place where it
-goes once ``core/ctf.py`` (``evaluate_ctf``) is merged.
+:func:`apply_micrograph_ctf` applies that CTF (``core/ctf.py``) to the noise-free micrograph
+before the noise is added, with the optics of :data:`OPTICS`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from .simulate import render_particles
 
 __all__ = [
+    "OPTICS",
     "SimulatedMicrograph",
     "apply_micrograph_ctf",
     "micrograph_ctf_parameters",
@@ -54,6 +55,10 @@ class SimulatedMicrograph:
     ctf: dict[str, float]
 
 
+#: The synthetic microscope (written to the micrographs STAR's optics table).
+OPTICS = {"voltage": 300.0, "spherical_aberration": 2.7, "amplitude_contrast": 0.1}
+
+
 def micrograph_ctf_parameters(rng: np.random.Generator) -> dict[str, float]:
     """Plausible CTF parameters for one micrograph (RELION labels, Å and degrees)."""
     defocus = rng.uniform(8000.0, 25000.0)
@@ -70,26 +75,47 @@ def micrograph_ctf_parameters(rng: np.random.Generator) -> dict[str, float]:
 
 
 def apply_micrograph_ctf(clean: np.ndarray, ctf: dict[str, float], pixel_size: float) -> np.ndarray:
-    """Modulate a noise-free micrograph by its CTF. NOT YET APPLIED: returns ``clean``.
+    """Modulate a noise-free micrograph by its astigmatic CTF (RELION's sign and units).
 
-    This is the one place where the synthetic micrographs get their CTF. After merging
-    ``core/ctf.py``: ``rfft2(clean)``, multiply by ``evaluate_ctf(...)`` on the rfft2 grid of
-    ``clean.shape`` at ``pixel_size`` with ``ctf``'s defocus U/V/angle (voltage 300 kV,
-    Cs 2.7 mm, amplitude contrast 0.1, as written to the micrographs STAR), ``irfft2``.
-    The parameters are already recorded with every micrograph and copied into every
-    extracted particle.
+    The micrograph holds the negated projection (dark particles); with RELION's sign the
+    CTF is positive at low frequency, so the result stays dark there, and the extracted,
+    contrast-inverted particles are ``CTF * projection`` as RELION expects.
 
     Parameters
     ----------
     clean : numpy.ndarray
         ``(H, W)`` noise-free micrograph.
     ctf : dict
-        RELION CTF labels (Å, degrees).
+        RELION CTF labels (Å, degrees) of :func:`micrograph_ctf_parameters`; the optics are
+        :data:`OPTICS` (the values written to the micrographs STAR).
     pixel_size : float
         Å per pixel.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` float32.
     """
-    del ctf, pixel_size  # used once core/ctf.py is merged
-    return clean
+    import torch  # the rest of this module is numpy; the CTF lives with the torch core
+
+    from .ctf import FrequencyGrid, apply_filter, evaluate_ctf
+
+    def value(number: float) -> torch.Tensor:
+        return torch.tensor([number], dtype=torch.float64)
+
+    transfer = evaluate_ctf(
+        FrequencyGrid(*clean.shape),
+        value(ctf["rlnDefocusU"]),
+        value(ctf["rlnDefocusV"]),
+        value(ctf["rlnDefocusAngle"]),
+        value(OPTICS["voltage"]),
+        value(OPTICS["spherical_aberration"]),
+        value(OPTICS["amplitude_contrast"]),
+        value(pixel_size),
+        phase_shift=value(ctf.get("rlnPhaseShift", 0.0)),
+    )
+    filtered = apply_filter(torch.from_numpy(np.ascontiguousarray(clean))[None], transfer)
+    return filtered[0].numpy().astype(np.float32)
 
 
 def _place_centres(
