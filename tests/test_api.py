@@ -27,3 +27,9 @@ def test_train_then_infer_through_the_flat_api(tmp_path, npy_stack, make_config)
     assert {"theta", "dx", "dy", "z1", "theta_std", "z1_std"} <= set(poses.columns)
     same = svae.infer(tmp_path / "run", np.load(npy_stack))
     np.testing.assert_allclose(same["theta"], poses["theta"], atol=1e-5)
+
+
+def test_the_lazy_names_are_the_api_modules_exports():
+    from napari_spatial_vae import _PUBLIC, api
+
+    assert sorted(_PUBLIC) == sorted(api.__all__)

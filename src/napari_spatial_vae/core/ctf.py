@@ -158,6 +158,24 @@ def evaluate_ctf(
     return ctf.to(dtype)
 
 
+def evaluate_ctf_rows(grid: FrequencyGrid, rows: torch.Tensor) -> torch.Tensor:
+    """:func:`evaluate_ctf` of parameter rows ``(N, 10)`` in :data:`PARAMETER_NAMES` order."""
+    column = {name: rows[:, i] for i, name in enumerate(PARAMETER_NAMES)}
+    return evaluate_ctf(
+        grid,
+        column["defocus_u"],
+        column["defocus_v"],
+        column["defocus_angle"],
+        column["voltage"],
+        column["cs"],
+        column["amplitude_contrast"],
+        column["pixel_size"],
+        phase_shift=column["phase_shift"],
+        bfactor=column["bfactor"],
+        scale=column["scale"],
+    )
+
+
 def apply_filter(images: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
     """Multiply images by a transfer function in Fourier space (rfft2 -> x -> irfft2).
 
@@ -285,20 +303,7 @@ class CtfBatches:
         The CTF, its absolute value for phase-flipped stacks, its square for premultiplied ones.
         """
         rows = self.values[torch.as_tensor(positions, device=self.values.device)]
-        column = {name: rows[:, i] for i, name in enumerate(PARAMETER_NAMES)}
-        ctf = evaluate_ctf(
-            self.grid,
-            column["defocus_u"],
-            column["defocus_v"],
-            column["defocus_angle"],
-            column["voltage"],
-            column["cs"],
-            column["amplitude_contrast"],
-            column["pixel_size"],
-            phase_shift=column["phase_shift"],
-            bfactor=column["bfactor"],
-            scale=column["scale"],
-        )
+        ctf = evaluate_ctf_rows(self.grid, rows)
         if self.parameters.premultiplied:
             return ctf * ctf
         if self.parameters.phase_flipped:

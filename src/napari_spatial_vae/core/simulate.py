@@ -23,7 +23,7 @@ from napari_spatial_vae.core.ctf import (
     CtfParameters,
     FrequencyGrid,
     apply_filter,
-    evaluate_ctf,
+    evaluate_ctf_rows,
 )
 
 # Blob centres in units of the image half-width. Domain A is an L-shaped body, domain B an arm
@@ -135,20 +135,7 @@ def apply_simulated_ctf(clean: np.ndarray, ctf: CtfParameters, chunk: int = 512)
         block = torch.from_numpy(np.ascontiguousarray(clean[start : start + chunk]))
         padded = torch.nn.functional.pad(block, (left, width - left, top, height - top))
         rows = torch.from_numpy(ctf.values[start : start + chunk])
-        column = {name: rows[:, i] for i, name in enumerate(PARAMETER_NAMES)}
-        transfer = evaluate_ctf(
-            grid,
-            column["defocus_u"],
-            column["defocus_v"],
-            column["defocus_angle"],
-            column["voltage"],
-            column["cs"],
-            column["amplitude_contrast"],
-            column["pixel_size"],
-            phase_shift=column["phase_shift"],
-            bfactor=column["bfactor"],
-            scale=column["scale"],
-        )
+        transfer = evaluate_ctf_rows(grid, rows)
         filtered = apply_filter(padded.float(), transfer)
         out[start : start + chunk] = filtered[:, top : top + height, left : left + width].numpy()
     return out
