@@ -61,11 +61,15 @@ def select_rows(table: Any, where: str | None) -> np.ndarray:
     return rows
 
 
-def _check_row_count(table: Any, stack: Any, poses_path: str) -> None:
+def _poses_of_stack(args: argparse.Namespace) -> tuple[Any, Any, np.ndarray]:
+    """The pose table, the particle stack it belongs to, and the rows ``--where`` selects."""
+    table = read_pose_table(args.poses)
+    stack = open_stack(args.particles, args.datadir)
     if len(table) != len(stack):
         raise UsageError(
-            f"{poses_path} has {len(table)} rows but the stack has {len(stack)} particles"
+            f"{args.poses} has {len(table)} rows but the stack has {len(stack)} particles"
         )
+    return table, stack, select_rows(table, args.where)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -99,10 +103,7 @@ def cmd_average(args: argparse.Namespace) -> int:
     from napari_spatial_vae.io import write_mrcs
 
     out = check_suffix(args.output, (".mrcs", ".mrc"), "AVERAGES")
-    table = read_pose_table(args.poses)
-    stack = open_stack(args.particles, args.datadir)
-    _check_row_count(table, stack, args.poses)
-    selected = select_rows(table, args.where)
+    table, stack, selected = _poses_of_stack(args)
     if args.clusters:
         clusters = _read_clusters(args.clusters)
         if len(clusters) != len(table):
@@ -163,10 +164,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
     from napari_spatial_vae.io.subset import write_subset
 
     out = check_suffix(args.output, (".star", ".cs"), "SUBSET")
-    table = read_pose_table(args.poses)
-    stack = open_stack(args.particles, args.datadir)
-    _check_row_count(table, stack, args.poses)
-    rows = select_rows(table, args.where)
+    table, stack, rows = _poses_of_stack(args)
     write_subset(out, stack, rows, table.iloc[rows].reset_index(drop=True), args.keep_input_pose)
     say(f"wrote {len(rows)} of {len(table)} particles to {out}")
     return 0
