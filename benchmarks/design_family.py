@@ -101,9 +101,30 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     config.max_minutes = args.minutes
     if args.epochs is not None:
         config.epochs = args.epochs
+    trace_part = DesignParticles(
+        *(getattr(test_part, f)[: args.trace] for f in DesignParticles.__annotations__)
+    )
+
+    def trace(update) -> None:
+        # per-epoch scores of the live model on the first --trace held-out particles
+        if update.kind != "epoch" or not args.trace:
+            return
+        scores = score(update.model, config, trace_part)
+        update.model.train()
+        print(
+            f"  {name} seed {seed} epoch {update.epoch:3d} {update.seconds:5.0f}s"
+            f"  test ELBO {update.test.elbo:8.1f}  KL theta {update.train.kl_theta:5.2f}"
+            f"  KL z {' '.join(f'{kl:5.2f}' for kl in update.train.kl_z_dims)}"
+            f"  pearson {scores['pearson_z']:.3f}  FL {scores['circ_fl']:.3f}"
+            f"  recon {scores['recon_corr']:.3f}",
+            flush=True,
+        )
+
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
-        result = train(config, train_part.images, run_dir, test_images=test_part.images)
+        result = train(
+            config, train_part.images, run_dir, test_images=test_part.images, on_update=trace
+        )
         wall = time.perf_counter() - started
     test_elbo = [r["elbo"] for r in result.history if r["split"] == "test"]
     row = {
@@ -138,6 +159,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget per run")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--trace", type=int, default=0, metavar="N",
+        help="after every epoch, print the scores on the first N held-out particles",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tune = args.split == "tune"

@@ -32,6 +32,9 @@ def test_collapse_warning_names_the_dimension_only_after_the_z_delay():
     assert warning is not None and "\n" not in warning
     assert warning.startswith("z1, z2 carry almost nothing (0.15, 0.05 nats per image")
     assert "--z-dim" in warning and str(COLLAPSED_NATS) in warning
+    assert "--z-delay 0" in warning  # a delay is one of the causes (docs/defaults.md)
+    undelayed = collapse_warning(metrics, epoch=4, z_delay=0)
+    assert undelayed is not None and "--z-delay" not in undelayed
     fine = EpochMetrics(-10.0, 9.0, 4.0, 0.5, 0.3, 3.2, (3.2,))
     assert collapse_warning(fine, epoch=40, z_delay=2) is None
 

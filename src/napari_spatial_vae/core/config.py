@@ -393,8 +393,10 @@ class TrainConfig:
         step=0.05,
     )
     z_delay: int = setting(
-        2,
-        help="Epochs during which z is frozen at 0, so pose is learned before content.",
+        0,
+        help="Epochs during which z is frozen at 0 (pose is then learned before content; "
+        "0, the default, learns both from the start: a delay lets theta absorb part of the "
+        "motion, see docs/defaults.md).",
         label="z delay (epochs)",
         low=0,
         high=10**7,

@@ -85,7 +85,8 @@ def collapse_warning(metrics: EpochMetrics, epoch: int, z_delay: int) -> str | N
         f"{names} carr{'ies' if len(dims) == 1 else 'y'} almost nothing ({values} nats per "
         f"image, below {COLLAPSED_NATS}): the model explains the images without "
         f"{some} (posterior collapse); if the particles move, train longer (--epochs, "
-        "--max-minutes) or with fewer latent dimensions (--z-dim), and see docs/defaults.md"
+        f"--max-minutes){', without a z delay (--z-delay 0)' if z_delay else ''} or with "
+        "fewer latent dimensions (--z-dim), and see docs/defaults.md"
     )
 
 
