@@ -84,30 +84,28 @@ def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, f
     }
 
 
+def _rows(particles: DesignParticles, rows: slice) -> DesignParticles:
+    """The same rows of every per-particle array (images, truth)."""
+    return DesignParticles(*(getattr(particles, f)[rows] for f in DesignParticles.__annotations__))
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     design = DESIGNS[name]
     data = simulate_design(
         design, args.n_train + args.n_test, 1000 + seed, snr=args.snr, size=args.size
     )
-    split = args.n_train
-    train_part = DesignParticles(
-        *(getattr(data, f)[:split] for f in DesignParticles.__annotations__)
-    )
-    test_part = DesignParticles(
-        *(getattr(data, f)[split:] for f in DesignParticles.__annotations__)
-    )
+    train_part = _rows(data, slice(None, args.n_train))
+    test_part = _rows(data, slice(args.n_train, None))
     config = TrainConfig(model=ModelConfig(z_dim=len(design.motions)), seed=seed)
     apply_overrides(config, args.overrides)
     config.max_minutes = args.minutes
     if args.epochs is not None:
         config.epochs = args.epochs
-    trace_part = DesignParticles(
-        *(getattr(test_part, f)[: args.trace] for f in DesignParticles.__annotations__)
-    )
+    trace_part = _rows(test_part, slice(None, args.trace))
 
     def trace(update) -> None:
         # per-epoch scores of the live model on the first --trace held-out particles
-        if update.kind != "epoch" or not args.trace:
+        if update.kind != "epoch":
             return
         scores = score(update.model, config, trace_part)
         update.model.train()
@@ -123,7 +121,11 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
         result = train(
-            config, train_part.images, run_dir, test_images=test_part.images, on_update=trace
+            config,
+            train_part.images,
+            run_dir,
+            test_images=test_part.images,
+            on_update=trace if args.trace else None,
         )
         wall = time.perf_counter() - started
     test_elbo = [r["elbo"] for r in result.history if r["split"] == "test"]

@@ -113,10 +113,12 @@ def test_extract_micrographs_prints_time_and_peak_memory():
 def test_design_family_prints_a_row_per_design_and_a_table():
     out = run(
         "design_family.py", "--designs", "two-motions", "--seeds", "0", "--n-train", "48",
-        "--n-test", "16", "--epochs", "1", "--apply-snr", "0.1", *TINY,
+        "--n-test", "16", "--epochs", "1", "--apply-snr", "0.1", "--trace", "8", *TINY,
     )  # fmt: skip
     lines = out.strip().splitlines()
-    row = json.loads(lines[0])
+    # --trace: one line per epoch with the train KL of each z dim and the live scores
+    assert lines[0].startswith("  two-motions seed 0 epoch   1") and "KL z" in lines[0]
+    row = json.loads(lines[1])
     assert row["design"] == "two-motions" and len(row["pearson_each"]) == 2
     assert {"circ_fl", "recon_corr", "test_elbo", "applied"} <= set(row)
     assert lines[-1].startswith("| two-motions | 0 |")
