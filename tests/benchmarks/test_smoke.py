@@ -117,7 +117,7 @@ def test_design_family_prints_a_row_per_design_and_a_table():
     )  # fmt: skip
     lines = out.strip().splitlines()
     # --trace: one line per epoch with the train KL of each z dim and the live scores
-    assert lines[0].startswith("  two-motions seed 0 epoch   1") and "KL z" in lines[0]
+    assert lines[0].lstrip().startswith("two-motions seed 0 epoch   1") and "KL z" in lines[0]
     row = json.loads(lines[1])
     assert row["design"] == "two-motions" and len(row["pearson_each"]) == 2
     assert {"circ_fl", "recon_corr", "test_elbo", "applied"} <= set(row)
