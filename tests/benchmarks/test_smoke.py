@@ -144,3 +144,13 @@ def test_ctf_throughput_reports_the_slowdown():
     out = run("ctf_throughput.py", "--size", "16", "--batch", "8", "--steps", "1", "--repeats", "1")
     row = json.loads(out.strip().splitlines()[-1])
     assert row["img_per_s_with_ctf"] > 0 and row["slowdown"] > 0
+
+
+def test_process_throughput_times_whole_training_processes():
+    out = run(
+        "process_throughput.py",
+        *["--images", "40", "--epochs", "1", "--threads", "1", "--contenders", "defaults"],
+    )
+    assert "startup (spatial-vae --version)" in out
+    row = next(line for line in out.splitlines() if line.startswith("defaults "))
+    assert float(row.split()[-1]) > 0  # images/s of a process that trained and exited

@@ -94,8 +94,11 @@ def test_equivariant_encoder_theta_follows_an_exact_rotation_of_the_input(search
 
 
 @torch.no_grad()
-@pytest.mark.parametrize(("masked", "size"), [(True, 33), (False, 33), (False, 28)])
-def test_rotation_search_candidates_equal_rendering_at_each_candidate_pose(masked, size):
+@pytest.mark.parametrize(
+    ("masked", "size", "binning"),
+    [(True, 33, 1), (False, 33, 1), (False, 28, 1), (True, 40, 2), (False, 40, 2)],
+)
+def test_rotation_search_candidates_equal_rendering_at_each_candidate_pose(masked, size, binning):
     # without the mask the rotated corners must come from the generator too (not zeros:
     # zero logits would read as p = 0.5 on a black MNIST background)
     torch.manual_seed(1)
@@ -113,12 +116,13 @@ def test_rotation_search_candidates_equal_rendering_at_each_candidate_pose(maske
     z, offset = torch.randn(2, 2), torch.tensor([0.1, -0.2])
     shift = torch.tensor([[0.05, 0.0], [0.0, -0.08]])
     candidates = -2 * math.pi * torch.arange(8) / 8
-    searched, _ = model.decode_candidates(z, offset, shift, candidates)  # (2 * 8, 1, N)
-    assert searched.shape == (16, 1, len(model.pixel_index))
+    layout = model.binned_layout(binning)
+    searched, _ = model.decode_candidates(z, offset, shift, candidates, layout)  # (2 * 8, 1, N)
+    assert searched.shape == (16, 1, len(layout.pixel_index))
     for b in range(2):
         for k in (0, 1, 3, 6):
             direct, _ = model.decode(
-                z[b : b + 1], offset[b : b + 1] + candidates[k], shift[b : b + 1]
+                z[b : b + 1], offset[b : b + 1] + candidates[k], shift[b : b + 1], layout=layout
             )
             difference = (searched[b * 8 + k, 0] - direct[0, 0]).abs().max()
             assert difference < 0.05 * direct.abs().max()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,11 +16,13 @@ from napari_spatial_vae.core.errors import ConfigError, DataError
 from napari_spatial_vae.core.model import SpatialGenerator, SpatialVAE
 from napari_spatial_vae.core.performance import (
     check_precision,
+    cpu_bf16_flags,
     generator_autocast,
+    resolve_precision,
     retained_freed_memory,
 )
 from napari_spatial_vae.core.step import draw_noise, loss_terms
-from napari_spatial_vae.core.train import train
+from napari_spatial_vae.core.train import plan_coarse_to_fine, train
 
 CPU = torch.device("cpu")
 
@@ -103,6 +108,39 @@ def test_precision_checks():
         check_precision("fp8", CPU)
 
 
+def test_cpu_bf16_flags_come_from_the_first_flags_line():
+    zen3 = "processor\t: 0\nflags\t\t: fpu avx avx2 fma\nprocessor\t: 1\n"
+    sapphire = "flags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    assert cpu_bf16_flags(zen3) == []
+    assert cpu_bf16_flags(sapphire) == ["avx512_bf16", "amx_bf16"]
+    assert cpu_bf16_flags("") == []
+
+
+def test_auto_precision_follows_the_cpu_and_explicit_choices_pass_through():
+    chosen, reason = resolve_precision("auto", CPU)
+    assert chosen == ("bf16" if cpu_bf16_flags() else "fp32")
+    assert reason.startswith("auto: ")
+    assert resolve_precision("fp32", CPU) == ("fp32", "as set")
+    assert resolve_precision("bf16", CPU) == ("bf16", "as set")
+    with pytest.raises(ConfigError, match="NVIDIA"):
+        resolve_precision("tf32", CPU)
+
+
+def test_the_run_states_the_precision_it_chose(tmp_path, tiny_particles, make_config):
+    messages = []
+    train(
+        make_config(epochs=1),
+        tiny_particles.images,
+        tmp_path / "r",
+        on_update=lambda u: messages.append(u.message) if u.kind == "started" else None,
+    )
+    expected = f"precision: {resolve_precision('auto', CPU)[0]} (auto: "
+    assert make_config().precision == "auto"
+    assert expected in messages[0]
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["precision"].startswith(expected) and saved["config"]["precision"] == "auto"
+
+
 def test_streamed_batches_equal_resident_batches(tiny_particles):
     images = tiny_particles.images
     resident = ImageFeeder(images, np.arange(10, 60), CPU, normalize=True)
@@ -144,3 +182,37 @@ def test_in_place_activation_choice_is_safe_for_autograd():
     assert _can_run_in_place(nn.Tanh()) and _can_run_in_place(nn.ReLU())
     assert not _can_run_in_place(nn.GELU()) and not _can_run_in_place(nn.SiLU())
     assert not _can_run_in_place(nn.LeakyReLU(0.0))
+
+
+def test_coarse_to_fine_runs_where_binning_applies_and_says_why_not_elsewhere(make_config):
+    shape = (1, 20, 20)
+    assert plan_coarse_to_fine(make_config(coarse_fraction=0.5), shape, False).binning == 2
+    assert plan_coarse_to_fine(make_config(coarse_fraction=0.0), shape, False).describe() == (
+        "coarse-to-fine: off"
+    )
+    odd = plan_coarse_to_fine(make_config(coarse_fraction=0.5), (1, 21, 21), False)
+    assert odd.binning == 1 and odd.describe() == "coarse-to-fine: off (odd box 21x21)"
+    assert "CTF" in plan_coarse_to_fine(make_config(), shape, True).why_not
+    assert (
+        "bernoulli"
+        in plan_coarse_to_fine(make_config(likelihood="bernoulli"), shape, False).why_not
+    )
+
+
+def test_coarse_epochs_train_on_binned_particles(tmp_path, tiny_particles, make_config):
+    def first_epoch(fraction):
+        messages = []
+        result = train(
+            make_config(epochs=2, coarse_fraction=fraction),
+            tiny_particles.images,
+            tmp_path / f"r{fraction}",
+            on_update=lambda u: messages.append(u.message) if u.kind == "started" else None,
+        )
+        return messages[0], result.history
+
+    message, history = first_epoch(0.5)
+    assert "coarse-to-fine: 2x2-binned particles for the first 50% of the run" in message
+    _, plain = first_epoch(0.0)
+    # epoch 1 compared binned images (a quarter of the pixels), epoch 2 full-size ones
+    assert history[0]["recon"] != pytest.approx(plain[0]["recon"], rel=0.2)
+    assert all(math.isfinite(row["elbo"]) for row in history)

@@ -7,7 +7,8 @@ import torch
 
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.errors import CheckpointError, DataError
-from napari_spatial_vae.core.train import split_train_test, train
+from napari_spatial_vae.core.losses import LossTerms
+from napari_spatial_vae.core.train import split_train_test, train, training_objective
 
 
 def elbos(history, split):
@@ -161,3 +162,20 @@ def test_run_files_are_readable_by_the_group_like_any_new_file(
         mode = stat.S_IMODE((tmp_path / "run" / name).stat().st_mode)
         assert mode == 0o666 & ~umask, (name, oct(mode))
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+
+
+def test_free_nats_stop_penalising_a_z_dimension_below_the_floor():
+    kl = torch.tensor([[0.2, 3.0], [0.4, 2.0]], requires_grad=True)  # (B=2, Z=2)
+    zeros = torch.zeros(2)
+    terms = LossTerms(torch.tensor([10.0, 20.0]), zeros, zeros, kl.sum(1), kl)
+    assert training_objective(terms, 0.0).item() == pytest.approx(30.0 + 5.6)
+    objective = training_objective(terms, 1.0)
+    # dimension 1 (mean 0.3 nats) costs the floor (2 x 1 nat); dimension 2 (2.5) its own KL
+    assert objective.item() == pytest.approx(30.0 + 2.0 + 5.0)
+    objective.backward()
+    assert kl.grad[:, 0].abs().sum() == 0 and (kl.grad[:, 1] == 1).all()
+
+
+def test_a_run_with_free_nats_trains(tmp_path, tiny_particles, make_config):
+    result = train(make_config(epochs=1, z_free_nats=2.0), tiny_particles.images, tmp_path / "r")
+    assert np.isfinite(result.history[0]["elbo"]) and result.epochs_completed == 1

@@ -32,7 +32,7 @@ ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "leaky_relu", "elu", "gelu", "si
 ENCODERS: tuple[str, ...] = ("mlp", "equivariant")
 LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli")
 THETA_KLS: tuple[str, ...] = ("free-mean", "standard")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "tf32")
 CTF_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 CTF_ENCODER_INPUTS: tuple[str, ...] = ("raw", "flip")
 
@@ -196,8 +196,10 @@ class ModelConfig:
         group="model",
     )
     encoder_rotations: int = setting(
-        16,
-        help="Number of rotated copies the equivariant encoder looks at.",
+        32,
+        help="Number of rotated copies the equivariant encoder looks at (with rotation search, "
+        "the number of rotation bins; 32 = 11.25 degrees, so the in-bin offset leaves z less "
+        "pose to explain: docs/defaults.md).",
         label="encoder rotations",
         low=2,
         high=360,
@@ -403,6 +405,29 @@ class TrainConfig:
         gui="main",
         metavar="E",
     )
+    z_free_nats: float = setting(
+        1.5,
+        help="Free bits: a z dimension's KL (batch mean, nats per image) is not penalised "
+        "below this, so the optimiser cannot buy ELBO by switching z off early (Kingma et al. "
+        "2016). 0: the plain ELBO. Reported ELBOs always use the true KL.",
+        label="z free nats",
+        low=0.0,
+        high=100.0,
+        step=0.25,
+        metavar="NATS",
+    )
+    coarse_fraction: float = setting(
+        0.5,
+        help="Share of the run (by the learning-rate schedule's progress) trained on 2x2-binned "
+        "particles before full size: the generator renders a quarter of the pixels, so early "
+        "epochs run ~2-3x faster (coarse-to-fine; gaussian likelihood, no CTF, even box "
+        "sizes). 0 trains at full size throughout.",
+        label="coarse-to-fine share",
+        low=0.0,
+        high=0.9,
+        step=0.05,
+        metavar="F",
+    )
     augment_rotation: bool = setting(
         True,
         help="Show the encoder each image rotated by a random angle gamma and subtract "
@@ -450,8 +475,10 @@ class TrainConfig:
         resumable=True,
     )
     precision: str = setting(
-        "fp32",
-        help="Generator arithmetic: 'fp32'; 'bf16': the generator's per-pixel layers "
+        "auto",
+        help="Generator arithmetic: 'auto' (default): bf16 where the hardware runs it natively "
+        "(CPUs with AVX512-BF16 or AMX, CUDA GPUs with bf16), else fp32; 'fp32'; 'bf16': the "
+        "generator's per-pixel layers "
         "under bf16 autocast (encoder, poses and losses stay fp32; fast on GPUs and on CPUs with "
         "AVX512-BF16/AMX); 'tf32': TF32 tensor-core matmuls (NVIDIA GPUs only). See "
         "docs/performance.md.",

@@ -19,12 +19,12 @@ from torch import nn
 from napari_spatial_vae.core.config import ModelConfig
 from napari_spatial_vae.core.coords import (
     circular_mask,
-    pixel_grid,
     rotation_matrices,
     transform_coordinates,
     warp_images,
 )
 from napari_spatial_vae.core.ctf import apply_filter
+from napari_spatial_vae.core.layout import PixelLayout
 from napari_spatial_vae.core.losses import (
     LossTerms,
     bernoulli_nll,
@@ -365,12 +365,7 @@ class SpatialVAE(nn.Module):
         ``(C, H, W)`` of the training images.
     """
 
-    grid: torch.Tensor
-    pixel_index: torch.Tensor
     input_mask: torch.Tensor
-    render_grid: torch.Tensor
-    render_index: torch.Tensor
-    render_scale: torch.Tensor
 
     def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -383,18 +378,16 @@ class SpatialVAE(nn.Module):
         # translation prior std in coordinate units (the image spans 2 units)
         self.dx_scale = 2.0 * config.dx_prior
 
-        keep = (
-            circular_mask(height, width)
-            if config.circular_mask
-            else torch.ones(height * width, dtype=torch.bool)
-        )
-        self.register_buffer("pixel_index", torch.nonzero(keep).squeeze(1), persistent=False)
-        self.register_buffer("grid", pixel_grid(height, width)[keep], persistent=False)
+        # the full-resolution pixels; coarse-to-fine training asks for binned ones
+        self.layout = PixelLayout(height, width, config.circular_mask, config.searches_rotation)
+        self._binned_layouts: dict[tuple[int, str], PixelLayout] = {}
         self.register_buffer(
-            "input_mask", keep.reshape(1, 1, height, width).float(), persistent=False
+            "input_mask",
+            circular_mask(height, width).reshape(1, 1, height, width).float()
+            if config.circular_mask
+            else torch.ones(1, 1, height, width),
+            persistent=False,
         )
-        if config.searches_rotation:
-            self._init_render_canvas(height, width, config.circular_mask)
 
         n_out = channels * (2 if config.fit_noise else 1)
         args = (config.hidden_dim, config.num_layers, config.activation)
@@ -411,35 +404,33 @@ class SpatialVAE(nn.Module):
         self.encoder.init_pose_logstd(self.n_pose, POSE_LOGSTD_INIT)
         if config.vanilla:
             self.generator: nn.Module = VanillaGenerator(
-                config.z_dim, len(self.pixel_index), n_out, *args
+                config.z_dim, len(self.layout.pixel_index), n_out, *args
             )
         else:
             self.generator = SpatialGenerator(config.z_dim, n_out, *args)
 
     # -- pieces ---------------------------------------------------------------------------
-    def _init_render_canvas(self, height: int, width: int, masked: bool) -> None:
-        """Where rotation search renders: a canvas that holds every rotation of the pixels.
+    @property
+    def pixel_index(self) -> torch.Tensor:
+        """``(N,)`` row-major indices of the modelled pixels at full resolution."""
+        return self.layout.pixel_index
 
-        The generator runs once per image and the K candidate rotations resample that
-        rendering, so the rendering must cover every modelled pixel turned by any angle: the
-        disk of radius 1 under the circular mask, of radius sqrt(2) (the square's corners)
-        without it, plus one pixel for the bilinear reads at the rim. Without the mask the
-        canvas is padded beyond the image; rendering only the disk keeps the cost at ~1.6x
-        the image's pixels instead of 2x for the padded square.
+    def binned_layout(self, binning: int) -> PixelLayout:
+        """The modelled pixels of ``binning x binning``-binned images (1: :attr:`layout`).
+
+        Built once per binning and device, kept outside the module's buffers (so state
+        dicts and DDP's buffer broadcast see only the full-resolution layout).
         """
-        reach = 1.0 if masked else math.sqrt(2.0)
-        pad = 0 if masked else math.ceil((reach - 1.0) * max(height, width) / 2.0) + 1
-        canvas_h, canvas_w = height + 2 * pad, width + 2 * pad
-        # canvas pixel coordinates in the image's units (the image spans -1..1)
-        scale = torch.tensor([(canvas_w - 1) / (width - 1), (canvas_h - 1) / (height - 1)])
-        canvas_grid = pixel_grid(canvas_h, canvas_w) * scale
-        margin = 2.0 / (min(height, width) - 1)
-        render = canvas_grid.pow(2).sum(dim=1).sqrt() <= reach + margin
-        self.canvas_shape = (canvas_h, canvas_w)
-        self.register_buffer("render_index", torch.nonzero(render).squeeze(1), persistent=False)
-        self.register_buffer("render_grid", canvas_grid[render], persistent=False)
-        # image units -> the canvas's grid_sample units
-        self.register_buffer("render_scale", 1.0 / scale, persistent=False)
+        if binning == 1:
+            return self.layout
+        device = self.layout.grid.device
+        key = (binning, str(device))
+        if key not in self._binned_layouts:
+            _, height, width = self.image_shape
+            self._binned_layouts[key] = PixelLayout(
+                height, width, self.config.circular_mask, self.config.searches_rotation, binning
+            ).to(device)
+        return self._binned_layouts[key]
 
     def encode(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> Posterior:
         """Posterior for ``(B, C, H, W)`` images (masked like the training input).
@@ -478,6 +469,7 @@ class SpatialVAE(nn.Module):
         theta: torch.Tensor | None = None,
         shift: torch.Tensor | None = None,
         batch_size: int | None = None,
+        layout: PixelLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Render the modelled pixels for a pose and content.
 
@@ -489,6 +481,8 @@ class SpatialVAE(nn.Module):
             ``(B,)`` radians and ``(B, 2)`` coordinate units, or None for 0.
         batch_size
             ``B`` when neither z, theta nor shift is given.
+        layout
+            The pixels to render (:meth:`binned_layout`); default the full-resolution ones.
 
         Returns
         -------
@@ -498,7 +492,8 @@ class SpatialVAE(nn.Module):
         logstd : torch.Tensor or None
             ``(B, C, N)`` predicted log noise std with ``fit_noise``, else None.
         """
-        coords = self.grid
+        layout = layout if layout is not None else self.layout
+        coords = layout.grid
         if theta is not None or shift is not None:
             # poses stay fp32 under a bf16 autocast: a bf16 rotation moves pixels visibly
             with torch.autocast(device_type=coords.device.type, enabled=False):
@@ -509,7 +504,8 @@ class SpatialVAE(nn.Module):
                 )
         elif z is None:
             coords = coords.expand(batch_size or 1, -1, -1)
-        return self._split_output(self.generator(coords, z).transpose(1, 2))  # (B, n_out, N)
+        output = self.generator(coords, z).transpose(1, 2)  # (B, n_out, N)
+        return self._split_output(output, layout.binning)
 
     def render(self, mean: torch.Tensor) -> torch.Tensor:
         """Scatter ``(B, C, N)`` modelled pixels into ``(B, C, H, W)`` images (0 outside the mask).
@@ -518,7 +514,7 @@ class SpatialVAE(nn.Module):
         """
         channels, height, width = self.image_shape
         out = mean.new_zeros(mean.shape[0], channels, height * width)
-        out[:, :, self.pixel_index] = mean
+        out[:, :, self.layout.pixel_index] = mean
         return out.reshape(-1, channels, height, width)
 
     def expected_image(self, mean: torch.Tensor) -> torch.Tensor:
@@ -529,7 +525,7 @@ class SpatialVAE(nn.Module):
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         """The modelled pixels of ``(B, C, H, W)`` images, ``(B, C, N)``."""
-        return images.flatten(2)[:, :, self.pixel_index]
+        return self.layout.targets(images)
 
     # -- the objective ----------------------------------------------------------------------
     def kl_terms(
@@ -612,6 +608,7 @@ class SpatialVAE(nn.Module):
         freeze_z: bool = False,
         autocast: contextlib.AbstractContextManager | None = None,
         ctf: torch.Tensor | None = None,
+        binning: int = 1,
     ) -> LossTerms:
         """The ``-ELBO`` terms for given reparameterisation noise ``eps`` ``(B, L)``.
 
@@ -624,7 +621,14 @@ class SpatialVAE(nn.Module):
         rendering at the particle's pose (every candidate rotation with rotation search) is
         filtered by that particle's CTF before the likelihood: the CTF acts in the image
         frame, after rotation and shift. The generator itself stays CTF-free.
+
+        With ``binning`` b > 1 (coarse-to-fine training) the encoder still sees the
+        full-size images, while the generator renders the centres of b x b bins and the
+        likelihood compares them with the binned images (:class:`~.layout.PixelLayout`).
         """
+        if binning > 1 and ctf is not None:
+            raise ValueError("binned training does not model the CTF")
+        layout = self.binned_layout(binning)
         if encoder_images is None:
             encoder_images = self.encoder_view(images, ctf)
         encoder_input = encoder_images * self.input_mask
@@ -646,12 +650,12 @@ class SpatialVAE(nn.Module):
             z = torch.zeros_like(z)
         kl_theta, kl_shift, kl_z_dims = self.kl_terms(posterior)
         kl_z = kl_z_dims.sum(1) if kl_z_dims is not None else torch.zeros_like(kl_shift)
-        targets = self.targets(images)
+        targets = layout.targets(images)
         with autocast or contextlib.nullcontext():
             if search is None:
-                mean, logstd = self.decode(z, theta, shift, batch_size=images.shape[0])
+                mean, logstd = self.decode(z, theta, shift, images.shape[0], layout)
             else:
-                mean, logstd = self.decode_candidates(z, theta, shift, search.candidates)
+                mean, logstd = self.decode_candidates(z, theta, shift, search.candidates, layout)
         mean = mean.float()
         logstd = None if logstd is None else logstd.float()
         if ctf is not None:
@@ -675,6 +679,7 @@ class SpatialVAE(nn.Module):
         offset: torch.Tensor | None,
         shift: torch.Tensor | None,
         candidates: torch.Tensor,
+        layout: PixelLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Render each image at every candidate rotation ``candidates[k] + offset``.
 
@@ -693,35 +698,38 @@ class SpatialVAE(nn.Module):
             ``(B, 2)`` or None.
         candidates
             ``(K,)`` bin angles.
+        layout
+            The pixels to render (:meth:`binned_layout`); default the full-resolution ones.
 
         Returns
         -------
         mean, logstd
             ``(B * K, C, N)`` (row ``b * K + k``), as :meth:`decode`.
         """
+        layout = layout if layout is not None else self.layout
         batch = offset.shape[0] if offset is not None else (z.shape[0] if z is not None else 1)
-        with torch.autocast(device_type=self.render_grid.device.type, enabled=False):
+        with torch.autocast(device_type=layout.render_grid.device.type, enabled=False):
             coords = transform_coordinates(
-                self.render_grid,
+                layout.render_grid,
                 None if offset is None else offset.float(),
                 None if shift is None else shift.float(),
             )
         output = self.generator(coords, z).transpose(1, 2).float()  # (B, n_out, Nr)
         rendering = output.new_zeros(
-            batch, output.shape[1], self.canvas_shape[0] * self.canvas_shape[1]
+            batch, output.shape[1], layout.canvas_shape[0] * layout.canvas_shape[1]
         )
-        rendering[:, :, self.render_index] = output
-        rendering = rendering.reshape(batch, -1, *self.canvas_shape)
+        rendering[:, :, layout.render_index] = output
+        rendering = rendering.reshape(batch, -1, *layout.canvas_shape)
         # candidate k of pixel x reads the rendering at x R(candidate_k): one (K, N) sampling
         # grid shared by the batch, so the rendering is never copied K times
         k = candidates.shape[0]
-        sample_at = torch.einsum("nd,kde->kne", self.grid, rotation_matrices(candidates.float()))
-        sample_at = (sample_at * self.render_scale).expand(batch, -1, -1, -1)
+        sample_at = torch.einsum("nd,kde->kne", layout.grid, rotation_matrices(candidates.float()))
+        sample_at = (sample_at * layout.render_scale).expand(batch, -1, -1, -1)
         rotated = F.grid_sample(
             rendering, sample_at, mode="bilinear", padding_mode="zeros", align_corners=True
         )  # (B, n_out, K, N)
         output = rotated.transpose(1, 2).reshape(batch * k, rotated.shape[1], -1)
-        return self._split_output(output)
+        return self._split_output(output, layout.binning)
 
     def apply_ctf(self, mean: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
         """Filter renderings of the modelled pixels by their image's CTF.
@@ -747,12 +755,24 @@ class SpatialVAE(nn.Module):
         filtered = apply_filter(images, ctf[:, None, None].to(images.dtype))
         return self.targets(filtered.reshape(-1, channels, height, width))
 
-    def _split_output(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Generator output ``(B, n_out, N)`` -> mean ``(B, C, N)`` and log std or None."""
+    def _split_output(
+        self, output: torch.Tensor, binning: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Generator output ``(B, n_out, N)`` -> mean ``(B, C, N)`` and log std or None.
+
+        The generator's log std is the noise of one full-resolution pixel; the mean of a
+        ``b x b`` bin has ``b`` times less (independent noise), so binned renderings get
+        ``log std - log b``: the likelihood then weighs a smooth template as the
+        full-resolution one does, and nothing jumps when training moves to full size.
+        """
         channels = self.image_shape[0]
         mean, logstd = output[:, :channels], None
         if self.config.fit_noise:
             logstd = output[:, channels:].clamp(*_LOGSTD_RANGE)
+            if binning > 1:
+                logstd = logstd - math.log(binning)
+        elif binning > 1 and self.config.likelihood == "gaussian":
+            logstd = torch.full_like(mean, -math.log(binning))
         if self.config.softplus_mean:
             mean = nn.functional.softplus(mean)
         return mean, logstd

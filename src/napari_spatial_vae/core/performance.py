@@ -110,6 +110,61 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("precision 'tf32' needs an NVIDIA GPU; use fp32 or bf16 on this device")
 
 
+# /proc/cpuinfo flags of x86 CPUs with bf16 dot-product instructions (Cooper Lake, Zen 4,
+# Sapphire Rapids and newer); without them torch emulates bf16 and it is slower than fp32
+_NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The native-bf16 instruction sets this CPU advertises (empty off Linux or without them).
+
+    Parameters
+    ----------
+    cpuinfo
+        Text of ``/proc/cpuinfo`` (read from the system when None).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break  # every core lists the same flags
+    return [flag for flag in _NATIVE_BF16_CPU_FLAGS if flag in flags]
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """The precision a run computes in, and why, for a setting that may be ``auto``.
+
+    ``auto`` picks bf16 where the hardware has native bf16 arithmetic (CUDA GPUs that
+    report it, x86 CPUs with AVX512-BF16 or AMX: 2-4x the fp32 GEMM rate, measured in
+    docs/performance.md) and fp32 elsewhere (emulated bf16 is slower than fp32, and Apple
+    MPS autocast gains little). Any other value is returned as is.
+
+    Returns
+    -------
+    precision, reason
+        One of ``fp32``, ``bf16``, ``tf32``, and a short phrase for the run's log.
+    """
+    check_precision(precision, device)
+    if precision != "auto":
+        return precision, "as set"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: the GPU runs bf16 natively"
+        return "fp32", "auto: the GPU has no native bf16"
+    if device.type == "cpu":
+        flags = cpu_bf16_flags()
+        if flags:
+            return "bf16", f"auto: the CPU has {'/'.join(f.upper() for f in flags)}"
+        return "fp32", "auto: the CPU has no native bf16"
+    return "fp32", f"auto: fp32 on {device.type}"
+
+
 @contextlib.contextmanager
 def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
     """Allow TF32 matmuls inside the block for ``precision='tf32'`` on CUDA, restore after."""

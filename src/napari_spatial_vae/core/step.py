@@ -64,6 +64,7 @@ def loss_terms(
     freeze_z: bool,
     autocast: contextlib.AbstractContextManager | None = None,
     ctf: torch.Tensor | None = None,
+    binning: int = 1,
 ) -> LossTerms:
     """Per-image ``-ELBO`` terms with given noise; the maths of :meth:`SpatialVAE.loss_terms`.
 
@@ -82,6 +83,8 @@ def loss_terms(
         pose transform and the likelihood stay fp32.
     ctf
         ``(b, H, W // 2 + 1)`` each image's CTF filter (:class:`~.ctf.CtfBatches`), or None.
+    binning
+        Render and compare ``binning x binning``-binned images (coarse-to-fine training).
     """
     encoder_images = None
     if noise.gamma is not None:
@@ -90,7 +93,7 @@ def loss_terms(
         view = model.encoder_view(images, ctf)
         encoder_images = warp_images(view, noise.gamma.to(images.dtype), None)
     return model.terms_from_noise(
-        images, encoder_images, noise.gamma, noise.eps, freeze_z, autocast, ctf
+        images, encoder_images, noise.gamma, noise.eps, freeze_z, autocast, ctf, binning
     )
 
 

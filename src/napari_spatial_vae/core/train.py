@@ -56,10 +56,10 @@ from napari_spatial_vae.core.memory import MemoryPlan, available_bytes, plan_bat
 from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.performance import (
-    check_precision,
     generator_autocast,
     make_adam,
     matmul_precision,
+    resolve_precision,
     retained_freed_memory,
 )
 from napari_spatial_vae.core.runlock import hold_run_lock
@@ -141,6 +141,75 @@ def split_train_test(
         )
     order = np.random.default_rng(seed).permutation(n_images)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def training_objective(terms: LossTerms, z_free_nats: float) -> torch.Tensor:
+    """What a step minimises: the summed ``-ELBO``, with free bits on z when asked.
+
+    With ``z_free_nats`` > 0 each z dimension's KL, averaged over the batch, is replaced by
+    ``max(KL, z_free_nats)``: below the floor it costs a constant, so its gradient does not
+    push the dimension towards the prior (free bits, Kingma et al. 2016).
+    """
+    total = terms.neg_elbo.sum()
+    if z_free_nats <= 0 or terms.kl_z_dims is None:
+        return total
+    per_dim = terms.kl_z_dims.sum(dim=0)  # (Z,) summed over the batch
+    floor = z_free_nats * terms.kl_z_dims.shape[0]
+    return total - per_dim.sum() + per_dim.clamp(min=floor).sum()
+
+
+@dataclass(frozen=True)
+class CoarseToFine:
+    """How a run uses coarse-to-fine training (:attr:`TrainConfig.coarse_fraction`).
+
+    Attributes
+    ----------
+    binning
+        Bin size of the coarse phase (1: none).
+    fraction
+        Share of the run's progress trained binned.
+    why_not
+        Why a requested coarse phase is skipped ("" when it runs or was not asked for).
+    """
+
+    binning: int
+    fraction: float
+    why_not: str = ""
+
+    def describe(self) -> str:
+        """One phrase for the run's log."""
+        if self.binning > 1:
+            return (
+                f"coarse-to-fine: {self.binning}x{self.binning}-binned particles for the first "
+                f"{self.fraction:.0%} of the run"
+            )
+        return "coarse-to-fine: off" + (f" ({self.why_not})" if self.why_not else "")
+
+
+def plan_coarse_to_fine(
+    config: TrainConfig, image_shape: tuple[int, int, int], with_ctf: bool
+) -> CoarseToFine:
+    """The coarse phase a run can use: 2x2 binning, or none where binning does not apply.
+
+    Binning keeps the Gaussian likelihood's balance (the binned noise model is exact for
+    independent pixel noise); it does not apply to Bernoulli pixels, to the vanilla
+    generator (one output per pixel), to a CTF (built for the full box) or to odd sizes.
+    """
+    if config.coarse_fraction <= 0:
+        return CoarseToFine(1, 0.0)
+    model = config.model
+    height, width = image_shape[1:]
+    reasons = [
+        (model.likelihood != "gaussian", "bernoulli likelihood"),
+        (model.vanilla, "vanilla generator"),
+        (with_ctf, "CTF modelled"),
+        (height % 2 or width % 2, f"odd box {height}x{width}"),
+        (min(height, width) < 16, "box under 16 px"),
+    ]
+    why_not = ", ".join(reason for applies, reason in reasons if applies)
+    if why_not:
+        return CoarseToFine(1, 0.0, why_not)
+    return CoarseToFine(2, config.coarse_fraction)
 
 
 def learning_rate(config: TrainConfig, progress: float) -> float:
@@ -227,11 +296,11 @@ def train(
     started = time.monotonic()
     config.validate()
     device = resolve_device(config.device)
-    check_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device)  # by device type, before ranks
     context, device = init_from_environment(device)
     try:
         with contextlib.ExitStack() as scope:
-            scope.enter_context(matmul_precision(config.precision, device))
+            scope.enter_context(matmul_precision(precision[0], device))
             scope.enter_context(retained_freed_memory(tune_allocator and device.type == "cpu"))
             if context.is_main:
                 # one writer per run folder (rank 0 is the only one that writes)
@@ -250,6 +319,7 @@ def train(
                 run_info=run_info,
                 ctf=ctf,
                 test_ctf=test_ctf,
+                precision=precision,
             )
     finally:
         shutdown(context)
@@ -271,6 +341,7 @@ class _LossModule(nn.Module):
         eps: torch.Tensor,
         freeze_z: bool,
         ctf: torch.Tensor | None = None,
+        binning: int = 1,
     ) -> tuple[torch.Tensor, ...]:
         terms = loss_terms(
             self.model,
@@ -279,6 +350,7 @@ class _LossModule(nn.Module):
             freeze_z,
             generator_autocast(self.precision, self.device),
             ctf,
+            binning,
         )
         parts = (terms.recon, terms.kl_theta, terms.kl_shift, terms.kl_z)
         return parts if terms.kl_z_dims is None else (*parts, terms.kl_z_dims)
@@ -299,6 +371,7 @@ def _train(
     run_info: dict[str, Any] | None,
     ctf: Any | None,
     test_ctf: Any | None,
+    precision: tuple[str, str],
 ) -> TrainResult:
     emit = on_update or (lambda update: None)
     stop_requested = should_stop or (lambda: False)
@@ -331,6 +404,8 @@ def _train(
         history = []
     ctf_all, ctf_test = _run_ctf(config, images, test_images, ctf, test_ctf)
     ctf_line = "CTF: " + (ctf_all.summary() if ctf_all is not None else "off")
+    precision_line = f"precision: {precision[0]} ({precision[1]})"
+    coarse = plan_coarse_to_fine(config, image_shape, ctf_all is not None)
     # every rank has read the folder before rank 0 writes to it
     barrier(context)
 
@@ -368,9 +443,14 @@ def _train(
     memory = _plan_memory(config, image_shape, model, device, context, resume, ctf_all is not None)
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir, config, image_shape, {"run": run_info or {}, "ctf": ctf_line})
+        save_config(
+            run_dir,
+            config,
+            image_shape,
+            {"run": run_info or {}, "ctf": ctf_line, "precision": precision_line},
+        )
 
-    step_module: nn.Module = _LossModule(model, config.precision, device)
+    step_module: nn.Module = _LossModule(model, precision[0], device)
     if context.enabled:
         step_module = _wrap_ddp(step_module, device)
     if config.compile:
@@ -393,7 +473,8 @@ def _train(
             time.monotonic() - started,
             message=f"training on {describe_device(device)}{ranks}"
             + (f", resuming after epoch {progress.epochs_completed}" if resume else "")
-            + f"; {ctf_line}; memory: {memory.describe()}",
+            + f"; {precision_line}; {coarse.describe()}; {ctf_line}; "
+            f"memory: {memory.describe()}",
         )
     )
 
@@ -436,12 +517,15 @@ def _train(
             noise = draw_noise(device_gen, global_size, model.n_latent, augment, rows, device)
             # the batch's CTF filters, built once and shared by every candidate rotation
             filters = None if train_filters is None else train_filters.filters(local)
-            terms = LossTerms(*step_module(batch, noise.gamma, noise.eps, freeze_z, filters))
+            binning = coarse.binning if progress.lr_progress < config.coarse_fraction else 1
+            terms = LossTerms(
+                *step_module(batch, noise.gamma, noise.eps, freeze_z, filters, binning)
+            )
             # sum / global count, times the world size that DDP's averaging divides by:
             # the gradient is the global batch's per-image mean on every rank count
             weight = 0.0 if padding else context.world_size / global_size
             optimizer.zero_grad(set_to_none=True)
-            (terms.neg_elbo.sum() * weight).backward()
+            (training_objective(terms, config.z_free_nats) * weight).backward()
             optimizer.step()
             if not padding:
                 sums += summed_terms(terms)
