@@ -6,6 +6,8 @@ unless overridden) under a time budget, then score the held-out particles:
 
 * ``pearson_z``: for each motion, the largest |Pearson| of a latent with it (the worst motion
   is reported when there are two);
+* ``pearson_tilt``: the largest |Pearson| of a latent with the out-of-plane tilt (a nuisance
+  factor z may take instead of the motion; absent for designs without tilt);
 * ``circ_fl``: Fisher-Lee circular correlation of theta with the true rotation;
 * ``recon_corr``: mean correlation, inside the circular mask, between each particle's
   reconstruction (pose removed) and its noise-free image aligned by the same inferred pose;
@@ -76,9 +78,17 @@ def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, f
              for j in range(latents.shape[1])), default=0.0)
         for k in range(motions)
     ]  # fmt: skip
+    # a nuisance factor z may take instead of the motion: the out-of-plane tilt (signed,
+    # about the particle's x axis before its in-plane rotation)
+    tilt = (
+        max((abs(metrics.pearson(latents[:, j], particles.tilt))
+             for j in range(latents.shape[1])), default=0.0)
+        if np.ptp(particles.tilt) > 0 else None
+    )  # fmt: skip
     return {
         "pearson_z": round(min(best), 3),
         "pearson_each": [round(b, 3) for b in best],
+        "pearson_tilt": None if tilt is None else round(tilt, 3),
         "circ_fl": round(abs(metrics.circular_correlation_fl(theta.numpy(), particles.theta)), 3),
         "recon_corr": round(float(per_image.mean()), 3),
     }

@@ -8,10 +8,10 @@ config (b) on the same file: z-dim 1, H=500, rotation with augmentation, no tran
 batch 100. Ours runs ``spatial-vae train`` with
 
 * ``defaults``: the package's defaults (z-dim 1), the way a user runs it;
-* ``defaults, full size``: the same with ``--coarse-fraction 0`` (no coarse-to-fine);
+* ``defaults (full size)``: the same with ``--coarse-fraction 0`` (no coarse-to-fine);
 * ``paper (b)``: the paper's model (``--encoder mlp --no-rotation-search``, H=500, no
   translation, batch 100), defaults otherwise;
-* ``paper (b), full size``: the same with ``--coarse-fraction 0``.
+* ``paper (b) (full size)``: the same with ``--coarse-fraction 0``.
 
 images/s = training images x epochs / wall seconds of the whole process (ours trains on the
 90 % it does not hold out; the naive script on all of them). The startup row is
@@ -40,9 +40,9 @@ PAPER_B = ["--encoder", "mlp", "--no-rotation-search", "--hidden-dim", "500", "-
            "--batch-size", "100"]  # fmt: skip
 CONTENDERS = {
     "defaults": [],
-    "defaults, full size": ["--coarse-fraction", "0"],
+    "defaults (full size)": ["--coarse-fraction", "0"],
     "paper (b)": PAPER_B,
-    "paper (b), full size": [*PAPER_B, "--coarse-fraction", "0"],
+    "paper (b) (full size)": [*PAPER_B, "--coarse-fraction", "0"],
 }
 
 

@@ -417,7 +417,7 @@ class TrainConfig:
         metavar="NATS",
     )
     coarse_fraction: float = setting(
-        0.5,
+        0.3,
         help="Share of the run (by the learning-rate schedule's progress) trained on 2x2-binned "
         "particles before full size: the generator renders a quarter of the pixels, so early "
         "epochs run ~2-3x faster (coarse-to-fine; gaussian likelihood, no CTF, even box "
