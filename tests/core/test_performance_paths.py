@@ -126,17 +126,23 @@ def test_auto_precision_follows_the_cpu_and_explicit_choices_pass_through():
         resolve_precision("tf32", CPU)
 
 
-def test_the_run_states_the_precision_it_chose(tmp_path, tiny_particles, make_config):
+def _train_and_say(config, images, run_dir):
+    """Train; return the first line training states (the "started" message) and the history."""
     messages = []
-    train(
-        make_config(epochs=1),
-        tiny_particles.images,
-        tmp_path / "r",
+    result = train(
+        config,
+        images,
+        run_dir,
         on_update=lambda u: messages.append(u.message) if u.kind == "started" else None,
     )
+    return messages[0], result.history
+
+
+def test_the_run_states_the_precision_it_chose(tmp_path, tiny_particles, make_config):
+    message, _ = _train_and_say(make_config(epochs=1), tiny_particles.images, tmp_path / "r")
     expected = f"precision: {resolve_precision('auto', CPU)[0]} (auto: "
     assert make_config().precision == "auto"
-    assert expected in messages[0]
+    assert expected in message
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["precision"].startswith(expected) and saved["config"]["precision"] == "auto"
 
@@ -200,19 +206,13 @@ def test_coarse_to_fine_runs_where_binning_applies_and_says_why_not_elsewhere(ma
 
 
 def test_coarse_epochs_train_on_binned_particles(tmp_path, tiny_particles, make_config):
-    def first_epoch(fraction):
-        messages = []
-        result = train(
-            make_config(epochs=2, coarse_fraction=fraction),
-            tiny_particles.images,
-            tmp_path / f"r{fraction}",
-            on_update=lambda u: messages.append(u.message) if u.kind == "started" else None,
-        )
-        return messages[0], result.history
+    def run(fraction):
+        config = make_config(epochs=2, coarse_fraction=fraction)
+        return _train_and_say(config, tiny_particles.images, tmp_path / f"r{fraction}")
 
-    message, history = first_epoch(0.5)
+    message, history = run(0.5)
     assert "coarse-to-fine: 2x2-binned particles for the first 50% of the run" in message
-    _, plain = first_epoch(0.0)
+    _, plain = run(0.0)
     # epoch 1 compared binned images (a quarter of the pixels), epoch 2 full-size ones
     assert history[0]["recon"] != pytest.approx(plain[0]["recon"], rel=0.2)
     assert all(math.isfinite(row["elbo"]) for row in history)

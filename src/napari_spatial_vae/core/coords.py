@@ -38,9 +38,14 @@ def pixel_grid(height: int, width: int, device=None, dtype=torch.float32) -> tor
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
 
 
+def inside_unit_disk(coords: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(N,)``: which ``(N, 2)`` coordinates lie inside the circle of radius 1."""
+    return coords.pow(2).sum(dim=1) <= 1.0 + 1e-6
+
+
 def circular_mask(height: int, width: int, device=None) -> torch.Tensor:
     """Boolean ``(height * width,)`` mask of the pixels inside the inscribed circle (radius 1)."""
-    return pixel_grid(height, width, device=device).pow(2).sum(dim=1) <= 1.0 + 1e-6
+    return inside_unit_disk(pixel_grid(height, width, device=device))
 
 
 def rotation_matrices(theta: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from napari_spatial_vae.core.coords import pixel_grid
+from napari_spatial_vae.core.coords import inside_unit_disk, pixel_grid
 
 
 class PixelLayout(nn.Module):
@@ -41,8 +41,6 @@ class PixelLayout(nn.Module):
         ``(N, 2)`` coordinates of the modelled pixels, in the full image's frame.
     pixel_index
         ``(N,)`` their row-major indices in the ``(height // b, width // b)`` image.
-    shape
-        ``(height // b, width // b)``.
     render_grid, render_index, render_scale, canvas_shape
         The canvas (search only): its rendered points ``(Nr, 2)``, their indices in the
         canvas, image units -> the canvas's ``grid_sample`` units ``(2,)``, its size.
@@ -60,16 +58,11 @@ class PixelLayout(nn.Module):
             raise ValueError(f"a {height}x{width} image cannot be binned by {binning}")
         self.binning = binning
         rows, cols = height // binning, width // binning
-        self.shape = (rows, cols)
         # bin centres sit (b - 1) / 2 full pixels in from the edge: the outer ones span
         # less than -1..1 by that much (1 for b = 1: the full image's own pixel grid)
         extent = torch.tensor([(width - binning) / (width - 1), (height - binning) / (height - 1)])
         grid = pixel_grid(rows, cols) * extent
-        keep = (
-            grid.pow(2).sum(dim=1) <= 1.0 + 1e-6
-            if masked
-            else torch.ones(rows * cols, dtype=torch.bool)
-        )
+        keep = inside_unit_disk(grid) if masked else torch.ones(rows * cols, dtype=torch.bool)
         self.register_buffer("pixel_index", torch.nonzero(keep).squeeze(1), persistent=False)
         self.register_buffer("grid", grid[keep], persistent=False)
         if searches:

@@ -381,12 +381,10 @@ class SpatialVAE(nn.Module):
         # the full-resolution pixels; coarse-to-fine training asks for binned ones
         self.layout = PixelLayout(height, width, config.circular_mask, config.searches_rotation)
         self._binned_layouts: dict[tuple[int, str], PixelLayout] = {}
+        input_mask = torch.zeros(height * width)
+        input_mask[self.layout.pixel_index] = 1.0  # the encoder sees the modelled pixels
         self.register_buffer(
-            "input_mask",
-            circular_mask(height, width).reshape(1, 1, height, width).float()
-            if config.circular_mask
-            else torch.ones(1, 1, height, width),
-            persistent=False,
+            "input_mask", input_mask.reshape(1, 1, height, width), persistent=False
         )
 
         n_out = channels * (2 if config.fit_noise else 1)

@@ -517,7 +517,7 @@ def _train(
             noise = draw_noise(device_gen, global_size, model.n_latent, augment, rows, device)
             # the batch's CTF filters, built once and shared by every candidate rotation
             filters = None if train_filters is None else train_filters.filters(local)
-            binning = coarse.binning if progress.lr_progress < config.coarse_fraction else 1
+            binning = coarse.binning if progress.lr_progress < coarse.fraction else 1
             terms = LossTerms(
                 *step_module(batch, noise.gamma, noise.eps, freeze_z, filters, binning)
             )
