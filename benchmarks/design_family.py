@@ -99,6 +99,26 @@ def _rows(particles: DesignParticles, rows: slice) -> DesignParticles:
     return DesignParticles(*(getattr(particles, f)[rows] for f in DesignParticles.__annotations__))
 
 
+@torch.no_grad()
+def _save_latents(model, config: TrainConfig, particles: DesignParticles, path: str) -> None:
+    """The held-out posterior means next to the ground truth, for offline diagnosis."""
+    model.eval()
+    images = torch.from_numpy(particles.images)[:, None]
+    scale = input_scale(config.model.likelihood, np.dtype(np.float32))
+    posterior = model.encode(preprocess(images, scale, config.normalize))
+    theta, shift, z = model.split_latent(posterior.mu)
+    arrays = {"z_mu": z, "theta": theta, "shift": shift}
+    np.savez(
+        path,
+        **{k: v.numpy() for k, v in arrays.items() if v is not None},
+        z_logstd=posterior.logstd.numpy(),
+        true_conformation=particles.conformation,
+        true_theta=particles.theta,
+        true_shift_px=particles.shift_px,
+        true_tilt=particles.tilt,
+    )
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     design = DESIGNS[name]
     data = simulate_design(
@@ -139,6 +159,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         )
         wall = time.perf_counter() - started
     test_elbo = [r["elbo"] for r in result.history if r["split"] == "test"]
+    if args.save_latents:
+        _save_latents(result.model, config, test_part, f"{args.save_latents}/{name}_s{seed}.npz")
     row = {
         "design": name, "seed": seed, "snr": args.snr or design.snr,
         "size": args.size or design.size, "epochs": result.epochs_completed,
@@ -174,6 +196,10 @@ def main() -> None:
     parser.add_argument(
         "--trace", type=int, default=0, metavar="N",
         help="after every epoch, print the scores on the first N held-out particles",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save-latents", metavar="DIR",
+        help="write each run's held-out posterior means and truth to DIR/<design>_s<seed>.npz",
     )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

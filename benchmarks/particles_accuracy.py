@@ -49,11 +49,15 @@ def apply_overrides(config: TrainConfig, items: list[str]) -> None:
     for item in items:
         key, _, text = item.partition("=")
         try:
-            value = ast.literal_eval(text)
+            # "false"/"true" as the CLI writes them, else a Python literal, else a string
+            value = {"false": False, "true": True}.get(text.lower())
+            value = ast.literal_eval(text) if value is None else value
         except (ValueError, SyntaxError):
             value = text
         name = key.removeprefix("model.")
         on_model = key.startswith("model.") or hasattr(config.model, name)
+        if not hasattr(config.model if on_model else config, name):
+            raise SystemExit(f"unknown setting {key!r} in {item!r}")
         setattr(config.model if on_model else config, name, value)
 
 

@@ -9,6 +9,8 @@ batch 100. Ours runs ``spatial-vae train`` with
 
 * ``defaults``: the package's defaults (z-dim 1), the way a user runs it;
 * ``defaults (full size)``: the same with ``--coarse-fraction 0`` (no coarse-to-fine);
+* ``defaults (z from copies)``: the same with ``--no-z-from-aligned`` (z read from the
+  encoder's pooled copies, the default before 2026-12-02: the cost of the aligned read-out);
 * ``paper (b)``: the paper's model (``--encoder mlp --no-rotation-search``, H=500, no
   translation, batch 100), defaults otherwise;
 * ``paper (b) (full size)``: the same with ``--coarse-fraction 0``.
@@ -41,6 +43,7 @@ PAPER_B = ["--encoder", "mlp", "--no-rotation-search", "--hidden-dim", "500", "-
 CONTENDERS = {
     "defaults": [],
     "defaults (full size)": ["--coarse-fraction", "0"],
+    "defaults (z from copies)": ["--no-z-from-aligned"],
     "paper (b)": PAPER_B,
     "paper (b) (full size)": [*PAPER_B, "--coarse-fraction", "0"],
 }

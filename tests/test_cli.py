@@ -273,4 +273,5 @@ def test_epoch_lines_report_each_latent_and_a_collapse(tmp_path, capsys):
     assert code == 0, err
     assert re.search(r"epoch 3/3 .* KL per z dim \d+\.\d\d \d+\.\d\d", err)
     (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert re.match(r"warning: (z1, )?z2 carr(y|ies) almost nothing", warning)
+    # which of the two fades first within 3 epochs depends on the initialisation
+    assert re.match(r"warning: (z1|z2|z1, z2) carr(y|ies) almost nothing", warning)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -110,10 +111,11 @@ def test_extract_micrographs_prints_time_and_peak_memory():
     assert row["picks"] == 12 and row["peak_rss_mb"] > 0 and row["seconds"] > 0
 
 
-def test_design_family_prints_a_row_per_design_and_a_table():
+def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     out = run(
         "design_family.py", "--designs", "two-motions", "--seeds", "0", "--n-train", "48",
-        "--n-test", "16", "--epochs", "1", "--apply-snr", "0.1", "--trace", "8", *TINY,
+        "--n-test", "16", "--epochs", "1", "--apply-snr", "0.1", "--trace", "8",
+        "--save-latents", str(tmp_path), *TINY,
     )  # fmt: skip
     lines = out.strip().splitlines()
     # --trace: one line per epoch with the train KL of each z dim and the live scores
@@ -122,6 +124,9 @@ def test_design_family_prints_a_row_per_design_and_a_table():
     assert row["design"] == "two-motions" and len(row["pearson_each"]) == 2
     assert {"circ_fl", "recon_corr", "test_elbo", "applied"} <= set(row)
     assert lines[-1].startswith("| two-motions | 0 |")
+    # --save-latents: the held-out posterior means next to the ground truth
+    saved = np.load(tmp_path / "two-motions_s0.npz")
+    assert saved["z_mu"].shape == (16, 2) and saved["true_conformation"].shape == (16, 2)
 
 
 def test_explore_speed_prints_a_json_row():

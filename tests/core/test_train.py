@@ -179,3 +179,25 @@ def test_free_nats_stop_penalising_a_z_dimension_below_the_floor():
 def test_a_run_with_free_nats_trains(tmp_path, tiny_particles, make_config):
     result = train(make_config(epochs=1, z_free_nats=2.0), tiny_particles.images, tmp_path / "r")
     assert np.isfinite(result.history[0]["elbo"]) and result.epochs_completed == 1
+
+
+def test_a_run_folder_saved_before_z_from_aligned_loads_as_it_was_built(
+    tmp_path, tiny_particles, make_config
+):
+    # run folders written before the setting existed read z from the pooled features: a
+    # config.json without the key must rebuild that model, not the new default
+    import json
+
+    result = train(
+        make_config(epochs=1, z_from_aligned=False),
+        tiny_particles.images,
+        tmp_path / "run",
+    )
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["config"]["model"]["z_from_aligned"]
+    path.write_text(json.dumps(saved))
+    model, config, _ = load_model(tmp_path / "run")
+    assert config.model.z_from_aligned is False
+    for p, q in zip(model.parameters(), result.model.parameters(), strict=True):
+        assert torch.equal(p, q)

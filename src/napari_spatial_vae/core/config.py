@@ -216,6 +216,15 @@ class ModelConfig:
         label="search rotation bins",
         group="model",
     )
+    z_from_aligned: bool = setting(
+        True,
+        help="With the equivariant encoder: infer z from the particle aligned by the encoder's "
+        "own rotation and shift (one extra resampling and MLP per image) instead of from the "
+        "rotated copies, which are aligned only to the nearest rotation bin; the left-over "
+        "in-bin rotation looks like a swinging domain and z follows it (docs/defaults.md).",
+        label="z from aligned particle",
+        group="model",
+    )
     likelihood: Likelihood = setting(
         "gaussian",
         help="'gaussian' (cryo-EM, continuous data) or 'bernoulli' (binary images in 0..1).",
@@ -539,10 +548,16 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from :meth:`to_dict` output, rejecting unknown keys with a clear message."""
         data = dict(data)
-        model = _build(ModelConfig, data.pop("model", {}), "model")
+        model_data = {**_MODEL_BEFORE_THE_FIELD, **data.pop("model", {})}
+        model = _build(ModelConfig, model_data, "model")
         config = _build(cls, data, "config")
         config.model = model
         return config
+
+
+# model settings that change the networks' shapes, added after run folders existed: the value
+# a config.json without the key means (what those models were built with)
+_MODEL_BEFORE_THE_FIELD: dict[str, Any] = {"z_from_aligned": False}
 
 
 def setting_fields(*owners: type) -> list[SettingField]:

@@ -287,6 +287,13 @@ DESIGNS: dict[str, Design] = {
             shift_std_px=2.0,
         ),
         Design(
+            "tilted-hinge",
+            "the project's hinge, its arm turning ±45° about an axis 60° out of plane, tilt 15°",
+            (_HINGE_BODY, _HINGE_ARM),
+            (Motion(1, np.array([0.0, -0.1, 0.0]), _tilted_axis(60.0), 45.0),),
+            max_tilt_deg=15.0,
+        ),
+        Design(
             "three-domain",
             "body + knob + 4-blob arm swinging ±50° about an axis 30° out of plane, tilt 10°",
             (_BODY5, _KNOB, _ARM4),
@@ -329,7 +336,7 @@ DESIGNS: dict[str, Design] = {
 }
 
 # defaults may be chosen on these (with these seeds) ...
-TUNE_DESIGNS: tuple[str, ...] = ("hinge", "small-arm")
+TUNE_DESIGNS: tuple[str, ...] = ("hinge", "small-arm", "tilted-hinge")
 TUNE_SEEDS: tuple[int, ...] = (0, 1)
 # ... and are judged on these, never tuned on
 REPORT_DESIGNS: tuple[str, ...] = ("three-domain", "out-of-plane", "two-motions", "three-domain-64")

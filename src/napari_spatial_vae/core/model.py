@@ -18,6 +18,7 @@ from torch import nn
 
 from napari_spatial_vae.core.config import ModelConfig
 from napari_spatial_vae.core.coords import (
+    align_images,
     circular_mask,
     rotation_matrices,
     transform_coordinates,
@@ -135,7 +136,9 @@ class EquivariantEncoder(nn.Module):
     One shared MLP looks at ``K`` copies of the image rotated by ``phi_k = 2 pi k / K`` and
     scores each; the copy rotated by ``phi_k`` looks like the template when
     ``theta = -phi_k``. The other latents come from the attention-pooled features, which are
-    invariant to rotations of the input by multiples of ``2 pi / K``. Two ways to read theta
+    invariant to rotations of the input by multiples of ``2 pi / K``, except z with
+    ``z_from_aligned``: a separate MLP reads it from the input resampled at the encoder's own
+    pose (:meth:`aligned_view`). Two ways to read theta
     from the scores (in the spirit of TARGET-VAE's discrete rotation attention):
 
     * soft-argmax (``search=False``): theta is minus the attention-weighted circular mean of
@@ -154,6 +157,14 @@ class EquivariantEncoder(nn.Module):
         ``K``.
     search
         Search mode (see above).
+    z_dim
+        ``Z``: with ``z_from_aligned`` the last ``Z`` latents are not read from the pooled
+        features but from the input aligned by the encoder's own pose estimate (theta, and
+        the shift when ``n_shift`` is 2), through a separate MLP.
+    n_shift
+        0, or 2 when the shift is inferred (latents 1 and 2, scaled by ``dx_scale``).
+    dx_scale
+        Coordinate units per unit of the shift latent.
     """
 
     angles: torch.Tensor
@@ -168,18 +179,33 @@ class EquivariantEncoder(nn.Module):
         activation: str,
         num_rotations: int,
         search: bool = False,
+        z_from_aligned: bool = False,
+        z_dim: int = 0,
+        n_shift: int = 0,
+        dx_scale: float = 1.0,
     ):
         super().__init__()
         channels, height, width = image_shape
         self.num_rotations = num_rotations
         self.search = search
-        self.trunk = make_mlp(channels * height * width, hidden, hidden, num_layers - 1, activation)
+        self.n_shift = n_shift
+        self.dx_scale = dx_scale
+        n_inputs = channels * height * width
+        self.trunk = make_mlp(n_inputs, hidden, hidden, num_layers - 1, activation)
         self.trunk.append(_ACTIVATIONS[activation]())
         # no bias: a constant score changes nothing after the softmax, and its exactly-zero
         # gradient would let Adam amplify rounding noise into steps
         self.score = nn.Linear(hidden, 1, bias=False)
+        # z from the aligned particle: its own MLP, mean and log std of each z dimension
+        self.z_net = (
+            make_mlp(n_inputs, hidden, 2 * z_dim, num_layers, activation)
+            if z_from_aligned and z_dim > 0
+            else None
+        )
+        pooled_latents = n_latent - (z_dim if self.z_net is not None else 0)
         # theta's log std, the in-bin offset, then mean and log std of every other latent
-        self.head = nn.Linear(hidden, 2 + 2 * (n_latent - 1))
+        # read from the pooled features
+        self.head = nn.Linear(hidden, 2 + 2 * (pooled_latents - 1))
         angles = 2.0 * math.pi * torch.arange(num_rotations) / num_rotations
         self.register_buffer("angles", angles, persistent=False)
         self.register_buffer(
@@ -201,9 +227,46 @@ class EquivariantEncoder(nn.Module):
         theta_logstd, offset, rest = head[:, :1], head[:, 1:2], head[:, 2:]
         rest_mu, rest_logstd = rest.chunk(2, dim=1)
         offset = torch.tanh(offset) * (math.pi / k)
+        if self.z_net is not None:
+            aligned = self.aligned_view(images, attention, offset[:, 0], rest_mu)
+            z_mu, z_logstd = self.z_net(aligned.flatten(1)).chunk(2, dim=1)
+            rest_mu = torch.cat([rest_mu, z_mu], dim=1)
+            rest_logstd = torch.cat([rest_logstd, z_logstd], dim=1)
         mu = torch.cat([offset, rest_mu], dim=1)
         logstd = torch.cat([theta_logstd, rest_logstd], dim=1).clamp(*_LOGSTD_RANGE)
         return attention, Posterior(mu, logstd)
+
+    @torch.no_grad()
+    def aligned_view(
+        self,
+        images: torch.Tensor,
+        attention: torch.Tensor,
+        offset: torch.Tensor,
+        pose_mu: torch.Tensor,
+    ) -> torch.Tensor:
+        """What z is read from with ``z_from_aligned``: ``images`` ``(B, C, H, W)`` aligned.
+
+        The copies the pooled features come from are aligned only to a multiple of the bin
+        width; a swinging domain looks like the left-over rotation, so z read from them
+        follows the pose error. Here the particle is resampled once at the encoder's own
+        theta (``(B,)`` offset plus the most probable of the ``(B, K)`` bins with search, else
+        the soft-argmax) and shift (the first ``n_shift`` columns of ``pose_mu``, ``(B, .)``).
+        No gradient: z must not bend the pose to make its own job easier.
+        """
+        theta = self._theta(attention, offset)
+        shift = (
+            pose_mu[:, : self.n_shift] * self.dx_scale
+            if self.n_shift
+            else images.new_zeros(len(images), 2)
+        )
+        return align_images(images, theta, shift) * self.mask
+
+    def _theta(self, attention: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` theta read from the attention: best bin plus offset, or soft-argmax."""
+        if self.search:
+            return -self.angles[attention.argmax(dim=1)] + offset
+        unit = torch.polar(torch.ones_like(self.angles), -self.angles)
+        return torch.angle((attention.to(unit.dtype) * unit).sum(1))
 
     def search_rotation(self, images: torch.Tensor) -> tuple[Posterior, RotationSearch]:
         """Search-mode output: posterior with the in-bin offset as theta, and the bins."""
@@ -220,15 +283,14 @@ class EquivariantEncoder(nn.Module):
         unit = torch.polar(torch.ones_like(self.angles), -self.angles)  # e^{-i phi_k}
         resultant = (attention.to(unit.dtype) * unit).sum(1)  # (B,) complex
         if self.search:
-            best = attention.argmax(dim=1)
-            theta = -self.angles[best] + posterior.mu[:, 0]
+            theta = self._theta(attention, posterior.mu[:, 0])
             theta = torch.remainder(theta + math.pi, 2.0 * math.pi) - math.pi  # into [-pi, pi)
             # circular std of the bin distribution, sqrt(-2 ln R), combined with the offset's
             spread = -2.0 * torch.log(resultant.abs().clamp(1e-6, 1.0))
             variance = torch.exp(2.0 * posterior.logstd[:, 0]) + spread
             theta_logstd = 0.5 * torch.log(variance)
         else:
-            theta = torch.angle(resultant)
+            theta = self._theta(attention, posterior.mu[:, 0])
             theta_logstd = posterior.logstd[:, 0]
         mu = torch.cat([theta[:, None], posterior.mu[:, 1:]], dim=1)
         logstd = torch.cat([theta_logstd[:, None], posterior.logstd[:, 1:]], dim=1)
@@ -396,6 +458,10 @@ class SpatialVAE(nn.Module):
                 *args,
                 config.encoder_rotations,
                 search=config.searches_rotation,
+                z_from_aligned=config.z_from_aligned,
+                z_dim=config.z_dim,
+                n_shift=2 * int(config.infers_translation),
+                dx_scale=self.dx_scale,
             )
         else:
             self.encoder = MLPEncoder(channels * height * width, self.n_latent, *args)
