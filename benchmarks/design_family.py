@@ -53,13 +53,20 @@ COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "circ_fl", 
 
 
 @torch.no_grad()
-def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, float]:
-    """Held-out scores of a trained model on a simulated stack with its ground truth."""
+def _posterior(model, config: TrainConfig, particles: DesignParticles):
+    """The model's posterior over the particles (eval mode, the training preprocessing)."""
     model.eval()
     images = torch.from_numpy(particles.images)[:, None]
-    clean = torch.from_numpy(particles.clean)[:, None]
     scale = input_scale(config.model.likelihood, np.dtype(np.float32))
-    posterior = model.encode(preprocess(images, scale, config.normalize))
+    return model.encode(preprocess(images, scale, config.normalize))
+
+
+@torch.no_grad()
+def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, float]:
+    """Held-out scores of a trained model on a simulated stack with its ground truth."""
+    images = torch.from_numpy(particles.images)[:, None]
+    clean = torch.from_numpy(particles.clean)[:, None]
+    posterior = _posterior(model, config, particles)
     theta, shift, z = model.split_latent(posterior.mu)
     zeros = images.new_zeros(len(images))
     theta = theta if theta is not None else zeros
@@ -102,10 +109,7 @@ def _rows(particles: DesignParticles, rows: slice) -> DesignParticles:
 @torch.no_grad()
 def _save_latents(model, config: TrainConfig, particles: DesignParticles, path: str) -> None:
     """The held-out posterior means next to the ground truth, for offline diagnosis."""
-    model.eval()
-    images = torch.from_numpy(particles.images)[:, None]
-    scale = input_scale(config.model.likelihood, np.dtype(np.float32))
-    posterior = model.encode(preprocess(images, scale, config.normalize))
+    posterior = _posterior(model, config, particles)
     theta, shift, z = model.split_latent(posterior.mu)
     arrays = {"z_mu": z, "theta": theta, "shift": shift}
     np.savez(

@@ -1,3 +1,4 @@
+import json
 import os
 import stat
 
@@ -186,8 +187,6 @@ def test_a_run_folder_saved_before_z_from_aligned_loads_as_it_was_built(
 ):
     # run folders written before the setting existed read z from the pooled features: a
     # config.json without the key must rebuild that model, not the new default
-    import json
-
     result = train(
         make_config(epochs=1, z_from_aligned=False),
         tiny_particles.images,

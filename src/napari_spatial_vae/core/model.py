@@ -265,8 +265,12 @@ class EquivariantEncoder(nn.Module):
         """``(B,)`` theta read from the attention: best bin plus offset, or soft-argmax."""
         if self.search:
             return -self.angles[attention.argmax(dim=1)] + offset
+        return torch.angle(self._resultant(attention))
+
+    def _resultant(self, attention: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` complex attention-weighted mean of ``e^{-i phi_k}`` over the bins."""
         unit = torch.polar(torch.ones_like(self.angles), -self.angles)
-        return torch.angle((attention.to(unit.dtype) * unit).sum(1))
+        return (attention.to(unit.dtype) * unit).sum(1)
 
     def search_rotation(self, images: torch.Tensor) -> tuple[Posterior, RotationSearch]:
         """Search-mode output: posterior with the in-bin offset as theta, and the bins."""
@@ -280,17 +284,14 @@ class EquivariantEncoder(nn.Module):
         std combines the offset's std with the spread of the bin probabilities.
         """
         attention, posterior = self._attend(images)
-        unit = torch.polar(torch.ones_like(self.angles), -self.angles)  # e^{-i phi_k}
-        resultant = (attention.to(unit.dtype) * unit).sum(1)  # (B,) complex
+        theta = self._theta(attention, posterior.mu[:, 0])
         if self.search:
-            theta = self._theta(attention, posterior.mu[:, 0])
             theta = torch.remainder(theta + math.pi, 2.0 * math.pi) - math.pi  # into [-pi, pi)
             # circular std of the bin distribution, sqrt(-2 ln R), combined with the offset's
-            spread = -2.0 * torch.log(resultant.abs().clamp(1e-6, 1.0))
+            spread = -2.0 * torch.log(self._resultant(attention).abs().clamp(1e-6, 1.0))
             variance = torch.exp(2.0 * posterior.logstd[:, 0]) + spread
             theta_logstd = 0.5 * torch.log(variance)
         else:
-            theta = self._theta(attention, posterior.mu[:, 0])
             theta_logstd = posterior.logstd[:, 0]
         mu = torch.cat([theta[:, None], posterior.mu[:, 1:]], dim=1)
         logstd = torch.cat([theta_logstd[:, None], posterior.logstd[:, 1:]], dim=1)
