@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 
@@ -112,6 +113,7 @@ def _save_latents(model, config: TrainConfig, particles: DesignParticles, path: 
     posterior = _posterior(model, config, particles)
     theta, shift, z = model.split_latent(posterior.mu)
     arrays = {"z_mu": z, "theta": theta, "shift": shift}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     np.savez(
         path,
         **{k: v.numpy() for k, v in arrays.items() if v is not None},

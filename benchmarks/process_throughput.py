@@ -44,6 +44,9 @@ CONTENDERS = {
     "defaults": [],
     "defaults (full size)": ["--coarse-fraction", "0"],
     "defaults (z from copies)": ["--no-z-from-aligned"],
+    "defaults (batch 16)": ["--batch-size", "16"],
+    "defaults (batch 32)": ["--batch-size", "32"],
+    "defaults (batch 64)": ["--batch-size", "64"],
     "paper (b)": PAPER_B,
     "paper (b) (full size)": [*PAPER_B, "--coarse-fraction", "0"],
 }

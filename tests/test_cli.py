@@ -272,6 +272,9 @@ def test_epoch_lines_report_each_latent_and_a_collapse(tmp_path, capsys):
     )  # fmt: skip
     assert code == 0, err
     assert re.search(r"epoch 3/3 .* KL per z dim \d+\.\d\d \d+\.\d\d", err)
+    # the default coarse-to-fine phase (30 % of 3 epochs): epoch 1 binned, and says so
+    assert re.search(r"epoch 1/3  train ELBO \S+ \(recon \S+, KL \S+, 2x2-binned\)", err)
+    assert re.search(r"epoch 3/3  train ELBO \S+ \(recon \S+, KL [^,]+\)", err)
     (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
     # which of the two fades first within 3 epochs depends on the initialisation
     assert re.match(r"warning: (z1|z2|z1, z2) carr(y|ies) almost nothing", warning)

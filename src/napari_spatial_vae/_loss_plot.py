@@ -34,14 +34,20 @@ class LossPlot(QWidget):
         """Forget all points (a new run starts)."""
         self.epochs: list[int] = []
         self.train: list[float] = []
+        # coarse-to-fine epochs: their train ELBO covers 2x2 bins (a quarter of the pixels),
+        # far above the full-size values, so they are kept but not drawn
+        self.binned: list[bool] = []
         self.test_epochs: list[int] = []
         self.test: list[float] = []
         self._redraw()
 
-    def add_epoch(self, epoch: int, train_elbo: float, test_elbo: float | None) -> None:
-        """Append one epoch's values and redraw."""
+    def add_epoch(
+        self, epoch: int, train_elbo: float, test_elbo: float | None, binned: bool = False
+    ) -> None:
+        """Append one epoch's values and redraw (a binned epoch's train ELBO is not drawn)."""
         self.epochs.append(epoch)
         self.train.append(train_elbo)
+        self.binned.append(binned)
         if test_elbo is not None:
             self.test_epochs.append(epoch)
             self.test.append(test_elbo)
@@ -56,11 +62,15 @@ class LossPlot(QWidget):
             if row["split"] == "train":
                 self.epochs.append(int(row["epoch"]))
                 self.train.append(float(row["elbo"]))
+                self.binned.append(bool(row.get("binned")))
             elif row["split"] == "test":
                 self.test_epochs.append(int(row["epoch"]))
                 self.test.append(float(row["elbo"]))
         self._redraw()
 
     def _redraw(self) -> None:
-        self.train_curve.setData(self.epochs, self.train)
+        full_size = [i for i, binned in enumerate(self.binned) if not binned]
+        self.train_curve.setData(
+            [self.epochs[i] for i in full_size], [self.train[i] for i in full_size]
+        )
         self.test_curve.setData(self.test_epochs, self.test)

@@ -351,7 +351,10 @@ class SpatialVAEWidget(QWidget):
             self._show_progress(event)
             if event.kind == "epoch" and event.train is not None:
                 self.loss_plot.add_epoch(
-                    event.epoch, event.train.elbo, event.test.elbo if event.test else None
+                    event.epoch,
+                    event.train.elbo,
+                    event.test.elbo if event.test else None,
+                    binned=event.train.binned > 0,
                 )
                 self._last_epoch = (event.epoch, event.test or event.train)
                 if event.train.kl_z_dims:

@@ -115,7 +115,7 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     out = run(
         "design_family.py", "--designs", "two-motions", "--seeds", "0", "--n-train", "48",
         "--n-test", "16", "--epochs", "1", "--apply-snr", "0.1", "--trace", "8",
-        "--save-latents", str(tmp_path), *TINY,
+        "--save-latents", str(tmp_path / "latents"), *TINY,
     )  # fmt: skip
     lines = out.strip().splitlines()
     # --trace: one line per epoch with the train KL of each z dim and the live scores
@@ -124,8 +124,8 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     assert row["design"] == "two-motions" and len(row["pearson_each"]) == 2
     assert {"circ_fl", "recon_corr", "test_elbo", "applied"} <= set(row)
     assert lines[-1].startswith("| two-motions | 0 |")
-    # --save-latents: the held-out posterior means next to the ground truth
-    saved = np.load(tmp_path / "two-motions_s0.npz")
+    # --save-latents: the held-out posterior means next to the ground truth (folder made)
+    saved = np.load(tmp_path / "latents" / "two-motions_s0.npz")
     assert saved["z_mu"].shape == (16, 2) and saved["true_conformation"].shape == (16, 2)
 
 

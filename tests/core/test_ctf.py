@@ -15,6 +15,7 @@ from napari_spatial_vae.core.ctf import (
     FrequencyGrid,
     apply_filter,
     check_parameters,
+    crop_filter,
     evaluate_ctf,
 )
 from napari_spatial_vae.core.errors import DataError
@@ -205,6 +206,25 @@ def test_apply_filter_is_a_batched_fourier_product():
     out = apply_filter(images, transfer).numpy()
     expected = np.fft.irfft2(np.fft.rfft2(images.numpy()) * transfer.numpy(), s=(16, 12))
     assert np.abs(out - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize(("height", "width", "binning"), [(64, 48, 2), (42, 42, 2), (36, 36, 3)])
+def test_cropped_filter_is_the_ctf_of_the_binned_image(height, width, binning):
+    # coarse-to-fine: a b x b-binned image has b times the pixel size; its CTF evaluated on
+    # its own grid must be the low-frequency corner of the full-size CTF (odd binned sizes too)
+    def ctf_at(shape, pixel_size):
+        args = [torch.tensor([v], dtype=torch.float64) for v in (21000.0, 19500.0, 35.0, 300.0)]
+        rest = [torch.tensor([v], dtype=torch.float64) for v in (2.7, 0.1, pixel_size)]
+        return evaluate_ctf(FrequencyGrid(*shape), *args, *rest)
+
+    full = ctf_at((height, width), 1.5)
+    binned = ctf_at((height // binning, width // binning), 1.5 * binning)
+    cropped = crop_filter(full, width, binning)
+    assert cropped.shape == binned.shape
+    assert torch.abs(cropped - binned).max() < 1e-6
+    assert crop_filter(full, width, 1) is full
+    with pytest.raises(ValueError, match="cannot be binned"):
+        crop_filter(full, width, 5)
 
 
 def _params(n=4, **overrides):

@@ -60,6 +60,54 @@ def test_every_rotation_candidate_gets_its_images_ctf(make_config, ctf_particles
     assert not torch.allclose(filtered, model.apply_ctf(mean, ctf.flip(0)), atol=1e-3)
 
 
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1), b.flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def test_binned_renderings_get_the_ctf_of_the_binned_image(make_config, ctf_particles):
+    # coarse-to-fine with a CTF: a smooth particle rendered at the 2x2 bins' centres and
+    # filtered by the cropped CTF must look like the full-size filtered rendering, binned
+    model = _model(make_config, rotation_search=False, circular_mask=False)
+    binned = model.binned_layout(2)
+    ctf = _filters(ctf_particles, range(4))
+
+    def particle(grid):  # two blobs of 3 px std (coordinates span 2 over the box)
+        centres = torch.tensor([[0.2, -0.1], [-0.3, 0.25]])
+        distance2 = ((grid[None] - centres[:, None]) ** 2).sum(-1)
+        return torch.exp(-distance2 / (2 * (3 * 2 / SIZE) ** 2)).sum(0).expand(4, 1, -1)
+
+    reference = binned.targets(model.render(model.apply_ctf(particle(model.layout.grid), ctf)))
+    coarse = model.apply_ctf(particle(binned.grid), ctf, binned)
+    assert coarse.shape == reference.shape
+    assert (_correlation(coarse, reference) > 0.999).all()
+    assert (coarse - reference).norm() < 0.06 * reference.norm()
+    # the binned grid's own CTF at the full-size pixel size (frequencies misread) is far off
+    misread = CtfBatches(ctf_particles.ctf, (SIZE // 2, SIZE // 2), torch.device("cpu"))
+    canvas = torch.zeros(4, 1, (SIZE // 2) ** 2)
+    canvas[:, :, binned.pixel_index] = particle(binned.grid)
+    half = (4, 1, SIZE // 2, SIZE // 2)
+    filtered = apply_filter(canvas.reshape(half), misread.filters(torch.arange(4))[:, None])
+    wrong = filtered.flatten(2)[:, :, binned.pixel_index]
+    assert (_correlation(wrong, reference) < 0.95).all()
+
+
+def test_coarse_to_fine_trains_with_the_ctf(tmp_path, make_config, ctf_particles):
+    started = []
+    result = train(
+        make_config(epochs=2, coarse_fraction=0.5),
+        ctf_particles.images,
+        tmp_path / "run",
+        ctf=ctf_particles.ctf,
+        on_update=lambda u: started.append(u.message) if u.kind == "started" else None,
+    )
+    assert "coarse-to-fine: 2x2-binned particles for the first 50%" in started[0]
+    assert "CTF: 64 particles" in started[0]
+    test = [r["elbo"] for r in result.history if r["split"] == "test"]
+    assert len(test) == 2 and all(np.isfinite(test))
+
+
 def test_a_flat_unit_transfer_changes_nothing(make_config, ctf_particles):
     model = _model(make_config)
     images = torch.from_numpy(ctf_particles.images[:4])[:, None]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from napari_spatial_vae.core.config import ModelConfig
+from napari_spatial_vae.core.ctf import FrequencyGrid, evaluate_ctf
 from napari_spatial_vae.core.data import ImageFeeder
 from napari_spatial_vae.core.errors import ConfigError, DataError
 from napari_spatial_vae.core.model import SpatialGenerator, SpatialVAE
@@ -87,13 +88,33 @@ def test_a_rank_slice_of_the_noise_is_the_matching_rows_of_the_global_draw():
     assert torch.equal(part.eps, full.eps[1::2]) and torch.equal(part.gamma, full.gamma[1::2])
 
 
-def test_bf16_generator_stays_close_to_fp32():
+def _defocused_ctf(batch: int, size: int) -> torch.Tensor:
+    """``(batch, size, size // 2 + 1)`` CTFs, defocus 1-2.5 µm at 3 Å/px, 300 kV."""
+    ones = torch.ones(batch, dtype=torch.float64)
+    defocus = torch.linspace(10000.0, 25000.0, batch, dtype=torch.float64)
+    return evaluate_ctf(
+        FrequencyGrid(size, size), defocus, defocus + 200.0, 30.0 * ones, 300.0 * ones,
+        2.7 * ones, 0.1 * ones, 3.0 * ones,
+    )  # fmt: skip
+
+
+# the three paths the bf16 autocast covers: the paper's MLP encoder, the default rotation
+# search (K candidate renderings per image) and the same with each particle's CTF applied
+@pytest.mark.parametrize(
+    ("encoder", "search", "with_ctf"),
+    [("mlp", False, False), ("equivariant", True, False), ("equivariant", True, True)],
+)
+def test_bf16_generator_stays_close_to_fp32(encoder, search, with_ctf):
     torch.manual_seed(0)
-    model = SpatialVAE(ModelConfig(z_dim=2, hidden_dim=64, encoder="mlp"), (1, 16, 16))
+    config = ModelConfig(
+        z_dim=2, hidden_dim=64, encoder=encoder, rotation_search=search, encoder_rotations=8
+    )
+    model = SpatialVAE(config, (1, 16, 16))
     images = torch.randn(8, 1, 16, 16)
     noise = draw_noise(torch.Generator().manual_seed(0), 8, model.n_latent, False, slice(None), CPU)
-    fp32 = loss_terms(model, images, noise, False)
-    bf16 = loss_terms(model, images, noise, False, generator_autocast("bf16", CPU))
+    ctf = _defocused_ctf(8, 16) if with_ctf else None
+    fp32 = loss_terms(model, images, noise, False, ctf=ctf)
+    bf16 = loss_terms(model, images, noise, False, generator_autocast("bf16", CPU), ctf=ctf)
     assert bf16.recon.dtype == torch.float32
     torch.testing.assert_close(bf16.neg_elbo, fp32.neg_elbo, rtol=2e-2, atol=0.5)
     bf16.neg_elbo.mean().backward()
@@ -192,17 +213,13 @@ def test_in_place_activation_choice_is_safe_for_autograd():
 
 def test_coarse_to_fine_runs_where_binning_applies_and_says_why_not_elsewhere(make_config):
     shape = (1, 20, 20)
-    assert plan_coarse_to_fine(make_config(coarse_fraction=0.5), shape, False).binning == 2
-    assert plan_coarse_to_fine(make_config(coarse_fraction=0.0), shape, False).describe() == (
+    assert plan_coarse_to_fine(make_config(coarse_fraction=0.5), shape).binning == 2
+    assert plan_coarse_to_fine(make_config(coarse_fraction=0.0), shape).describe() == (
         "coarse-to-fine: off"
     )
-    odd = plan_coarse_to_fine(make_config(coarse_fraction=0.5), (1, 21, 21), False)
+    odd = plan_coarse_to_fine(make_config(coarse_fraction=0.5), (1, 21, 21))
     assert odd.binning == 1 and odd.describe() == "coarse-to-fine: off (odd box 21x21)"
-    assert "CTF" in plan_coarse_to_fine(make_config(), shape, True).why_not
-    assert (
-        "bernoulli"
-        in plan_coarse_to_fine(make_config(likelihood="bernoulli"), shape, False).why_not
-    )
+    assert "bernoulli" in plan_coarse_to_fine(make_config(likelihood="bernoulli"), shape).why_not
 
 
 def test_coarse_epochs_train_on_binned_particles(tmp_path, tiny_particles, make_config):
@@ -212,6 +229,9 @@ def test_coarse_epochs_train_on_binned_particles(tmp_path, tiny_particles, make_
 
     message, history = run(0.5)
     assert "coarse-to-fine: 2x2-binned particles for the first 50% of the run" in message
+    # history.csv says which epochs were binned (their train ELBO covers the bins)
+    train_rows = [row for row in history if row["split"] == "train"]
+    assert train_rows[0]["binned"] == 1.0 and train_rows[1]["binned"] == 0.0
     _, plain = run(0.0)
     # epoch 1 compared binned images (a quarter of the pixels), epoch 2 full-size ones
     assert history[0]["recon"] != pytest.approx(plain[0]["recon"], rel=0.2)

@@ -265,3 +265,29 @@ def test_sample_data_open(make_napari_viewer):
     (grey,) = viewer.open_sample(PLUGIN, "galaxies_grey")
     assert grey.data.shape == galaxies.data.shape[:3]
     assert grey.data.min() >= 0.0 and grey.data.max() <= 1.0
+
+
+def test_the_loss_plot_leaves_binned_epochs_train_elbo_out(qtbot, tmp_path):
+    # coarse-to-fine epochs score 2x2 bins (a quarter of the pixels): drawn among full-size
+    # epochs their train ELBO would make a cliff that hides the real curve
+    from napari_spatial_vae._loss_plot import LossPlot
+    from napari_spatial_vae.core.checkpoint import read_history, write_history
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.add_epoch(1, -250.0, -1500.0, binned=True)
+    plot.add_epoch(2, -1450.0, -1440.0)
+    drawn_x, drawn_y = plot.train_curve.getData()
+    assert list(drawn_x) == [2] and list(drawn_y) == [-1450.0]
+    assert list(plot.test_curve.getData()[0]) == [1, 2]
+    assert plot.train == [-250.0, -1450.0]  # kept, only not drawn
+    # the same from a run folder's history.csv (a loaded model), old files without the column
+    rows = [
+        {"epoch": 1, "split": "train", "elbo": -250.0, "binned": 1.0},
+        {"epoch": 2, "split": "train", "elbo": -1450.0, "binned": 0.0},
+    ]
+    write_history(tmp_path, rows)
+    plot.set_history(read_history(tmp_path))
+    assert list(plot.train_curve.getData()[0]) == [2]
+    plot.set_history([{"epoch": 1, "split": "train", "elbo": -250.0}])
+    assert list(plot.train_curve.getData()[0]) == [1]

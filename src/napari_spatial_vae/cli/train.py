@@ -83,7 +83,10 @@ class _Progress:
         elif update.kind == "epoch":
             line = (
                 f"epoch {update.epoch}/{update.epochs}  train ELBO {update.train.elbo:.2f} "
-                f"(recon {update.train.recon:.2f}, KL {update.train.kl:.2f})"
+                f"(recon {update.train.recon:.2f}, KL {update.train.kl:.2f}"
+                # binned epochs' ELBO covers a quarter of the pixels: say so next to it
+                + (", 2x2-binned" if update.train.binned else "")
+                + ")"
             )
             if update.test is not None:
                 line += f"  test ELBO {update.test.elbo:.2f}"

@@ -48,6 +48,7 @@ HISTORY_FIELDS = (
     "kl_z",
     "lr",
     "seconds",
+    "binned",
 )
 
 

@@ -377,7 +377,7 @@ class TrainConfig:
         metavar="M",
     )
     batch_size: int = setting(
-        64,
+        16,
         help="Adam minibatch size.",
         label="batch size",
         low=1,
@@ -429,7 +429,7 @@ class TrainConfig:
         0.3,
         help="Share of the run (by the learning-rate schedule's progress) trained on 2x2-binned "
         "particles before full size: the generator renders a quarter of the pixels, so early "
-        "epochs run ~2-3x faster (coarse-to-fine; gaussian likelihood, no CTF, even box "
+        "epochs run ~2-3x faster (coarse-to-fine; gaussian likelihood, even box "
         "sizes). 0 trains at full size throughout.",
         label="coarse-to-fine share",
         low=0.0,

@@ -44,6 +44,7 @@ __all__ = [
     "FrequencyGrid",
     "apply_filter",
     "check_parameters",
+    "crop_filter",
     "electron_wavelength",
     "evaluate_ctf",
     "resolve_ctf",
@@ -195,6 +196,44 @@ def apply_filter(images: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
     height, width = images.shape[-2:]
     spectrum = torch.fft.rfft2(images)
     return torch.fft.irfft2(spectrum * transfer, s=(height, width))
+
+
+def crop_filter(transfer: torch.Tensor, width: int, binning: int) -> torch.Tensor:
+    """A filter of ``H x W`` images, restricted to the rfft2 grid of ``b x b``-binned ones.
+
+    An image binned by ``b`` (one pixel per ``b x b`` block, ``b`` times the pixel size) has
+    ``H // b`` frequency rows and ``W // b // 2 + 1`` columns; in cycles per full-size pixel
+    they are the lowest frequencies of the full grid (row ``k`` of the binned grid is
+    frequency ``k / H`` in both), so the binned image's filter is that corner of the full
+    filter: rows ``0 .. ceil(h / 2) - 1`` and the last ``floor(h / 2)`` rows, the first
+    ``w // 2 + 1`` columns (Fourier cropping). The CTF evaluated directly on the binned grid
+    at ``b`` times the pixel size is exactly this.
+
+    Parameters
+    ----------
+    transfer
+        ``(..., H, W // 2 + 1)`` filter on the full rfft2 grid.
+    width
+        ``W`` (the rfft2 grid's column count does not tell an odd width from an even one).
+    binning
+        ``b``; ``H`` and ``W`` must be multiples of it.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., H // b, (W // b) // 2 + 1)``.
+    """
+    if binning == 1:
+        return transfer
+    height = transfer.shape[-2]
+    if height % binning or width % binning:
+        raise ValueError(f"a {height}x{width} filter cannot be binned by {binning}")
+    rows = height // binning
+    # non-negative frequencies first, then the negative ones (fftfreq order)
+    kept_rows = torch.cat(
+        [torch.arange((rows + 1) // 2), torch.arange(height - rows // 2, height)]
+    ).to(transfer.device)
+    return transfer[..., kept_rows, : (width // binning) // 2 + 1]
 
 
 @dataclass

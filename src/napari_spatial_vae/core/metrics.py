@@ -28,7 +28,9 @@ COLLAPSED_NATS = 0.5
 class EpochMetrics:
     """Per-image averages over an epoch or a held-out set (nats; ``elbo`` is the ELBO itself).
 
-    ``kl_z_dims`` holds the KL of each z dimension (``kl_z`` is their sum).
+    ``kl_z_dims`` holds the KL of each z dimension (``kl_z`` is their sum). ``binned`` is the
+    share of a training epoch's steps that compared 2x2-binned particles (coarse-to-fine):
+    their ELBO covers a quarter of the pixels and is not comparable with full-size epochs.
     """
 
     elbo: float
@@ -38,6 +40,7 @@ class EpochMetrics:
     kl_shift: float
     kl_z: float
     kl_z_dims: tuple[float, ...] = ()
+    binned: float = 0.0
 
     @classmethod
     def from_sums(cls, sums: list[float], count: int) -> EpochMetrics:

@@ -24,7 +24,7 @@ from napari_spatial_vae.core.coords import (
     transform_coordinates,
     warp_images,
 )
-from napari_spatial_vae.core.ctf import apply_filter
+from napari_spatial_vae.core.ctf import apply_filter, crop_filter
 from napari_spatial_vae.core.layout import PixelLayout
 from napari_spatial_vae.core.losses import (
     LossTerms,
@@ -689,10 +689,10 @@ class SpatialVAE(nn.Module):
 
         With ``binning`` b > 1 (coarse-to-fine training) the encoder still sees the
         full-size images, while the generator renders the centres of b x b bins and the
-        likelihood compares them with the binned images (:class:`~.layout.PixelLayout`).
+        likelihood compares them with the binned images (:class:`~.layout.PixelLayout`);
+        a CTF then acts on the binned rendering through its low frequencies
+        (:func:`~.ctf.crop_filter`).
         """
-        if binning > 1 and ctf is not None:
-            raise ValueError("binned training does not model the CTF")
         layout = self.binned_layout(binning)
         if encoder_images is None:
             encoder_images = self.encoder_view(images, ctf)
@@ -724,7 +724,7 @@ class SpatialVAE(nn.Module):
         mean = mean.float()
         logstd = None if logstd is None else logstd.float()
         if ctf is not None:
-            mean = self.apply_ctf(mean, ctf)
+            mean = self.apply_ctf(mean, ctf, layout)
         if search is None:
             recon = self.reconstruction_nll(targets, mean, logstd)
         else:
@@ -796,7 +796,9 @@ class SpatialVAE(nn.Module):
         output = rotated.transpose(1, 2).reshape(batch * k, rotated.shape[1], -1)
         return self._split_output(output, layout.binning)
 
-    def apply_ctf(self, mean: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
+    def apply_ctf(
+        self, mean: torch.Tensor, ctf: torch.Tensor, layout: PixelLayout | None = None
+    ) -> torch.Tensor:
         """Filter renderings of the modelled pixels by their image's CTF.
 
         Parameters
@@ -805,20 +807,29 @@ class SpatialVAE(nn.Module):
             ``(B * K, C, N)`` modelled pixels, rows ``b * K + k`` (``K = 1`` without
             rotation search), as :meth:`decode` / :meth:`decode_candidates` return them.
         ctf
-            ``(B, H, W // 2 + 1)`` filters in rfft2 layout; image ``b``'s is used for all
-            its ``K`` candidates (broadcast, never copied).
+            ``(B, H, W // 2 + 1)`` full-size filters in rfft2 layout; image ``b``'s is used
+            for all its ``K`` candidates (broadcast, never copied).
+        layout
+            The rendered pixels (:meth:`binned_layout`); default the full-resolution ones.
+            For ``b x b`` bins the filter is cropped to the binned grid's frequencies.
 
         Returns
         -------
         torch.Tensor
             ``(B * K, C, N)``: the renderings (0 outside the modelled pixels) filtered over
-            the whole box with one batched rfft2/irfft2, read back at the modelled pixels.
+            the whole (binned) box with one batched rfft2/irfft2, read back at the modelled
+            pixels.
         """
+        layout = layout if layout is not None else self.layout
         channels, height, width = self.image_shape
+        rows, cols = height // layout.binning, width // layout.binning
         batch = ctf.shape[0]
-        images = self.render(mean).reshape(batch, -1, channels, height, width)
-        filtered = apply_filter(images, ctf[:, None, None].to(images.dtype))
-        return self.targets(filtered.reshape(-1, channels, height, width))
+        canvas = mean.new_zeros(mean.shape[0], channels, rows * cols)
+        canvas[:, :, layout.pixel_index] = mean
+        images = canvas.reshape(batch, -1, channels, rows, cols)
+        transfer = crop_filter(ctf, width, layout.binning)[:, None, None].to(images.dtype)
+        filtered = apply_filter(images, transfer).reshape(-1, channels, rows * cols)
+        return filtered[:, :, layout.pixel_index]
 
     def _split_output(
         self, output: torch.Tensor, binning: int = 1

@@ -18,7 +18,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,14 +186,13 @@ class CoarseToFine:
         return "coarse-to-fine: off" + (f" ({self.why_not})" if self.why_not else "")
 
 
-def plan_coarse_to_fine(
-    config: TrainConfig, image_shape: tuple[int, int, int], with_ctf: bool
-) -> CoarseToFine:
+def plan_coarse_to_fine(config: TrainConfig, image_shape: tuple[int, int, int]) -> CoarseToFine:
     """The coarse phase a run can use: 2x2 binning, or none where binning does not apply.
 
     Binning keeps the Gaussian likelihood's balance (the binned noise model is exact for
     independent pixel noise); it does not apply to Bernoulli pixels, to the vanilla
-    generator (one output per pixel), to a CTF (built for the full box) or to odd sizes.
+    generator (one output per pixel) or to odd sizes. A CTF is applied to the binned
+    rendering through its low frequencies (``SpatialVAE.apply_ctf``).
     """
     if config.coarse_fraction <= 0:
         return CoarseToFine(1, 0.0)
@@ -202,7 +201,6 @@ def plan_coarse_to_fine(
     reasons = [
         (model.likelihood != "gaussian", "bernoulli likelihood"),
         (model.vanilla, "vanilla generator"),
-        (with_ctf, "CTF modelled"),
         (height % 2 or width % 2, f"odd box {height}x{width}"),
         (min(height, width) < 16, "box under 16 px"),
     ]
@@ -405,7 +403,7 @@ def _train(
     ctf_all, ctf_test = _run_ctf(config, images, test_images, ctf, test_ctf)
     ctf_line = "CTF: " + (ctf_all.summary() if ctf_all is not None else "off")
     precision_line = f"precision: {precision[0]} ({precision[1]})"
-    coarse = plan_coarse_to_fine(config, image_shape, ctf_all is not None)
+    coarse = plan_coarse_to_fine(config, image_shape)
     # every rank has read the folder before rank 0 writes to it
     barrier(context)
 
@@ -488,6 +486,7 @@ def _train(
         plan = _shard_plan(order, config.batch_size, context)
         freeze_z = epoch <= config.z_delay
         sums = torch.zeros(5 + config.model.z_dim, device=device, dtype=torch.float64)
+        steps_run = binned_steps = 0
         model.train()
         batches = train_feed.batches_at(local for _, local, _, _ in plan)
         for step, ((global_size, local, rows, padding), batch) in enumerate(
@@ -518,6 +517,7 @@ def _train(
             # the batch's CTF filters, built once and shared by every candidate rotation
             filters = None if train_filters is None else train_filters.filters(local)
             binning = coarse.binning if progress.lr_progress < coarse.fraction else 1
+            steps_run, binned_steps = steps_run + 1, binned_steps + int(binning > 1)
             terms = LossTerms(
                 *step_module(batch, noise.gamma, noise.eps, freeze_z, filters, binning)
             )
@@ -540,7 +540,10 @@ def _train(
             break
 
         all_reduce_sum(sums, context)
-        train_metrics = EpochMetrics.from_sums(sums.cpu().tolist(), len(train_feed))
+        train_metrics = replace(
+            EpochMetrics.from_sums(sums.cpu().tolist(), len(train_feed)),
+            binned=binned_steps / max(steps_run, 1),
+        )
         if not math.isfinite(train_metrics.elbo):
             raise DataError(
                 f"training diverged (non-finite ELBO) in epoch {epoch}; the last good model is "
