@@ -11,8 +11,9 @@ from qtpy.QtCore import QTimer
 
 from napari_spatial_vae import _layers as L
 from napari_spatial_vae import _widget
+from napari_spatial_vae._loss_plot import LossPlot
 from napari_spatial_vae._widget import SpatialVAEWidget
-from napari_spatial_vae.core.checkpoint import load_model
+from napari_spatial_vae.core.checkpoint import load_model, read_history, write_history
 from napari_spatial_vae.core.infer import encode_stack
 
 PLUGIN = "napari-spatial-vae"
@@ -270,9 +271,6 @@ def test_sample_data_open(make_napari_viewer):
 def test_the_loss_plot_leaves_binned_epochs_train_elbo_out(qtbot, tmp_path):
     # coarse-to-fine epochs score 2x2 bins (a quarter of the pixels): drawn among full-size
     # epochs their train ELBO would make a cliff that hides the real curve
-    from napari_spatial_vae._loss_plot import LossPlot
-    from napari_spatial_vae.core.checkpoint import read_history, write_history
-
     plot = LossPlot()
     qtbot.addWidget(plot)
     plot.add_epoch(1, -250.0, -1500.0, binned=True)

@@ -37,6 +37,8 @@ class PixelLayout(nn.Module):
 
     Attributes
     ----------
+    shape
+        ``(H // b, W // b)``: the image the layout's pixels belong to.
     grid
         ``(N, 2)`` coordinates of the modelled pixels, in the full image's frame.
     pixel_index
@@ -58,6 +60,7 @@ class PixelLayout(nn.Module):
             raise ValueError(f"a {height}x{width} image cannot be binned by {binning}")
         self.binning = binning
         rows, cols = height // binning, width // binning
+        self.shape = (rows, cols)
         # bin centres sit (b - 1) / 2 full pixels in from the edge: the outer ones span
         # less than -1..1 by that much (1 for b = 1: the full image's own pixel grid)
         extent = torch.tensor([(width - binning) / (width - 1), (height - binning) / (height - 1)])
@@ -102,4 +105,14 @@ class PixelLayout(nn.Module):
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         """The modelled pixels of ``(B, C, H, W)`` full-size images, ``(B, C, N)``."""
-        return self.bin(images).flatten(2)[:, :, self.pixel_index]
+        return self.gather(self.bin(images))
+
+    def gather(self, images: torch.Tensor) -> torch.Tensor:
+        """The modelled pixels of ``(B, C, *shape)`` images at this resolution, ``(B, C, N)``."""
+        return images.flatten(2)[:, :, self.pixel_index]
+
+    def scatter(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, C, N)`` modelled pixels into ``(B, C, *shape)`` images, 0 elsewhere."""
+        out = pixels.new_zeros(*pixels.shape[:2], self.shape[0] * self.shape[1])
+        out[:, :, self.pixel_index] = pixels
+        return out.reshape(*pixels.shape[:2], *self.shape)

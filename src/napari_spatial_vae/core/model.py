@@ -577,10 +577,7 @@ class SpatialVAE(nn.Module):
 
         For the bernoulli likelihood pass probabilities, not logits.
         """
-        channels, height, width = self.image_shape
-        out = mean.new_zeros(mean.shape[0], channels, height * width)
-        out[:, :, self.layout.pixel_index] = mean
-        return out.reshape(-1, channels, height, width)
+        return self.layout.scatter(mean)
 
     def expected_image(self, mean: torch.Tensor) -> torch.Tensor:
         """Turn the generator's ``mean`` output into expected pixel values, ``(B, C, H, W)``."""
@@ -821,15 +818,10 @@ class SpatialVAE(nn.Module):
             pixels.
         """
         layout = layout if layout is not None else self.layout
-        channels, height, width = self.image_shape
-        rows, cols = height // layout.binning, width // layout.binning
-        batch = ctf.shape[0]
-        canvas = mean.new_zeros(mean.shape[0], channels, rows * cols)
-        canvas[:, :, layout.pixel_index] = mean
-        images = canvas.reshape(batch, -1, channels, rows, cols)
+        channels, _, width = self.image_shape
+        images = layout.scatter(mean).reshape(ctf.shape[0], -1, channels, *layout.shape)
         transfer = crop_filter(ctf, width, layout.binning)[:, None, None].to(images.dtype)
-        filtered = apply_filter(images, transfer).reshape(-1, channels, rows * cols)
-        return filtered[:, :, layout.pixel_index]
+        return layout.gather(apply_filter(images, transfer).reshape(-1, channels, *layout.shape))
 
     def _split_output(
         self, output: torch.Tensor, binning: int = 1

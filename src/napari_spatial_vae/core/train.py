@@ -486,7 +486,7 @@ def _train(
         plan = _shard_plan(order, config.batch_size, context)
         freeze_z = epoch <= config.z_delay
         sums = torch.zeros(5 + config.model.z_dim, device=device, dtype=torch.float64)
-        steps_run = binned_steps = 0
+        binned_steps = 0
         model.train()
         batches = train_feed.batches_at(local for _, local, _, _ in plan)
         for step, ((global_size, local, rows, padding), batch) in enumerate(
@@ -517,7 +517,7 @@ def _train(
             # the batch's CTF filters, built once and shared by every candidate rotation
             filters = None if train_filters is None else train_filters.filters(local)
             binning = coarse.binning if progress.lr_progress < coarse.fraction else 1
-            steps_run, binned_steps = steps_run + 1, binned_steps + int(binning > 1)
+            binned_steps += int(binning > 1)
             terms = LossTerms(
                 *step_module(batch, noise.gamma, noise.eps, freeze_z, filters, binning)
             )
@@ -542,7 +542,7 @@ def _train(
         all_reduce_sum(sums, context)
         train_metrics = replace(
             EpochMetrics.from_sums(sums.cpu().tolist(), len(train_feed)),
-            binned=binned_steps / max(steps_run, 1),
+            binned=binned_steps / max(len(plan), 1),  # a completed epoch ran every step
         )
         if not math.isfinite(train_metrics.elbo):
             raise DataError(
