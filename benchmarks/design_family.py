@@ -6,6 +6,9 @@ unless overridden) under a time budget, then score the held-out particles:
 
 * ``pearson_z``: for each motion, the largest |Pearson| of a latent with it (the worst motion
   is reported when there are two);
+* ``linear_z``: for each motion, the multiple correlation of all latents with it (how well a
+  linear function of z predicts it; equals ``pearson_z`` for z-dim 1, and unlike it does not
+  count a rotated mix of two motions over two latent axes as missing; worst motion);
 * ``pearson_tilt``: the largest |Pearson| of a latent with the out-of-plane tilt (a nuisance
   factor z may take instead of the motion; absent for designs without tilt);
 * ``circ_fl``: Fisher-Lee circular correlation of theta with the true rotation;
@@ -25,6 +28,7 @@ Tune on ``--split tune`` (designs and seeds defaults may be chosen on); report
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -49,8 +53,8 @@ from napari_spatial_vae.core.designs import (
 )
 from napari_spatial_vae.core.train import train
 
-COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "circ_fl", "recon_corr",
-           "test_elbo")  # fmt: skip
+COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z", "circ_fl",
+           "recon_corr", "test_elbo")  # fmt: skip
 
 
 @torch.no_grad()
@@ -86,6 +90,10 @@ def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, f
              for j in range(latents.shape[1])), default=0.0)
         for k in range(motions)
     ]  # fmt: skip
+    linear = [
+        metrics.multiple_correlation(latents, particles.conformation[:, k]) if latents.size else 0.0
+        for k in range(motions)
+    ]
     # a nuisance factor z may take instead of the motion: the out-of-plane tilt (signed,
     # about the particle's x axis before its in-plane rotation)
     tilt = (
@@ -96,6 +104,8 @@ def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, f
     return {
         "pearson_z": round(min(best), 3),
         "pearson_each": [round(b, 3) for b in best],
+        "linear_z": round(min(linear), 3),
+        "linear_each": [round(r, 3) for r in linear],
         "pearson_tilt": None if tilt is None else round(tilt, 3),
         "circ_fl": round(abs(metrics.circular_correlation_fl(theta.numpy(), particles.theta)), 3),
         "recon_corr": round(float(per_image.mean()), 3),
@@ -149,12 +159,17 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
             f"  {name} seed {seed} epoch {update.epoch:3d} {update.seconds:5.0f}s"
             f"  test ELBO {update.test.elbo:8.1f}  KL theta {update.train.kl_theta:5.2f}"
             f"  KL z {' '.join(f'{kl:5.2f}' for kl in update.train.kl_z_dims)}"
-            f"  pearson {scores['pearson_z']:.3f}  FL {scores['circ_fl']:.3f}"
+            f"  pearson {scores['pearson_z']:.3f}  linear {scores['linear_z']:.3f}"
+            f"  FL {scores['circ_fl']:.3f}"
             f"  recon {scores['recon_corr']:.3f}",
             flush=True,
         )
 
-    with tempfile.TemporaryDirectory() as run_dir:
+    with (
+        contextlib.nullcontext(f"{args.keep_runs}/{name}_s{seed}")
+        if args.keep_runs
+        else tempfile.TemporaryDirectory()
+    ) as run_dir:
         started = time.perf_counter()
         result = train(
             config,
@@ -206,6 +221,11 @@ def main() -> None:
     parser.add_argument(
         "--save-latents", metavar="DIR",
         help="write each run's held-out posterior means and truth to DIR/<design>_s<seed>.npz",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-runs", metavar="DIR",
+        help="train into DIR/<design>_s<seed> (a run folder spatial-vae can load) instead of "
+        "a temporary folder",
     )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -115,18 +115,30 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     out = run(
         "design_family.py", "--designs", "two-motions", "--seeds", "0", "--n-train", "48",
         "--n-test", "16", "--epochs", "1", "--apply-snr", "0.1", "--trace", "8",
-        "--save-latents", str(tmp_path / "latents"), *TINY,
+        "--save-latents", str(tmp_path / "latents"), "--keep-runs", str(tmp_path / "runs"),
+        *TINY,
     )  # fmt: skip
     lines = out.strip().splitlines()
     # --trace: one line per epoch with the train KL of each z dim and the live scores
     assert lines[0].lstrip().startswith("two-motions seed 0 epoch   1") and "KL z" in lines[0]
     row = json.loads(lines[1])
     assert row["design"] == "two-motions" and len(row["pearson_each"]) == 2
+    # the multiple correlation of both latents is at least the best single latent's
+    assert all(r >= p - 1e-9 for r, p in zip(row["linear_each"], row["pearson_each"], strict=True))
     assert {"circ_fl", "recon_corr", "test_elbo", "applied"} <= set(row)
     assert lines[-1].startswith("| two-motions | 0 |")
     # --save-latents: the held-out posterior means next to the ground truth (folder made)
     saved = np.load(tmp_path / "latents" / "two-motions_s0.npz")
     assert saved["z_mu"].shape == (16, 2) and saved["true_conformation"].shape == (16, 2)
+    # --keep-runs: a run folder the CLI can load
+    assert (tmp_path / "runs" / "two-motions_s0" / "checkpoint.safetensors").is_file()
+
+
+def test_design_oracle_bounds_what_z_can_reach():
+    out = run("design_oracle.py", "--designs", "hinge", "--snr", "1", "--n", "24", "--steps", "11")
+    row = json.loads(out.strip().splitlines()[-1])
+    # the project's hinge at SNR 1: the motion is plain to an oracle that knows the pose
+    assert row["design"] == "hinge" and row["oracle_pearson"][0] > 0.95
 
 
 def test_explore_speed_prints_a_json_row():

@@ -38,8 +38,17 @@ class CountingStack:
 def _config(make_config, **overrides):
     # batch 17 over 72 training images: unequal rank shares (9/8) and a short last batch
     # fp32: the comparison is of the DDP arithmetic at float32 rounding; on a CPU with native
-    # bf16, `auto` would train the generator in bf16, whose rounding differs with the split
-    return make_config(epochs=3, batch_size=17, resident_gb=0.0, precision="fp32", **overrides)
+    # bf16, `auto` would train the generator in bf16, whose rounding differs with the split.
+    # No pose refinement: over 3 epochs it carries float32 rounding to 5e-4 on some weights
+    # (the split and whole batches give the same gradient to 1e-6 with it: test_model.py)
+    return make_config(
+        epochs=3,
+        batch_size=17,
+        resident_gb=0.0,
+        precision="fp32",
+        refine_pose=False,
+        **overrides,
+    )
 
 
 def _worker(rank: int, port: int, folder: str, config_dict: dict) -> None:

@@ -62,15 +62,15 @@ def test_short_training_puts_the_conformation_in_z(tmp_path):
     sim = simulate_particles(192, size=24, snr=None, max_shift_px=0.0, blob_sigma_px=2.0, seed=11)
     config = TrainConfig(
         model=ModelConfig(z_dim=1, hidden_dim=48, encoder_rotations=8, translate=False),
-        # one epoch of template first: on this toy (192 noise-free particles, 12 epochs) the
-        # default z_delay=0 put the pose in z for data seed 11 (|r| 0.28; 0.82, 0.85 for seeds
-        # 12, 13), a delay of 1 or 2 epochs gave 0.87-0.91 on all three; the default was chosen
-        # on the 4,000-particle tune designs, where a delay hurt (docs/defaults.md)
-        epochs=12, batch_size=32, test_fraction=0.0, device="cpu", z_delay=1,
+        # the default z_delay=0: with the pose refinement and z in every generator layer
+        # (2026-12-02) this toy (192 noise-free particles, 12 epochs) reached |r| 0.795, 0.643
+        # and 0.723 for data seeds 11-13, against 0.689, 0.275 and 0.054 with one epoch of
+        # z-delay (which the earlier defaults needed here); a collapsed z scores 0.0-0.3
+        epochs=12, batch_size=32, test_fraction=0.0, device="cpu",
         # fp32 on every CPU: on this toy, bf16 rounding (what `auto` picks on CPUs with native
         # bf16) sent the run to the collapsed optimum (|r| 0.14 against 0.76 in fp32, measured
         # on an AVX512-BF16 VM); bf16 against fp32 on realistic stacks: docs/performance.md
         precision="fp32",
     )  # fmt: skip
     poses = _trained_poses(tmp_path, sim.images, config)
-    assert abs(pearson(poses.z[:, 0], sim.conformation)) > 0.7
+    assert abs(pearson(poses.z[:, 0], sim.conformation)) > 0.6

@@ -50,3 +50,17 @@ def test_pearson():
     assert metrics.pearson(x, 3 * x + 1) == pytest.approx(1.0)
     assert metrics.pearson(x, -x) == pytest.approx(-1.0)
     assert metrics.pearson(x, np.ones(100)) == 0.0
+
+
+def test_multiple_correlation_sees_motions_mixed_over_two_axes():
+    motions = RNG.uniform(size=(500, 2))
+    turn = np.array([[np.cos(0.7), -np.sin(0.7)], [np.sin(0.7), np.cos(0.7)]])
+    latents = (motions - 0.5) @ turn.T * 3.0 + 1.0
+    best_axis = max(abs(metrics.pearson(latents[:, j], motions[:, 0])) for j in range(2))
+    assert best_axis < 0.8  # the per-axis score counts the mix as missing ...
+    for k in range(2):  # ... the multiple correlation does not
+        assert metrics.multiple_correlation(latents, motions[:, k]) == pytest.approx(1.0)
+    x = RNG.normal(size=100)
+    assert metrics.multiple_correlation(x[:, None], 2 - x) == pytest.approx(1.0)
+    assert metrics.multiple_correlation(RNG.normal(size=(100, 2)), x) < 0.35
+    assert metrics.multiple_correlation(np.zeros((100, 1)), x) == 0.0

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -196,3 +197,72 @@ def test_z_is_read_from_the_particle_aligned_by_the_encoders_own_pose(search):
     # the opposite rotation would leave the particle misaligned: the check can fail
     wrong = encoder.aligned_view(posed, attention, -offset, -pose_mu)
     assert (wrong - template)[near].abs().max() > 0.5 * template.max()
+
+
+@torch.no_grad()
+def test_z_that_ignores_half_turns_is_the_same_for_a_particle_aligned_upside_down():
+    shape = (1, 24, 24)
+    config = ModelConfig(z_dim=2, hidden_dim=16, encoder_rotations=8)
+    aligned = torch.randn(3, *shape)
+    turned = aligned.flip(-2, -1)  # the same particle turned by 180 degrees about the centre
+    invariant = SpatialVAE(dataclasses.replace(config, z_half_turn_invariant=True), shape).encoder
+    assert torch.allclose(invariant._read_z(aligned)[0], invariant._read_z(turned)[0], atol=1e-6)
+    # without the option z tells them apart: the check can fail
+    plain = SpatialVAE(dataclasses.replace(config, z_half_turn_invariant=False), shape).encoder
+    assert not torch.allclose(plain._read_z(aligned)[0], plain._read_z(turned)[0], atol=1e-3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("search", [False, True])
+def test_the_pose_refinement_starts_at_the_first_look_and_corrects_theta_and_shift(search):
+    shape = (1, 24, 24)
+    k = 8
+    config = ModelConfig(z_dim=1, hidden_dim=16, encoder_rotations=k, rotation_search=search)
+    images = torch.randn(4, *shape)
+    first_look = SpatialVAE(dataclasses.replace(config, refine_pose=False), shape)
+    refined = SpatialVAE(dataclasses.replace(config, refine_pose=True), shape)
+    # the same networks; the refinement's extra output rows start at zero: the same pose
+    state = first_look.state_dict()
+    for name, value in refined.state_dict().items():
+        if value.shape == state[name].shape:
+            value.copy_(state[name])
+        else:
+            value[: len(state[name])] = state[name]
+    before = first_look.encoder.search_rotation(images)[0] if search else first_look.encode(images)
+    after = refined.encoder.search_rotation(images)[0] if search else refined.encode(images)
+    assert torch.allclose(before.mu, after.mu, atol=1e-6)
+    # a correction moves theta's in-bin offset (search only) and the shift, nothing else
+    refined.encoder.z_net[-1].bias[2:] = torch.tensor(
+        [1.0, 0.5, -0.25][-refined.encoder.n_correction :]
+    )
+    moved = refined.encoder.search_rotation(images)[0] if search else refined.encode(images)
+    expected = before.mu.clone()
+    if search:
+        expected[:, 0] += math.tanh(1.0) * math.pi / k
+    expected[:, 1:3] += torch.tensor([0.5, -0.25])
+    assert torch.allclose(moved.mu, expected, atol=1e-5)
+    assert torch.equal(moved.logstd, after.logstd)
+
+
+def test_a_batch_split_in_two_gives_the_gradient_of_the_whole_batch():
+    # what data-parallel training relies on, with every default (pose refinement, z read
+    # from the aligned particle and its half turn, rotation search): no image's terms depend
+    # on the other images of its batch
+    torch.manual_seed(0)
+    model = SpatialVAE(ModelConfig(z_dim=1, hidden_dim=32, encoder_rotations=8), (1, 20, 20))
+    with torch.no_grad():  # a refinement that is already doing something
+        model.encoder.z_net[-1].weight[2:].normal_(0.0, 0.3)
+    images = torch.randn(17, 1, 20, 20)
+    eps = torch.randn(17, model.n_latent)
+
+    def gradients(parts):
+        model.zero_grad()
+        for part in parts:
+            model.terms_from_noise(images[part], None, None, eps[part]).neg_elbo.sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    whole = gradients([slice(0, 17)])
+    split = gradients([slice(0, 9), slice(9, 17)])
+    for name, gradient in whole.items():
+        scale = gradient.abs().max().clamp_min(1e-12)
+        assert (gradient - split[name]).abs().max() / scale < 1e-5, name

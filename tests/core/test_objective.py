@@ -34,9 +34,8 @@ def sharp_model() -> SpatialVAE:
         ModelConfig(z_dim=1, hidden_dim=32, encoder_rotations=K, fit_noise=False), SHAPE
     )
     with torch.no_grad():
-        weights = [p for p in model.generator.parameters() if p.ndim == 2]
-        weights[0].mul_(3.0)
-        weights[-1].mul_(20.0)
+        model.generator.coord_layer.weight.mul_(3.0)
+        model.generator.body[-1].weight.mul_(20.0)  # the output layer
         model.encoder.score.weight.mul_(30.0)
     return model
 

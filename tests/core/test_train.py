@@ -182,21 +182,20 @@ def test_a_run_with_free_nats_trains(tmp_path, tiny_particles, make_config):
     assert np.isfinite(result.history[0]["elbo"]) and result.epochs_completed == 1
 
 
-def test_a_run_folder_saved_before_z_from_aligned_loads_as_it_was_built(
-    tmp_path, tiny_particles, make_config
+@pytest.mark.parametrize(
+    "field", ["z_from_aligned", "z_half_turn_invariant", "refine_pose", "z_every_layer"]
+)
+def test_a_run_folder_saved_before_a_model_field_loads_as_it_was_built(
+    tmp_path, tiny_particles, make_config, field
 ):
-    # run folders written before the setting existed read z from the pooled features: a
-    # config.json without the key must rebuild that model, not the new default
-    result = train(
-        make_config(epochs=1, z_from_aligned=False),
-        tiny_particles.images,
-        tmp_path / "run",
-    )
+    # run folders written before the setting existed were built without it: a config.json
+    # without the key must rebuild that model (same weights, same outputs), not the new default
+    result = train(make_config(epochs=1, **{field: False}), tiny_particles.images, tmp_path / "run")
     path = tmp_path / "run" / "config.json"
     saved = json.loads(path.read_text())
-    del saved["config"]["model"]["z_from_aligned"]
+    del saved["config"]["model"][field]
     path.write_text(json.dumps(saved))
     model, config, _ = load_model(tmp_path / "run")
-    assert config.model.z_from_aligned is False
+    assert getattr(config.model, field) is False
     for p, q in zip(model.parameters(), result.model.parameters(), strict=True):
         assert torch.equal(p, q)

@@ -225,6 +225,33 @@ class ModelConfig:
         label="z from aligned particle",
         group="model",
     )
+    z_half_turn_invariant: bool = setting(
+        False,
+        help="With z from the aligned particle: read z from the aligned particle and from it "
+        "turned by 180 degrees and average the two, so z cannot tell a particle aligned the "
+        "right way round from one aligned upside down. Without it z can describe the "
+        "half-turn flip of a pseudo-symmetric particle instead of its conformation; with it "
+        "the generator can turn its template upside down part-way along z (off by default: "
+        "docs/defaults.md).",
+        label="z ignores half turns",
+        group="model",
+    )
+    refine_pose: bool = setting(
+        True,
+        help="With z from the aligned particle: the same network also corrects the rotation "
+        "and shift the particle was aligned with. Otherwise the pose error left by the "
+        "encoder's first look has no outlet but z, and z can end up describing it instead "
+        "of the conformation.",
+        label="refine pose",
+        group="model",
+    )
+    z_every_layer: bool = setting(
+        True,
+        help="z shifts every hidden layer of the generator, not only the first, so the "
+        "generator moves a domain with z more readily (one extra bias per image and layer).",
+        label="z in every layer",
+        group="model",
+    )
     likelihood: Likelihood = setting(
         "gaussian",
         help="'gaussian' (cryo-EM, continuous data) or 'bernoulli' (binary images in 0..1).",
@@ -555,9 +582,14 @@ class TrainConfig:
         return config
 
 
-# model settings that change the networks' shapes, added after run folders existed: the value
-# a config.json without the key means (what those models were built with)
-_MODEL_BEFORE_THE_FIELD: dict[str, Any] = {"z_from_aligned": False}
+# model settings that change the networks' shapes or what they compute, added after run folders
+# existed: the value a config.json without the key means (what those models were built with)
+_MODEL_BEFORE_THE_FIELD: dict[str, Any] = {
+    "z_from_aligned": False,
+    "z_half_turn_invariant": False,
+    "refine_pose": False,
+    "z_every_layer": False,
+}
 
 
 def setting_fields(*owners: type) -> list[SettingField]:

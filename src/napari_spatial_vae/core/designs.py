@@ -274,6 +274,8 @@ _ARM4 = _blobs(
 )
 _SMALL_ARM = _blobs((0.15, 0.0, 0.0, 0.6), (0.3, 0.0, 0.0, 0.6))
 _ARM_UP = _blobs((-0.2, 0.35, 0.0, 0.9), (-0.2, 0.5, 0.0, 0.9), (-0.2, 0.65, 0.0, 1.0))
+# a second arm hanging below the project's hinge body (the tune split's two-motion particle)
+_HINGE_ARM_DOWN = _blobs((-0.25, -0.3, 0.0, 0.9), (-0.25, -0.45, 0.0, 0.9), (-0.25, -0.6, 0.0, 1.0))
 
 DESIGNS: dict[str, Design] = {
     d.name: d
@@ -292,6 +294,15 @@ DESIGNS: dict[str, Design] = {
             (_HINGE_BODY, _HINGE_ARM),
             (Motion(1, np.array([0.0, -0.1, 0.0]), _tilted_axis(60.0), 45.0),),
             max_tilt_deg=15.0,
+        ),
+        Design(
+            "two-hinges",
+            "the project's hinge with a second arm below it, two independent in-plane hinges",
+            (_HINGE_BODY, _HINGE_ARM, _HINGE_ARM_DOWN),
+            (
+                Motion(1, np.array([0.0, -0.1, 0.0]), _Z, 40.0),
+                Motion(2, np.array([-0.25, -0.15, 0.0]), _Z, 35.0),
+            ),
         ),
         Design(
             "three-domain",
@@ -336,7 +347,7 @@ DESIGNS: dict[str, Design] = {
 }
 
 # defaults may be chosen on these (with these seeds) ...
-TUNE_DESIGNS: tuple[str, ...] = ("hinge", "small-arm", "tilted-hinge")
+TUNE_DESIGNS: tuple[str, ...] = ("hinge", "small-arm", "tilted-hinge", "two-hinges")
 TUNE_SEEDS: tuple[int, ...] = (0, 1)
 # ... and are judged on these, never tuned on
 REPORT_DESIGNS: tuple[str, ...] = ("three-domain", "out-of-plane", "two-motions", "three-domain-64")

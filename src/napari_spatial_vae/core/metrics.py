@@ -138,6 +138,36 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
+def multiple_correlation(latents: np.ndarray, target: np.ndarray) -> float:
+    """How well a linear function of all latents predicts ``target``: the multiple R.
+
+    With one latent this is |Pearson|. With several it does not depend on how the latent
+    space is rotated: an isotropic prior leaves the axes of a multi-dimensional z free to mix
+    independent motions, which the per-axis |Pearson| would count as missing.
+
+    Parameters
+    ----------
+    latents
+        ``(N, D)`` latent values.
+    target
+        ``(N,)`` the quantity to predict (a conformation).
+
+    Returns
+    -------
+    float
+        ``sqrt(R^2)`` of the least-squares fit with an intercept, in 0..1.
+    """
+    x = np.asarray(latents, dtype=np.float64).reshape(len(target), -1)
+    y = np.asarray(target, dtype=np.float64) - np.mean(target)
+    x = x - x.mean(0)
+    total = (y * y).sum()
+    if total == 0 or not x.any():
+        return 0.0
+    coefficients, *_ = np.linalg.lstsq(x, y, rcond=None)
+    explained = 1.0 - ((y - x @ coefficients) ** 2).sum() / total
+    return float(np.sqrt(np.clip(explained, 0.0, 1.0)))
+
+
 def circular_mean(angles: np.ndarray) -> float:
     """Mean direction of ``(N,)`` angles in radians."""
     return float(np.arctan2(np.sin(angles).sum(), np.cos(angles).sum()))

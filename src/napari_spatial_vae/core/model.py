@@ -180,6 +180,8 @@ class EquivariantEncoder(nn.Module):
         num_rotations: int,
         search: bool = False,
         z_from_aligned: bool = False,
+        z_half_turn_invariant: bool = False,
+        refine_pose: bool = False,
         z_dim: int = 0,
         n_shift: int = 0,
         dx_scale: float = 1.0,
@@ -190,6 +192,13 @@ class EquivariantEncoder(nn.Module):
         self.search = search
         self.n_shift = n_shift
         self.dx_scale = dx_scale
+        self.z_half_turn_invariant = z_half_turn_invariant
+        self.z_dim = z_dim
+        # the aligned view also corrects the pose it was made with: the in-bin offset of
+        # theta (search mode: the soft-argmax has no offset to correct), then the shift
+        refines = z_from_aligned and refine_pose and z_dim > 0
+        self.n_theta_correction = int(refines and search)
+        self.n_correction = (self.n_theta_correction + n_shift) if refines else 0
         n_inputs = channels * height * width
         self.trunk = make_mlp(n_inputs, hidden, hidden, num_layers - 1, activation)
         self.trunk.append(_ACTIVATIONS[activation]())
@@ -198,10 +207,17 @@ class EquivariantEncoder(nn.Module):
         self.score = nn.Linear(hidden, 1, bias=False)
         # z from the aligned particle: its own MLP, mean and log std of each z dimension
         self.z_net = (
-            make_mlp(n_inputs, hidden, 2 * z_dim, num_layers, activation)
+            make_mlp(n_inputs, hidden, 2 * z_dim + self.n_correction, num_layers, activation)
             if z_from_aligned and z_dim > 0
             else None
         )
+        if self.z_net is not None and self.n_correction:
+            # start from the first look's pose: the correction rows of the last layer at zero
+            last = self.z_net[-1]
+            assert isinstance(last, nn.Linear)
+            with torch.no_grad():
+                last.weight[2 * z_dim :] = 0.0
+                last.bias[2 * z_dim :] = 0.0
         pooled_latents = n_latent - (z_dim if self.z_net is not None else 0)
         # theta's log std, the in-bin offset, then mean and log std of every other latent
         # read from the pooled features
@@ -229,7 +245,14 @@ class EquivariantEncoder(nn.Module):
         offset = torch.tanh(offset) * (math.pi / k)
         if self.z_net is not None:
             aligned = self.aligned_view(images, attention, offset[:, 0], rest_mu)
-            z_mu, z_logstd = self.z_net(aligned.flatten(1)).chunk(2, dim=1)
+            z_params, correction = self._read_z(aligned)
+            z_mu, z_logstd = z_params.chunk(2, dim=1)
+            if self.n_correction:
+                # bounded like the in-bin offset: a refinement, not a second search
+                turn = correction[:, : self.n_theta_correction]
+                offset = offset + torch.tanh(turn).sum(1, keepdim=True) * (math.pi / k)
+                shift_mu = rest_mu[:, : self.n_shift] + correction[:, self.n_theta_correction :]
+                rest_mu = torch.cat([shift_mu, rest_mu[:, self.n_shift :]], dim=1)
             rest_mu = torch.cat([rest_mu, z_mu], dim=1)
             rest_logstd = torch.cat([rest_logstd, z_logstd], dim=1)
         mu = torch.cat([offset, rest_mu], dim=1)
@@ -260,6 +283,31 @@ class EquivariantEncoder(nn.Module):
             else images.new_zeros(len(images), 2)
         )
         return align_images(images, theta, shift) * self.mask
+
+    def _read_z(self, aligned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and the pose correction from ``(B, C, H, W)`` aligned particles.
+
+        Returns ``(B, 2 Z)`` means and log stds of z and ``(B, n_correction)`` corrections
+        of theta and the shift (empty without ``refine_pose``).
+
+        With ``z_half_turn_invariant`` z is the average over the particle and the particle
+        turned by 180 degrees (an exact flip of both pixel axes about the image centre): a
+        particle the encoder aligned upside down then gets the same z as one aligned the
+        right way round. Without it, on a nearly symmetric template the generator can learn
+        the flipped particle as a second template selected by z, and z describes the flip
+        instead of the conformation; with it, the generator can instead turn its template
+        upside down part-way along z, which z cannot see (both found in benchmarks,
+        docs/defaults.md; off by default). The pose correction is read from the upright
+        view only (a half turn would negate the shift's).
+        """
+        assert self.z_net is not None
+        n_z = 2 * self.z_dim
+        if not self.z_half_turn_invariant:
+            out = self.z_net(aligned.flatten(1))
+            return out[:, :n_z], out[:, n_z:]
+        both = torch.cat([aligned, aligned.flip(-2, -1)])
+        upright, turned = self.z_net(both.flatten(1)).chunk(2)
+        return 0.5 * (upright[:, :n_z] + turned[:, :n_z]), upright[:, n_z:]
 
     def _theta(self, attention: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """``(B,)`` theta read from the attention: best bin plus offset, or soft-argmax."""
@@ -321,12 +369,25 @@ class SpatialGenerator(nn.Module):
       place on the GEMM output, saving one ``(B, N, H)`` buffer per layer.
     """
 
-    def __init__(self, z_dim: int, n_out: int, hidden: int, num_layers: int, activation: str):
+    def __init__(
+        self,
+        z_dim: int,
+        n_out: int,
+        hidden: int,
+        num_layers: int,
+        activation: str,
+        z_every_layer: bool = False,
+    ):
         super().__init__()
         self.coord_layer = nn.Linear(2, hidden)
         self.z_layer = nn.Linear(z_dim, hidden, bias=False) if z_dim > 0 else None
         self.body = make_mlp(hidden, hidden, n_out, num_layers - 1, activation)
         self.first_activation = _ACTIVATIONS[activation]()
+        # z also shifts every later hidden layer: one (B, H) bias per image and layer
+        self.z_hidden = nn.ModuleList(
+            nn.Linear(z_dim, hidden, bias=False)
+            for _ in range(num_layers - 1 if z_every_layer and z_dim > 0 else 0)
+        )
 
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Evaluate the generator.
@@ -345,9 +406,13 @@ class SpatialGenerator(nn.Module):
         """
         hidden = self._first_layer(coords, z)
         layers = list(self.body)
+        z_biases = iter(self.z_hidden)
         for index, layer in enumerate(layers):
             if isinstance(layer, nn.Linear):
                 hidden = nn.functional.linear(hidden, layer.weight, layer.bias)
+                z_bias = next(z_biases, None)
+                if z_bias is not None and z is not None:
+                    hidden = hidden + z_bias(z.to(hidden.dtype))[:, None, :]
                 following = layers[index + 1] if index + 1 < len(layers) else None
                 if following is not None and _can_run_in_place(following):
                     hidden = _apply_in_place(following, hidden)
@@ -460,6 +525,8 @@ class SpatialVAE(nn.Module):
                 config.encoder_rotations,
                 search=config.searches_rotation,
                 z_from_aligned=config.z_from_aligned,
+                z_half_turn_invariant=config.z_half_turn_invariant,
+                refine_pose=config.refine_pose,
                 z_dim=config.z_dim,
                 n_shift=2 * int(config.infers_translation),
                 dx_scale=self.dx_scale,
@@ -472,7 +539,9 @@ class SpatialVAE(nn.Module):
                 config.z_dim, len(self.layout.pixel_index), n_out, *args
             )
         else:
-            self.generator = SpatialGenerator(config.z_dim, n_out, *args)
+            self.generator = SpatialGenerator(
+                config.z_dim, n_out, *args, z_every_layer=config.z_every_layer
+            )
 
     # -- pieces ---------------------------------------------------------------------------
     @property
