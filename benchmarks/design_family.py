@@ -91,8 +91,7 @@ def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, f
         for k in range(motions)
     ]  # fmt: skip
     linear = [
-        metrics.multiple_correlation(latents, particles.conformation[:, k]) if latents.size else 0.0
-        for k in range(motions)
+        metrics.multiple_correlation(latents, particles.conformation[:, k]) for k in range(motions)
     ]
     # a nuisance factor z may take instead of the motion: the out-of-plane tilt (signed,
     # about the particle's x axis before its in-plane rotation)

@@ -236,3 +236,19 @@ def test_coarse_epochs_train_on_binned_particles(tmp_path, tiny_particles, make_
     # epoch 1 compared binned images (a quarter of the pixels), epoch 2 full-size ones
     assert history[0]["recon"] != pytest.approx(plain[0]["recon"], rel=0.2)
     assert all(math.isfinite(row["elbo"]) for row in history)
+
+
+def test_z_in_every_layer_is_a_per_image_bias_of_each_hidden_layer():
+    torch.manual_seed(0)
+    gen = SpatialGenerator(z_dim=2, n_out=1, hidden=8, num_layers=3, activation="tanh",
+                           z_every_layer=True)  # fmt: skip
+    coords, z = torch.randn(3, 10, 2), torch.randn(3, 2)
+    # the same function written out: Linear -> tanh with z added to every hidden layer
+    hidden = torch.tanh(gen.coord_layer(coords) + gen.z_layer(z)[:, None])
+    linears = [m for m in gen.body if isinstance(m, torch.nn.Linear)]
+    for linear, z_bias in zip(linears[:-1], gen.z_hidden, strict=True):
+        hidden = torch.tanh(linear(hidden) + z_bias(z)[:, None])
+    expected = linears[-1](hidden)
+    assert torch.allclose(gen(coords, z), expected, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(gen(coords, z).float(), expected, atol=5e-2)

@@ -409,10 +409,19 @@ class SpatialGenerator(nn.Module):
         z_biases = iter(self.z_hidden)
         for index, layer in enumerate(layers):
             if isinstance(layer, nn.Linear):
-                hidden = nn.functional.linear(hidden, layer.weight, layer.bias)
                 z_bias = next(z_biases, None)
                 if z_bias is not None and z is not None:
-                    hidden = hidden + z_bias(z.to(hidden.dtype))[:, None, :]
+                    # the per-image bias b + W z folded into one batched GEMM, as in the
+                    # first layer: no second (B, N, H) buffer for the sum
+                    dtype = hidden.dtype
+                    per_image = (layer.bias + z_bias(z.to(layer.weight.dtype)))[:, None, :]
+                    hidden = torch.baddbmm(
+                        per_image.to(dtype),
+                        hidden,
+                        layer.weight.t().to(dtype).expand(hidden.shape[0], -1, -1),
+                    )
+                else:
+                    hidden = nn.functional.linear(hidden, layer.weight, layer.bias)
                 following = layers[index + 1] if index + 1 < len(layers) else None
                 if following is not None and _can_run_in_place(following):
                     hidden = _apply_in_place(following, hidden)
