@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_spatial_vae.core.config import ModelConfig
+from napari_spatial_vae.core.config import ModelConfig, TrainConfig
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.performance import (
     generator_autocast,
@@ -67,6 +67,7 @@ class Setting:
     encoder: str = "mlp"
     fit_noise: bool = False
     naive: bool = True
+    encoder_noise: float = 0.0  # the training default's extra noise in the encoder's view
 
 
 SETTINGS = {
@@ -85,6 +86,7 @@ SETTINGS = {
         encoder="equivariant",
         fit_noise=True,
         naive=False,
+        encoder_noise=TrainConfig().encoder_noise,
     ),
 }
 
@@ -171,7 +173,16 @@ def our_stepper(
     augment = setting.augment and model.config.infers_rotation
 
     def step(batch: torch.Tensor) -> torch.Tensor:
-        noise = draw_noise(generator, len(batch), model.n_latent, augment, slice(None), device)
+        noise = draw_noise(
+            generator,
+            len(batch),
+            model.n_latent,
+            augment,
+            slice(None),
+            device,
+            setting.encoder_noise,
+            tuple(batch.shape[1:]),
+        )
         terms = loss_terms(model, batch, noise, False, generator_autocast(precision, device))
         optimizer.zero_grad(set_to_none=True)
         terms.neg_elbo.mean().backward()

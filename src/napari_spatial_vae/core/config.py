@@ -471,6 +471,20 @@ class TrainConfig:
         label="rotation augmentation",
         gui="main",
     )
+    encoder_noise: float = setting(
+        0.0,
+        help="Training only: add white noise to what the encoder sees, each image at its own "
+        "level drawn between 0 and this many times the image's own noise (the std outside a "
+        "circle of 75% of the box, as RELION measures it), so pose and z are also read from "
+        "particles up to (1 + LEVEL^2) times noisier (2: 5x lower SNR); noise-free images get "
+        "none. The generator still reconstructs the images as they are. For a model that will "
+        "encode noisier particles than it was trained on; 0 (default): off.",
+        label="encoder noise",
+        low=0.0,
+        high=10.0,
+        step=0.25,
+        metavar="LEVEL",
+    )
     normalize: bool = setting(
         True,
         help="Standardise each image to zero mean and unit variance before training "

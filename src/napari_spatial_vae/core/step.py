@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from napari_spatial_vae.core.coords import warp_images
+from napari_spatial_vae.core.extract import BACKGROUND_DIAMETER_FRACTION
 from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.model import SpatialVAE
 
@@ -30,10 +31,14 @@ class StepNoise:
         ``(b,)`` augmentation angles in radians, or None without augmentation.
     eps
         ``(b, L)`` standard-normal reparameterisation noise.
+    encoder_noise
+        ``(b, C, H, W)`` extra pixel noise for the encoder's view, in units of each
+        particle's own noise (:func:`add_encoder_noise`), or None.
     """
 
     gamma: torch.Tensor | None
     eps: torch.Tensor
+    encoder_noise: torch.Tensor | None = None
 
 
 def draw_noise(
@@ -43,18 +48,63 @@ def draw_noise(
     augment: bool,
     rows: slice | torch.Tensor,
     device: torch.device,
+    encoder_noise: float = 0.0,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> StepNoise:
     """Draw a global batch's noise and keep ``rows`` (this rank's images).
 
-    The draws (``rand(B)`` for gamma, then ``randn(B, L)``) are what a single process
-    draws for the same batch, so a distributed run consumes the same random stream.
+    The draws (``rand(B)`` for gamma, then ``randn(B, L)``, then with ``encoder_noise`` > 0
+    ``rand(B)`` levels and ``randn(B, C, H, W)`` pixels for ``image_shape`` ``(C, H, W)``)
+    are what a single process draws for the same batch, so a distributed run consumes the
+    same random stream; without encoder noise the stream is the one runs always drew.
     """
     gamma = None
     if augment:
         gamma = torch.rand(global_size, generator=generator, device=device) * (2.0 * math.pi)
         gamma = gamma[rows]
     eps = torch.randn((global_size, n_latent), generator=generator, device=device)
-    return StepNoise(gamma, eps[rows])
+    pixels = None
+    if encoder_noise > 0.0:
+        if image_shape is None:
+            raise ValueError("encoder noise needs the image shape")
+        # each image its own level, uniform in [0, encoder_noise): the encoder meets every
+        # SNR from the stack's own down to (1 + encoder_noise^2) times lower
+        level = torch.rand(global_size, generator=generator, device=device) * encoder_noise
+        pixels = torch.randn((global_size, *image_shape), generator=generator, device=device)
+        pixels = (pixels * level[:, None, None, None])[rows]
+    return StepNoise(gamma, eps[rows], pixels)
+
+
+def background_std(images: torch.Tensor) -> torch.Tensor:
+    """``(b,)`` noise level of ``(b, C, H, W)`` particles: the std outside their circle.
+
+    The circle is centred on the box with a diameter of 75 % of its shorter side
+    (:data:`~.extract.BACKGROUND_DIAMETER_FRACTION`, RELION's background area), so it
+    measures the noise, not the particle: 0 for noise-free images.
+    """
+    height, width = images.shape[-2:]
+    radius = BACKGROUND_DIAMETER_FRACTION * min(height, width) / 2
+    rows = torch.arange(height, device=images.device) - height // 2
+    cols = torch.arange(width, device=images.device) - width // 2
+    outside = rows[:, None] ** 2 + cols[None, :] ** 2 > radius**2
+    return images[..., outside].flatten(1).std(dim=1)
+
+
+def add_encoder_noise(
+    view: torch.Tensor, noise: torch.Tensor, noise_std: torch.Tensor
+) -> torch.Tensor:
+    """The encoder's ``(b, C, H, W)`` view with extra white noise, at its own variance.
+
+    ``noise`` ``(b, C, H, W)`` is in units of each particle's own noise ``noise_std``
+    ``(b,)`` (:func:`background_std` of the view before any turn, whose corners are
+    padding), so level L lowers the SNR (1 + L^2)-fold whatever the stack's SNR, and adds
+    nothing to noise-free particles. The sum is scaled back to the view's variance so the
+    encoder's input statistics (standardised particles) stay as they were.
+    """
+    spread = noise_std[:, None, None, None]
+    added = spread.square() * noise.flatten(1).pow(2).mean(dim=1)[:, None, None, None]
+    variance = view.flatten(1).var(dim=1)[:, None, None, None].clamp_min(1e-12)
+    return (view + spread * noise) * torch.rsqrt(1.0 + added / variance)
 
 
 def loss_terms(
@@ -87,11 +137,17 @@ def loss_terms(
         Render and compare ``binning x binning``-binned images (coarse-to-fine training).
     """
     encoder_images = None
-    if noise.gamma is not None:
-        # one batched resampling; the encoder then predicts theta + gamma. The CTF acts in
-        # the image frame, so the encoder's view (e.g. phase-flipped) is made before turning.
+    if noise.gamma is not None or noise.encoder_noise is not None:
         view = model.encoder_view(images, ctf)
-        encoder_images = warp_images(view, noise.gamma.to(images.dtype), None)
+        noise_std = None if noise.encoder_noise is None else background_std(view)
+        if noise.gamma is not None:
+            # one batched resampling; the encoder then predicts theta + gamma. The CTF acts in
+            # the image frame, so the encoder's view (e.g. phase-flipped) is made before turning.
+            view = warp_images(view, noise.gamma.to(images.dtype), None)
+        if noise.encoder_noise is not None and noise_std is not None:
+            # added after the turn, so it is white like a detector's (resampling smooths)
+            view = add_encoder_noise(view, noise.encoder_noise, noise_std)
+        encoder_images = view
     return model.terms_from_noise(
         images, encoder_images, noise.gamma, noise.eps, freeze_z, autocast, ctf, binning
     )

@@ -340,11 +340,12 @@ class _LossModule(nn.Module):
         freeze_z: bool,
         ctf: torch.Tensor | None = None,
         binning: int = 1,
+        encoder_noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         terms = loss_terms(
             self.model,
             images,
-            StepNoise(gamma, eps),
+            StepNoise(gamma, eps, encoder_noise),
             freeze_z,
             generator_autocast(self.precision, self.device),
             ctf,
@@ -513,13 +514,24 @@ def _train(
             )
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, progress.lr_progress)
-            noise = draw_noise(device_gen, global_size, model.n_latent, augment, rows, device)
+            noise = draw_noise(
+                device_gen,
+                global_size,
+                model.n_latent,
+                augment,
+                rows,
+                device,
+                config.encoder_noise,
+                image_shape,
+            )
             # the batch's CTF filters, built once and shared by every candidate rotation
             filters = None if train_filters is None else train_filters.filters(local)
             binning = coarse.binning if progress.lr_progress < coarse.fraction else 1
             binned_steps += int(binning > 1)
             terms = LossTerms(
-                *step_module(batch, noise.gamma, noise.eps, freeze_z, filters, binning)
+                *step_module(
+                    batch, noise.gamma, noise.eps, freeze_z, filters, binning, noise.encoder_noise
+                )
             )
             # sum / global count, times the world size that DDP's averaging divides by:
             # the gradient is the global batch's per-image mean on every rank count
