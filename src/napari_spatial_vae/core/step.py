@@ -10,13 +10,14 @@ backpropagates is scaled such that DDP's gradient *average* is the global per-im
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
 from napari_spatial_vae.core.coords import warp_images
-from napari_spatial_vae.core.extract import BACKGROUND_DIAMETER_FRACTION
+from napari_spatial_vae.core.extract import background_mask
 from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.model import SpatialVAE
 
@@ -75,18 +76,20 @@ def draw_noise(
     return StepNoise(gamma, eps[rows], pixels)
 
 
-def background_std(images: torch.Tensor) -> torch.Tensor:
-    """``(b,)`` noise level of ``(b, C, H, W)`` particles: the std outside their circle.
+@functools.cache
+def _background(size: int, device: torch.device) -> torch.Tensor:
+    """``(size, size)`` bool on ``device``: RELION's background area (:func:`.background_mask`)."""
+    return torch.from_numpy(background_mask(size)).to(device)
 
-    The circle is centred on the box with a diameter of 75 % of its shorter side
-    (:data:`~.extract.BACKGROUND_DIAMETER_FRACTION`, RELION's background area), so it
-    measures the noise, not the particle: 0 for noise-free images.
+
+def background_std(images: torch.Tensor) -> torch.Tensor:
+    """``(b,)`` noise level of square ``(b, C, S, S)`` particles: the std outside their circle.
+
+    The circle is the one extraction normalises against (:func:`.background_mask`, a
+    diameter of 75 % of the box, RELION's background area), so this measures the noise, not
+    the particle: 0 for noise-free images.
     """
-    height, width = images.shape[-2:]
-    radius = BACKGROUND_DIAMETER_FRACTION * min(height, width) / 2
-    rows = torch.arange(height, device=images.device) - height // 2
-    cols = torch.arange(width, device=images.device) - width // 2
-    outside = rows[:, None] ** 2 + cols[None, :] ** 2 > radius**2
+    outside = _background(images.shape[-1], images.device)
     return images[..., outside].flatten(1).std(dim=1)
 
 
