@@ -1,6 +1,7 @@
 import json
 import os
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -34,6 +35,29 @@ def test_same_seed_gives_the_same_run_on_cpu(tmp_path, tiny_particles, make_conf
         assert torch.equal(p, q)
     other = train(make_config(seed=1), tiny_particles.images, tmp_path / "c")
     assert elbos(other.history, "train") != elbos(first.history, "train")
+
+
+def test_a_time_budget_that_is_not_spent_does_not_change_the_run(
+    tmp_path, tiny_particles, make_config
+):
+    # the wall clock must not leak into a run whose epochs end first: same command, same
+    # model. A slow start (here a callback that sleeps a second; in life, reading a big
+    # stack) used to be a visible share of the budget and moved the first steps' rate.
+    def slow_start(update):
+        if update.kind == "started":
+            time.sleep(1.0)
+
+    plain = train(make_config(epochs=3), tiny_particles.images, tmp_path / "a")
+    budget = train(
+        make_config(epochs=3, max_minutes=0.5),
+        tiny_particles.images,
+        tmp_path / "b",
+        on_update=slow_start,
+    )
+    assert budget.stop_reason == "completed"
+    assert elbos(budget.history, "train") == elbos(plain.history, "train")
+    for p, q in zip(plain.model.parameters(), budget.model.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path, tiny_particles, make_config):
@@ -81,7 +105,9 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, tiny_particles, make_conf
     )
     assert result.stop_reason == "time budget"
     assert result.epochs_completed < 1000
-    load_model(tmp_path / "run")  # loadable
+    _, _, progress = load_model(tmp_path / "run")  # loadable
+    # the schedule was compressed into the budget: the rate had decayed when time ran out
+    assert progress.lr_progress > 0.8
 
 
 def test_updates_follow_the_documented_sequence(tmp_path, tiny_particles, make_config):

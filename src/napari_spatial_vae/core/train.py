@@ -63,6 +63,7 @@ from napari_spatial_vae.core.performance import (
     retained_freed_memory,
 )
 from napari_spatial_vae.core.runlock import hold_run_lock
+from napari_spatial_vae.core.schedule import ScheduleClock, learning_rate
 from napari_spatial_vae.core.step import StepNoise, draw_noise, loss_terms, summed_terms
 
 UpdateKind = Literal["started", "step", "epoch", "finished"]
@@ -208,12 +209,6 @@ def plan_coarse_to_fine(config: TrainConfig, image_shape: tuple[int, int, int]) 
     if why_not:
         return CoarseToFine(1, 0.0, why_not)
     return CoarseToFine(2, config.coarse_fraction)
-
-
-def learning_rate(config: TrainConfig, progress: float) -> float:
-    """Cosine decay from ``lr`` to ``lr * lr_min_fraction`` as ``progress`` goes 0 -> 1."""
-    floor = config.lr * config.lr_min_fraction
-    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _epoch_generators(
@@ -460,6 +455,7 @@ def _train(
     steps_per_epoch = math.ceil(len(train_feed) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     deadline = started + 60.0 * config.max_minutes if config.max_minutes else None
+    clock = ScheduleClock(total_steps, deadline)
     first_epoch = progress.epochs_completed + 1
     ranks = f", {context.world_size} processes" if context.enabled else ""
     emit(
@@ -498,20 +494,19 @@ def _train(
             now = time.monotonic()
             if not local_stop and deadline is not None and now > deadline:
                 local_reason = "time budget"
-            time_progress = (now - started) / (deadline - started) if deadline else 0.0
+            schedule_progress = clock.progress(progress.global_step, now)
             if context.enabled:
                 # one CPU all-reduce: every rank stops at the same step and uses the same lr
-                flag, time_progress = max_over_ranks(
-                    [float(bool(local_reason)), time_progress], context
+                flag, schedule_progress = max_over_ranks(
+                    [float(bool(local_reason)), schedule_progress], context
                 )
                 if flag and not local_reason:
                     local_reason = "stopped"
             if local_reason:
                 stop_reason = local_reason
                 break
-            progress.lr_progress = max(
-                progress.lr_progress, progress.global_step / total_steps, time_progress
-            )
+            # never back up: a resumed run with more epochs keeps the rate it had reached
+            progress.lr_progress = max(progress.lr_progress, schedule_progress)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, progress.lr_progress)
             noise = draw_noise(
