@@ -132,6 +132,11 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     assert saved["z_mu"].shape == (16, 2) and saved["true_conformation"].shape == (16, 2)
     # --keep-runs: a run folder the CLI can load
     assert (tmp_path / "runs" / "two-motions_s0" / "checkpoint.safetensors").is_file()
+    assert 0.0 <= row["half_turned"] <= 0.5
+    # the kept run's z1 traversal as a figure
+    figure = tmp_path / "traversal.png"
+    run("traversal_figure.py", str(tmp_path / "runs" / "two-motions_s0"), "-o", str(figure))
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_design_oracle_bounds_what_z_can_reach():

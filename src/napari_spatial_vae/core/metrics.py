@@ -210,3 +210,22 @@ def angle_alignment(estimated: np.ndarray, true: np.ndarray) -> float:
     same = np.abs(np.mean(np.exp(1j * (np.asarray(estimated) - np.asarray(true)))))
     mirrored = np.abs(np.mean(np.exp(1j * (np.asarray(estimated) + np.asarray(true)))))
     return float(max(same, mirrored))
+
+
+def half_turn_fraction(estimated: np.ndarray, true: np.ndarray) -> float:
+    """Share of ``(N,)`` estimated angles a half turn away from the rest (radians).
+
+    The angle errors ``estimated - true`` (or ``+ true`` when the direction is mirrored,
+    whichever is more concentrated) are centred on their best global offset modulo a half
+    turn; an error beyond 90 degrees from it counts as flipped, and the smaller of the two
+    groups is the flipped one. 0: no particle aligned upside down; up to 0.5.
+    """
+    estimated, true = np.asarray(estimated, np.float64), np.asarray(true, np.float64)
+    errors = max(
+        (estimated - true, estimated + true),
+        key=lambda e: float(np.abs(np.mean(np.exp(2j * e)))),
+    )
+    offset = np.angle(np.mean(np.exp(2j * errors))) / 2.0
+    centred = np.angle(np.exp(1j * (errors - offset)))
+    flipped = float(np.mean(np.abs(centred) > np.pi / 2))
+    return min(flipped, 1.0 - flipped)
