@@ -106,8 +106,11 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, tiny_particles, make_conf
     assert result.stop_reason == "time budget"
     assert result.epochs_completed < 1000
     _, _, progress = load_model(tmp_path / "run")  # loadable
-    # the schedule was compressed into the budget: the rate had decayed when time ran out
-    assert progress.lr_progress > 0.8
+    # the schedule was compressed into the budget: counting steps alone, 1000 epochs of at
+    # least one step each would have left it at global_step / 1000 (how far it got depends
+    # on the machine's pace, so only the compression is asserted; the annealing itself is
+    # tested with a synthetic clock in test_schedule.py)
+    assert progress.lr_progress > 10 * progress.global_step / 1000
 
 
 def test_updates_follow_the_documented_sequence(tmp_path, tiny_particles, make_config):
