@@ -107,10 +107,12 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, tiny_particles, make_conf
     assert result.epochs_completed < 1000
     _, _, progress = load_model(tmp_path / "run")  # loadable
     # the schedule was compressed into the budget: counting steps alone, 1000 epochs of at
-    # least one step each would have left it at global_step / 1000 (how far it got depends
-    # on the machine's pace, so only the compression is asserted; the annealing itself is
-    # tested with a synthetic clock in test_schedule.py)
-    assert progress.lr_progress > 10 * progress.global_step / 1000
+    # least 4 steps (72 training particles, batches of 16) would have left it at most at
+    # global_step / 4000. How far it got depends on the machine's pace (0.99 idle, 0.76 with
+    # four processes on two cores), so only the compression is asserted; the annealing
+    # itself is tested with a synthetic clock in test_schedule.py
+    counted = progress.global_step / (1000 * 4)
+    assert progress.lr_progress > 5 * counted
 
 
 def test_updates_follow_the_documented_sequence(tmp_path, tiny_particles, make_config):
