@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"{len(args.runs)} runs but {len(labels)} labels")
+    if args.steps < 2:
+        parser.error(f"--steps must be at least 2 (got {args.steps})")
     rows = []
     try:
         for run in args.runs:

@@ -15,14 +15,18 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 TINY = ["model.hidden_dim=16", "model.encoder_rotations=4", "batch_size=16", "z_delay=0"]
 
 
-def run(script: str, *args: str) -> str:
-    done = subprocess.run(
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *args],
         capture_output=True,
         text=True,
         check=False,
         timeout=300,
     )
+
+
+def run(script: str, *args: str) -> str:
+    done = run_script(script, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -137,6 +141,12 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     figure = tmp_path / "traversal.png"
     run("traversal_figure.py", str(tmp_path / "runs" / "two-motions_s0"), "-o", str(figure))
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # wrong input: exit status 2 and a message, no traceback
+    kept = str(tmp_path / "runs" / "two-motions_s0")
+    for bad in ([kept, "--steps", "1"], [kept, "--labels", "a", "b"], [str(tmp_path / "no")]):
+        done = run_script("traversal_figure.py", *bad, "-o", str(figure))
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "run folder not found" in done.stderr
 
 
 def test_design_oracle_bounds_what_z_can_reach():
