@@ -19,6 +19,7 @@ median over repeats is reported.
     python benchmarks/throughput.py --configs a --steps 4 --repeats 3
     python benchmarks/throughput.py --elbo-epochs 2 --configs a   # ELBO at equal epochs
     python benchmarks/throughput.py --device cuda --steps 20      # GPU (naive on the GPU too)
+    python benchmarks/throughput.py --configs default half_turn_check=true  # a setting's cost
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from particles_accuracy import apply_overrides  # same folder: run as a script
 
 from napari_spatial_vae.core.config import ModelConfig, TrainConfig
 from napari_spatial_vae.core.model import SpatialVAE
@@ -163,11 +165,21 @@ def synthetic(naive: ModuleType | None, n: int, size: int, seed: int = 0) -> np.
 
 
 def our_stepper(
-    setting: Setting, images: torch.Tensor, precision: str, mask: bool, device: torch.device
+    setting: Setting,
+    images: torch.Tensor,
+    precision: str,
+    mask: bool,
+    device: torch.device,
+    overrides: list[str] | None = None,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], SpatialVAE]:
-    """Our training step (the one ``train`` runs) on resident images; returns (step, model)."""
+    """Our training step (the one ``train`` runs) on resident images; returns (step, model).
+
+    ``overrides``: model ``field=value`` items on top of the setting's configuration.
+    """
     torch.manual_seed(0)
-    model = SpatialVAE(model_config(setting, mask), (1, setting.size, setting.size)).to(device)
+    config = TrainConfig(model=model_config(setting, mask))
+    apply_overrides(config, overrides or [])
+    model = SpatialVAE(config.model, (1, setting.size, setting.size)).to(device)
     optimizer = make_adam(model.parameters(), 1e-4, device)
     generator = torch.Generator(device=device).manual_seed(0)
     augment = setting.augment and model.config.infers_rotation
@@ -256,6 +268,11 @@ def benchmark(
             pixels = len(model.pixel_index)
             label = f"ours {precision}" + (" mask" if mask else "")
             contenders[label] = (step, flops_per_image(setting, pixels, dense_first_layer=False))
+        if args.overrides and setting.encoder == "equivariant":
+            # the same step with the given settings, timed in the same interleaved blocks
+            step, model = our_stepper(setting, images, precision, True, device, args.overrides)
+            label = f"ours {precision} mask {' '.join(args.overrides)}"
+            contenders[label] = (step, flops_per_image(setting, pixels, dense_first_layer=False))
     rates: dict[str, list[float]] = {label: [] for label in contenders}
     for _ in range(args.repeats):
         for label, (step, _) in contenders.items():
@@ -316,6 +333,11 @@ def elbo_at_equal_epochs(
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="model field=value items: the defaults config also times our masked step with them",
     )
     parser.add_argument("--configs", default="a,b,c,default", help="comma list of a,b,c,default")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32,bf16,tf32")

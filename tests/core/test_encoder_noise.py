@@ -79,9 +79,9 @@ def test_the_encoder_sees_the_noisy_view_and_the_generator_still_fits_the_images
     seen: list[torch.Tensor] = []
     search = model.encoder.search_rotation  # the default encoder's entry point
 
-    def spy(encoder_input):
+    def spy(encoder_input, half_turn=False):
         seen.append(encoder_input)
-        return search(encoder_input)
+        return search(encoder_input, half_turn)
 
     model.encoder.search_rotation = spy
     zero = loss_terms(model, images, StepNoise(None, noise.eps, torch.zeros_like(extra)), False)

@@ -6,7 +6,7 @@ import torch
 
 from napari_spatial_vae.core.config import ModelConfig
 from napari_spatial_vae.core.errors import ConfigError
-from napari_spatial_vae.core.model import Posterior, RotationSearch, SpatialVAE
+from napari_spatial_vae.core.model import HALF_TURN_MARGIN, Posterior, RotationSearch, SpatialVAE
 
 SHAPE = (1, 16, 16)
 
@@ -28,7 +28,9 @@ def pose_gradients(model: SpatialVAE) -> tuple[torch.Tensor, torch.Tensor | None
         k = model.config.encoder_rotations
         attention = torch.full((4, k), 1.0 / k, requires_grad=True)
         candidates = -2 * math.pi * torch.arange(k) / k
-        model.encoder.search_rotation = lambda _: (posterior, RotationSearch(attention, candidates))
+        model.encoder.search_rotation = lambda _, half_turn=False: [
+            (posterior, RotationSearch(attention, candidates))
+        ]
     else:
         model.encoder.forward = lambda _: posterior
     model.loss_terms(images).neg_elbo.sum().backward()
@@ -228,14 +230,16 @@ def test_the_pose_refinement_starts_at_the_first_look_and_corrects_theta_and_shi
             value.copy_(state[name])
         else:
             value[: len(state[name])] = state[name]
-    before = first_look.encoder.search_rotation(images)[0] if search else first_look.encode(images)
-    after = refined.encoder.search_rotation(images)[0] if search else refined.encode(images)
+    before = (
+        first_look.encoder.search_rotation(images)[0][0] if search else first_look.encode(images)
+    )
+    after = refined.encoder.search_rotation(images)[0][0] if search else refined.encode(images)
     assert torch.allclose(before.mu, after.mu, atol=1e-6)
     # a correction moves theta's in-bin offset (search only) and the shift, nothing else
     refined.encoder.z_net[-1].bias[2:] = torch.tensor(
         [1.0, 0.5, -0.25][-refined.encoder.n_correction :]
     )
-    moved = refined.encoder.search_rotation(images)[0] if search else refined.encode(images)
+    moved = refined.encoder.search_rotation(images)[0][0] if search else refined.encode(images)
     expected = before.mu.clone()
     if search:
         expected[:, 0] += math.tanh(1.0) * math.pi / k
@@ -266,3 +270,75 @@ def test_a_batch_split_in_two_gives_the_gradient_of_the_whole_batch():
     for name, gradient in whole.items():
         scale = gradient.abs().max().clamp_min(1e-12)
         assert (gradient - split[name]).abs().max() / scale < 1e-5, name
+
+
+@torch.no_grad()
+def test_the_half_turn_hypothesis_is_the_particle_turned_about_its_own_centre():
+    from napari_spatial_vae.core.coords import align_images, particle_centre
+
+    shape = (1, 24, 24)
+    model = SpatialVAE(ModelConfig(z_dim=1, hidden_dim=16, half_turn_check=True), shape)
+    encoder = model.encoder
+    images = torch.randn(5, *shape)
+    (upright, search), (turned, turned_search) = encoder.search_rotation(images, half_turn=True)
+    a = encoder.single_angle(search.attention, upright)
+    b = encoder.single_angle(turned_search.attention, turned)
+    theta_a, shift_a, z_a = model.split_latent(a.mu)
+    theta_b, shift_b, z_b = model.split_latent(b.mu)
+    # the pose correction starts at zero: the turned pose is a half turn with the same centre
+    torch.testing.assert_close(torch.cos(theta_b - theta_a), -torch.ones(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(particle_centre(theta_b, shift_b), particle_centre(theta_a, shift_a))
+    # the view z is read from at that pose is the aligned particle flipped on both axes
+    upright_view = align_images(images, theta_a, shift_a)
+    turned_view = align_images(images, theta_b, shift_b)
+    torch.testing.assert_close(turned_view, upright_view.flip(-2, -1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z_b, encoder._read_z(turned_view * encoder.mask)[0][:, :1])
+    assert not torch.allclose(z_a, z_b, atol=1e-3)  # z of the two views differ: can fail
+
+
+@torch.no_grad()
+def test_the_half_turn_check_keeps_whichever_pose_renders_the_particle():
+    shape = (1, 24, 24)
+    k = 8
+    # fixed noise: the cost is then the residual (a learned noise map of an untrained
+    # generator would weigh the two poses' pixels differently)
+    config = ModelConfig(
+        z_dim=1, hidden_dim=16, encoder_rotations=k, half_turn_check=True, fit_noise=False
+    )
+    model = SpatialVAE(config, shape)
+    with torch.no_grad():  # an untrained generator is nearly flat: make its template sharp
+        model.generator.coord_layer.weight.mul_(3.0)
+        model.generator.body[-1].weight.mul_(20.0)
+    # particles the generator renders at known poses and z
+    n = 6
+    true = torch.cat(
+        [torch.zeros(n, 1), torch.randn(n, 2) * 0.3, torch.randn(n, 1)], dim=1
+    )  # in-bin offset 0, shift latents, z
+    bins = torch.arange(n) % k
+    candidates = -2 * math.pi * torch.arange(k) / k
+    _, shift, z = model.split_latent(true)
+    targets, _ = model.decode(z, candidates[bins], shift)  # noise-free renderings (B, C, N)
+    right = torch.nn.functional.one_hot(bins, k).float()
+    wrong = right.roll(k // 2, dims=1)  # the half turn ...
+    wrong_mu = true.clone()
+    wrong_mu[:, 1:3] *= -1.0  # ... about the same centre
+    logstd = torch.full_like(true, -3.0)
+    # rows 0-2: the encoder's pose is right; rows 3-5: the half turn is
+    first = (torch.arange(n) < 3)[:, None]
+    upright = (
+        Posterior(torch.where(first, true, wrong_mu), logstd),
+        RotationSearch(torch.where(first, right, wrong), candidates),
+    )
+    other = (
+        Posterior(torch.where(first, wrong_mu, true), logstd),
+        RotationSearch(torch.where(first, wrong, right), candidates),
+    )
+    chosen, search = model.better_hypothesis([upright, other], targets)
+    # the turned pose is taken only when it is better by more than the margin
+    right_cost, wrong_cost = (
+        model._hypothesis_cost(*hypothesis, targets, None, model.layout, None)
+        for hypothesis in (other, upright)
+    )
+    assert ((wrong_cost - right_cost)[3:] > HALF_TURN_MARGIN).all()
+    torch.testing.assert_close(chosen.mu, true)
+    torch.testing.assert_close(search.attention, right)

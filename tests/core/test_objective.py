@@ -52,7 +52,7 @@ def test_search_objective_is_the_expectation_over_every_bin(sharp_model):
 
     terms = model.terms_from_noise(images, None, None, eps)
 
-    posterior, search = model.encoder.search_rotation(images * model.input_mask)
+    posterior, search = model.encoder.search_rotation(images * model.input_mask)[0]
     attention = search.attention  # (4, K)
     assert (attention.max(dim=1).values > 0.4).all()  # sharp enough to tell bins apart
     offset, shift, z_mean = model.split_latent(posterior.mu)
@@ -80,10 +80,14 @@ def test_search_objective_is_the_expectation_over_every_bin(sharp_model):
 @torch.no_grad()
 def test_training_and_inference_agree_on_the_angle_of_a_bin(sharp_model):
     # inference reports theta = (angle of the most probable bin) + offset; the bin angle the
-    # objective rendered with must be that same angle
+    # objective rendered with must be that same angle, for the hypothesis (the encoder's
+    # pose or its half turn, see the half-turn check) that both keep
     torch.manual_seed(2)
     images = torch.randn(6, *SHAPE)
-    posterior, search = sharp_model.encoder.search_rotation(images * sharp_model.input_mask)
+    hypotheses = sharp_model.encoder.search_rotation(
+        images * sharp_model.input_mask, sharp_model.checks_half_turns
+    )
+    posterior, search = sharp_model.better_hypothesis(hypotheses, sharp_model.targets(images))
     best = search.attention.argmax(dim=1)
     trained_angle = search.candidates[best] + posterior.mu[:, 0]
     reported = sharp_model.encode(images).mu[:, 0]

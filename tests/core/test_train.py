@@ -9,6 +9,7 @@ import torch
 
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.errors import CheckpointError, DataError
+from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.train import split_train_test, train, training_objective
 
@@ -213,8 +214,21 @@ def test_a_run_with_free_nats_trains(tmp_path, tiny_particles, make_config):
     assert np.isfinite(result.history[0]["elbo"]) and result.epochs_completed == 1
 
 
+def test_a_run_that_checks_half_turns_trains_and_infers(tmp_path, tiny_particles, make_config):
+    # two epochs: the first compares binned images (the coarse phase), the second full-size
+    config = make_config(epochs=2, half_turn_check=True)
+    result = train(config, tiny_particles.images, tmp_path / "run")
+    assert result.epochs_completed == 2
+    assert all(np.isfinite(row["elbo"]) for row in result.history)
+    model, loaded, _ = load_model(tmp_path / "run")
+    assert loaded.model.half_turn_check and model.checks_half_turns
+    poses = encode_stack(model, loaded, tiny_particles.images)
+    assert np.isfinite(poses.theta).all() and (np.abs(poses.theta) <= np.pi).all()
+
+
 @pytest.mark.parametrize(
-    "field", ["z_from_aligned", "z_half_turn_invariant", "refine_pose", "z_every_layer"]
+    "field",
+    ["z_from_aligned", "z_half_turn_invariant", "refine_pose", "z_every_layer", "half_turn_check"],
 )
 def test_a_run_folder_saved_before_a_model_field_loads_as_it_was_built(
     tmp_path, tiny_particles, make_config, field

@@ -20,7 +20,7 @@ import torch
 
 from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.coords import align_images, particle_centre, shift_to_pixels
-from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters
+from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.model import SpatialVAE
@@ -150,6 +150,17 @@ def iter_inference(
         scale = input_scale(config.model.likelihood, getattr(stack, "dtype", np.float32))
         _, height, width = image_shape
         filters = _ctf_filters(model, stack, ctf, device, needed=reconstructions and with_ctf)
+        if filters is None and model.checks_half_turns:
+            # the half-turn check compares renderings with the particles: with the CTF the
+            # run's setting uses for them, as in training
+            used = resolve_ctf(
+                config.ctf,
+                ctf if ctf is not None else getattr(stack, "ctf", None),
+                None,
+                len(stack),
+                config.model.likelihood,
+            )
+            filters = None if used is None else CtfBatches(used, image_shape[1:], device)
         for start in range(0, len(stack), batch_size):
             indices = np.arange(start, min(start + batch_size, len(stack)))
             raw = torch.from_numpy(gather(stack, indices)).to(device)

@@ -84,6 +84,39 @@ class Posterior:
         return self.mu + torch.exp(self.logstd) * eps
 
 
+# nats (-ELBO per particle) by which the half-turned hypothesis must beat the encoder's own
+# pose for the half-turn check to take it (docs/defaults.md)
+HALF_TURN_MARGIN = 2.0
+
+
+def why_not_binned(config: ModelConfig, image_shape: tuple[int, int, int]) -> str:
+    """Why a model cannot render ``(C, H, W)`` images in 2 x 2 bins (``""`` where it can).
+
+    Binning keeps the Gaussian likelihood's balance (the binned noise model is exact for
+    independent pixel noise); it does not apply to Bernoulli pixels, to the vanilla
+    generator (one output per pixel), to odd sizes or to boxes under 16 px.
+    """
+    _, height, width = image_shape
+    reasons = [
+        (config.likelihood != "gaussian", "bernoulli likelihood"),
+        (config.vanilla, "vanilla generator"),
+        (height % 2 or width % 2, f"odd box {height}x{width}"),
+        (min(height, width) < 16, "box under 16 px"),
+    ]
+    return ", ".join(reason for applies, reason in reasons if applies)
+
+
+def _rotated_back(posterior: Posterior, rotation_offset: torch.Tensor | None) -> Posterior:
+    """The posterior of an image the encoder saw rotated by ``rotation_offset`` ``(B,)``.
+
+    The encoder then predicts theta + gamma (theta is latent 0); None: unchanged.
+    """
+    if rotation_offset is None:
+        return posterior
+    mu = torch.cat([posterior.mu[:, :1] - rotation_offset[:, None], posterior.mu[:, 1:]], dim=1)
+    return Posterior(mu, posterior.logstd)
+
+
 class MLPEncoder(nn.Module):
     """The paper's inference network: an MLP on the flattened image.
 
@@ -228,8 +261,16 @@ class EquivariantEncoder(nn.Module):
             "mask", circular_mask(height, width).reshape(1, 1, height, width), persistent=False
         )
 
-    def _attend(self, images: torch.Tensor) -> tuple[torch.Tensor, Posterior]:
-        """Attention ``(B, K)`` and the posterior with the in-bin offset in the theta slot."""
+    def _attend(
+        self, images: torch.Tensor, half_turn: bool = False
+    ) -> list[tuple[torch.Tensor, Posterior]]:
+        """Attention ``(B, K)`` and the posterior with the in-bin offset in the theta slot.
+
+        One ``(attention, posterior)`` pair, or with ``half_turn`` (and z from the aligned
+        particle) two: the encoder's pose, then the same particle turned by 180 degrees about
+        its centre (bins rolled by ``K / 2``, the shift negated, z and the pose correction
+        read from the turned aligned particle).
+        """
         batch = images.shape[0]
         k = self.num_rotations
         # (B*K, C, H, W): copy k of image b is images[b] rotated by angles[k], one grid_sample.
@@ -243,21 +284,45 @@ class EquivariantEncoder(nn.Module):
         theta_logstd, offset, rest = head[:, :1], head[:, 1:2], head[:, 2:]
         rest_mu, rest_logstd = rest.chunk(2, dim=1)
         offset = torch.tanh(offset) * (math.pi / k)
-        if self.z_net is not None:
-            aligned = self.aligned_view(images, attention, offset[:, 0], rest_mu)
-            z_params, correction = self._read_z(aligned)
-            z_mu, z_logstd = z_params.chunk(2, dim=1)
-            if self.n_correction:
-                # bounded like the in-bin offset: a refinement, not a second search
-                turn = correction[:, : self.n_theta_correction]
-                offset = offset + torch.tanh(turn).sum(1, keepdim=True) * (math.pi / k)
-                shift_mu = rest_mu[:, : self.n_shift] + correction[:, self.n_theta_correction :]
-                rest_mu = torch.cat([shift_mu, rest_mu[:, self.n_shift :]], dim=1)
-            rest_mu = torch.cat([rest_mu, z_mu], dim=1)
-            rest_logstd = torch.cat([rest_logstd, z_logstd], dim=1)
-        mu = torch.cat([offset, rest_mu], dim=1)
-        logstd = torch.cat([theta_logstd, rest_logstd], dim=1).clamp(*_LOGSTD_RANGE)
-        return attention, Posterior(mu, logstd)
+        if self.z_net is None:
+            mu = torch.cat([offset, rest_mu], dim=1)
+            logstd = torch.cat([theta_logstd, rest_logstd], dim=1).clamp(*_LOGSTD_RANGE)
+            return [(attention, Posterior(mu, logstd))]
+        aligned = self.aligned_view(images, attention, offset[:, 0], rest_mu)
+        pooled = (offset, theta_logstd, rest_logstd)
+        hypotheses = [(attention, self._posterior_from_aligned(aligned, rest_mu, *pooled))]
+        if half_turn:
+            # the pose a half turn away with the same centre: x R(theta + pi) - shift is
+            # -(x R(theta) + shift), so that aligned view is this one flipped on both axes
+            turned_mu = torch.cat([-rest_mu[:, : self.n_shift], rest_mu[:, self.n_shift :]], 1)
+            turned = self._posterior_from_aligned(aligned.flip(-2, -1), turned_mu, *pooled)
+            hypotheses.append((attention.roll(k // 2, dims=1), turned))
+        return hypotheses
+
+    def _posterior_from_aligned(
+        self,
+        aligned: torch.Tensor,
+        rest_mu: torch.Tensor,
+        offset: torch.Tensor,
+        theta_logstd: torch.Tensor,
+        rest_logstd: torch.Tensor,
+    ) -> Posterior:
+        """The posterior with z (and the pose correction) read from ``aligned`` ``(B, C, H, W)``.
+
+        ``rest_mu`` / ``rest_logstd`` ``(B, .)``: the pooled features' shift (and any other
+        non-z latent); ``offset``, ``theta_logstd`` ``(B, 1)``: the in-bin offset and its log std.
+        """
+        z_params, correction = self._read_z(aligned)
+        z_mu, z_logstd = z_params.chunk(2, dim=1)
+        if self.n_correction:
+            # bounded like the in-bin offset: a refinement, not a second search
+            turn = correction[:, : self.n_theta_correction]
+            offset = offset + torch.tanh(turn).sum(1, keepdim=True) * (math.pi / self.num_rotations)
+            shift_mu = rest_mu[:, : self.n_shift] + correction[:, self.n_theta_correction :]
+            rest_mu = torch.cat([shift_mu, rest_mu[:, self.n_shift :]], dim=1)
+        mu = torch.cat([offset, rest_mu, z_mu], dim=1)
+        logstd = torch.cat([theta_logstd, rest_logstd, z_logstd], dim=1).clamp(*_LOGSTD_RANGE)
+        return Posterior(mu, logstd)
 
     @torch.no_grad()
     def aligned_view(
@@ -320,18 +385,29 @@ class EquivariantEncoder(nn.Module):
         unit = torch.polar(torch.ones_like(self.angles), -self.angles)
         return (attention.to(unit.dtype) * unit).sum(1)
 
-    def search_rotation(self, images: torch.Tensor) -> tuple[Posterior, RotationSearch]:
-        """Search-mode output: posterior with the in-bin offset as theta, and the bins."""
-        attention, posterior = self._attend(images)
-        return posterior, RotationSearch(attention, -self.angles)
+    def search_rotation(
+        self, images: torch.Tensor, half_turn: bool = False
+    ) -> list[tuple[Posterior, RotationSearch]]:
+        """Search-mode output: posterior with the in-bin offset as theta, and the bins.
+
+        One hypothesis, or two with ``half_turn`` (see :meth:`_attend`).
+        """
+        return [
+            (posterior, RotationSearch(attention, -self.angles))
+            for attention, posterior in self._attend(images, half_turn)
+        ]
 
     def forward(self, images: torch.Tensor) -> Posterior:
-        """``(B, C, H, W)`` -> posterior over ``(B, L)`` with theta as a single angle.
+        """``(B, C, H, W)`` -> posterior over ``(B, L)`` with theta as a single angle."""
+        attention, posterior = self._attend(images)[0]
+        return self.single_angle(attention, posterior)
+
+    def single_angle(self, attention: torch.Tensor, posterior: Posterior) -> Posterior:
+        """The posterior with theta as one angle instead of bins ``(B, K)`` plus offset.
 
         In search mode theta is the most probable bin's angle plus the offset, and its
         std combines the offset's std with the spread of the bin probabilities.
         """
-        attention, posterior = self._attend(images)
         theta = self._theta(attention, posterior.mu[:, 0])
         if self.search:
             theta = torch.remainder(theta + math.pi, 2.0 * math.pi) - math.pi  # into [-pi, pi)
@@ -575,12 +651,100 @@ class SpatialVAE(nn.Module):
             ).to(device)
         return self._binned_layouts[key]
 
+    @property
+    def coarse_binning(self) -> int:
+        """2 where this model's images can be rendered in 2 x 2 bins, else 1."""
+        return 1 if why_not_binned(self.config, self.image_shape) else 2
+
     def encode(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> Posterior:
         """Posterior for ``(B, C, H, W)`` images (masked like the training input).
 
         ``ctf`` ``(B, H, W // 2 + 1)``: the images' CTF filters, for :meth:`encoder_view`.
         """
-        return self.encoder(self.encoder_view(images, ctf) * self.input_mask)
+        view = self.encoder_view(images, ctf) * self.input_mask
+        if not self.checks_half_turns:
+            return self.encoder(view)
+        assert isinstance(self.encoder, EquivariantEncoder)
+        hypotheses = self.encoder.search_rotation(view, half_turn=True)
+        posterior, search = self.better_hypothesis(hypotheses, self.targets(images), ctf)
+        return self.encoder.single_angle(search.attention, posterior)
+
+    @property
+    def checks_half_turns(self) -> bool:
+        """Whether each particle is also tried a half turn away (``half_turn_check``)."""
+        encoder = self.encoder
+        return (
+            self.config.half_turn_check
+            and isinstance(encoder, EquivariantEncoder)
+            and encoder.search
+            and encoder.z_net is not None
+        )
+
+    @torch.no_grad()
+    def _hypothesis_cost(
+        self,
+        posterior: Posterior,
+        search: RotationSearch,
+        targets: torch.Tensor,
+        ctf: torch.Tensor | None,
+        layout: PixelLayout,
+        autocast: contextlib.AbstractContextManager | None,
+    ) -> torch.Tensor:
+        """``(B,)`` -ELBO of one hypothesis at its posterior mean and most probable bin.
+
+        The reconstruction at the mean pose and z plus the KL of z and of the shift (the
+        rotation's KL is the same for a hypothesis and its half turn).
+        """
+        theta = search.candidates[search.attention.argmax(dim=1)] + posterior.mu[:, 0]
+        _, shift, z = self.split_latent(posterior.mu)
+        with autocast or contextlib.nullcontext():
+            mean, logstd = self.decode(z, theta, shift, layout=layout)
+        mean = mean.float()
+        logstd = None if logstd is None else logstd.float()
+        if ctf is not None:
+            mean = self.apply_ctf(mean, ctf, layout)
+        _, kl_shift, kl_z_dims = self.kl_terms(posterior)
+        cost = self.reconstruction_nll(targets, mean, logstd) + kl_shift
+        return cost if kl_z_dims is None else cost + kl_z_dims.sum(1)
+
+    def better_hypothesis(
+        self,
+        hypotheses: list[tuple[Posterior, RotationSearch]],
+        targets: torch.Tensor,
+        ctf: torch.Tensor | None = None,
+        layout: PixelLayout | None = None,
+        autocast: contextlib.AbstractContextManager | None = None,
+    ) -> tuple[Posterior, RotationSearch]:
+        """Per particle, the hypothesis (encoder's pose, or a half turn) that explains it better.
+
+        Parameters
+        ----------
+        hypotheses
+            One or two ``(posterior, search)`` pairs from
+            :meth:`EquivariantEncoder.search_rotation`, posteriors ``(B, L)``.
+        targets
+            ``(B, C, N)`` the particles' modelled pixels in ``layout``.
+
+        Returns
+        -------
+        posterior, search
+            Rows taken from the better hypothesis (gradients flow into that one only).
+        """
+        if len(hypotheses) == 1:
+            return hypotheses[0]
+        layout = layout if layout is not None else self.layout
+        (upright, search), (turned, turned_search) = hypotheses
+        costs = [self._hypothesis_cost(p, s, targets, ctf, layout, autocast) for p, s in hypotheses]
+        # a particle is turned only when the turned fit is clearly better: while the template
+        # is still nearly symmetric the two costs differ by noise, and choices that flip from
+        # step to step train the encoder towards both bins at once
+        use_turned = (costs[1] < costs[0] - HALF_TURN_MARGIN)[:, None]
+        posterior = Posterior(
+            torch.where(use_turned, turned.mu, upright.mu),
+            torch.where(use_turned, turned.logstd, upright.logstd),
+        )
+        attention = torch.where(use_turned, turned_search.attention, search.attention)
+        return posterior, RotationSearch(attention, search.candidates)
 
     def encoder_view(self, images: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
         """What the encoder sees of ``(B, C, H, W)`` images with CTF filters ``ctf``.
@@ -773,17 +937,20 @@ class SpatialVAE(nn.Module):
             encoder_images = self.encoder_view(images, ctf)
         encoder_input = encoder_images * self.input_mask
         search = None
+        if not self.config.infers_rotation:
+            rotation_offset = None
         if self.config.searches_rotation:
             assert isinstance(self.encoder, EquivariantEncoder)
-            posterior, search = self.encoder.search_rotation(encoder_input)
-        else:
-            posterior = self.encoder(encoder_input)
-        if rotation_offset is not None and self.config.infers_rotation:
-            # the encoder saw the image rotated by gamma and predicts theta + gamma
-            mu = torch.cat(
-                [posterior.mu[:, :1] - rotation_offset[:, None], posterior.mu[:, 1:]], dim=1
+            hypotheses = self.encoder.search_rotation(encoder_input, self.checks_half_turns)
+            hypotheses = [(_rotated_back(p, rotation_offset), s) for p, s in hypotheses]
+            # the check compares 2 x 2 bins where they apply (a quarter of its cost; the
+            # coarse phase trains on them anyway), else the pixels trained on
+            check = self.binned_layout(max(binning, self.coarse_binning))
+            posterior, search = self.better_hypothesis(
+                hypotheses, check.targets(images), ctf, check, autocast
             )
-            posterior = Posterior(mu, posterior.logstd)
+        else:
+            posterior = _rotated_back(self.encoder(encoder_input), rotation_offset)
         sample = posterior.mu + torch.exp(posterior.logstd) * eps
         theta, shift, z = self.split_latent(sample)
         if freeze_z and z is not None:

@@ -54,7 +54,7 @@ from napari_spatial_vae.core.errors import CheckpointError, ConfigError, DataErr
 from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.memory import MemoryPlan, available_bytes, plan_batch_size
 from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo
-from napari_spatial_vae.core.model import SpatialVAE
+from napari_spatial_vae.core.model import SpatialVAE, why_not_binned
 from napari_spatial_vae.core.performance import (
     generator_autocast,
     make_adam,
@@ -190,22 +190,12 @@ class CoarseToFine:
 def plan_coarse_to_fine(config: TrainConfig, image_shape: tuple[int, int, int]) -> CoarseToFine:
     """The coarse phase a run can use: 2x2 binning, or none where binning does not apply.
 
-    Binning keeps the Gaussian likelihood's balance (the binned noise model is exact for
-    independent pixel noise); it does not apply to Bernoulli pixels, to the vanilla
-    generator (one output per pixel) or to odd sizes. A CTF is applied to the binned
-    rendering through its low frequencies (``SpatialVAE.apply_ctf``).
+    A CTF is applied to the binned rendering through its low frequencies
+    (``SpatialVAE.apply_ctf``); where binning does not apply: :func:`~.model.why_not_binned`.
     """
     if config.coarse_fraction <= 0:
         return CoarseToFine(1, 0.0)
-    model = config.model
-    height, width = image_shape[1:]
-    reasons = [
-        (model.likelihood != "gaussian", "bernoulli likelihood"),
-        (model.vanilla, "vanilla generator"),
-        (height % 2 or width % 2, f"odd box {height}x{width}"),
-        (min(height, width) < 16, "box under 16 px"),
-    ]
-    why_not = ", ".join(reason for applies, reason in reasons if applies)
+    why_not = why_not_binned(config.model, image_shape)
     if why_not:
         return CoarseToFine(1, 0.0, why_not)
     return CoarseToFine(2, config.coarse_fraction)
