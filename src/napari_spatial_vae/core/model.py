@@ -715,7 +715,10 @@ class SpatialVAE(nn.Module):
         layout: PixelLayout | None = None,
         autocast: contextlib.AbstractContextManager | None = None,
     ) -> tuple[Posterior, RotationSearch]:
-        """Per particle, the hypothesis (encoder's pose, or a half turn) that explains it better.
+        """Per particle, the encoder's pose, or its half turn where that is clearly better.
+
+        The half turn is kept where its cost (:meth:`_hypothesis_cost`) is lower by more than
+        :data:`HALF_TURN_MARGIN` nats.
 
         Parameters
         ----------
