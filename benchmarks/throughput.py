@@ -272,6 +272,7 @@ def benchmark(
             # the same step with the given settings, timed in the same interleaved blocks
             step, model = our_stepper(setting, images, precision, True, device, args.overrides)
             label = f"ours {precision} mask {' '.join(args.overrides)}"
+            pixels = len(model.pixel_index)
             contenders[label] = (step, flops_per_image(setting, pixels, dense_first_layer=False))
     rates: dict[str, list[float]] = {label: [] for label in contenders}
     for _ in range(args.repeats):
