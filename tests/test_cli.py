@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import mrcfile
@@ -14,6 +15,9 @@ import pandas as pd
 import pytest
 
 from napari_spatial_vae.cli import main
+from napari_spatial_vae.cli.train import _Progress
+from napari_spatial_vae.core.metrics import EpochMetrics
+from napari_spatial_vae.core.train import TrainUpdate
 
 TINY = [
     "--hidden-dim",
@@ -278,3 +282,18 @@ def test_epoch_lines_report_each_latent_and_a_collapse(tmp_path, capsys):
     (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
     # which of the two fades first within 3 epochs depends on the initialisation
     assert re.match(r"warning: (z1|z2|z1, z2) carr(y|ies) almost nothing", warning)
+
+
+@pytest.mark.parametrize("checked", [False, True])
+def test_train_warns_when_held_out_particles_fit_better_turned(capsys, checked):
+    # the progress printer the train command feeds, given the events a run sends
+    progress = _Progress(quiet=True, z_delay=0, half_turn_check=checked)
+    metrics = EpochMetrics(-10.0, 9.0, 4.0, 0.5, 0.3, 3.2, (3.2,))
+    progress(TrainUpdate("epoch", 5, 5, train=metrics, test=replace(metrics, half_turn_better=0.2)))
+    progress(TrainUpdate("finished", 5, 5, stop_reason="completed"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "fit better turned" in line]
+    if checked:  # the run has already tried each particle turned: nothing to add
+        assert lines == []
+    else:
+        assert len(lines) == 1
+        assert lines[0].startswith("warning: 20.0 % of the held-out particles fit better")

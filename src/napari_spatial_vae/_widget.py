@@ -62,7 +62,12 @@ from napari_spatial_vae._worker import (
 )
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import TrainConfig
-from napari_spatial_vae.core.metrics import EpochMetrics, collapse_warning, describe_latent_use
+from napari_spatial_vae.core.metrics import (
+    EpochMetrics,
+    collapse_warning,
+    describe_latent_use,
+    half_turn_warning,
+)
 from napari_spatial_vae.core.runlock import LOCK_FILE
 from napari_spatial_vae.core.train import TrainUpdate
 
@@ -407,9 +412,12 @@ class SpatialVAEWidget(QWidget):
         self._describe_model()
         if self._last_epoch is not None:
             epoch, metrics = self._last_epoch
-            warning = collapse_warning(metrics, epoch, outcome.config.z_delay)
-            if warning:
-                show_warning(f"spatial-VAE: {warning}")
+            for warning in (
+                collapse_warning(metrics, epoch, outcome.config.z_delay),
+                half_turn_warning(metrics, outcome.config.model.half_turn_check),
+            ):
+                if warning:
+                    show_warning(f"spatial-VAE: {warning}")
         if outcome.results is not None:
             self.show_results(outcome.results)
             if PREVIEW in self.viewer.layers:

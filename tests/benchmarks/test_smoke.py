@@ -137,12 +137,18 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     # --keep-runs: a run folder the CLI can load
     assert (tmp_path / "runs" / "two-motions_s0" / "checkpoint.safetensors").is_file()
     assert 0.0 <= row["half_turned"] <= 0.5
+    # the half-turn warning's signal on the kept run, against the truth
+    kept = str(tmp_path / "runs" / "two-motions_s0")
+    args = ["--design", "two-motions", "--seed", "0", "--n-train", "48", "--n-test", "16"]
+    signal = json.loads(run("half_turn_signal.py", kept, *args))
+    assert signal["signal_reported"] == pytest.approx(row["half_turn_better"])
+    assert signal["flipped"] == pytest.approx(row["half_turned"], abs=1 / 16)
+    assert 0.0 <= signal["signal_all"] <= 1.0
     # the kept run's z1 traversal as a figure
     figure = tmp_path / "traversal.png"
     run("traversal_figure.py", str(tmp_path / "runs" / "two-motions_s0"), "-o", str(figure))
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # wrong input: exit status 2 and a message, no traceback
-    kept = str(tmp_path / "runs" / "two-motions_s0")
     for bad in ([kept, "--steps", "1"], [kept, "--labels", "a", "b"], [str(tmp_path / "no")]):
         done = run_script("traversal_figure.py", *bad, "-o", str(figure))
         assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -342,3 +342,29 @@ def test_the_half_turn_check_keeps_whichever_pose_renders_the_particle():
     assert ((wrong_cost - right_cost)[3:] > HALF_TURN_MARGIN).all()
     torch.testing.assert_close(chosen.mu, true)
     torch.testing.assert_close(search.attention, right)
+
+
+def test_the_half_turn_signal_names_the_particles_the_check_would_turn():
+    torch.manual_seed(0)
+    config = ModelConfig(z_dim=1, hidden_dim=16, encoder_rotations=8, fit_noise=False)
+    model = SpatialVAE(config, (1, 24, 24)).eval()
+    with torch.no_grad():  # an untrained generator is nearly flat: make its template sharp
+        model.generator.coord_layer.weight.mul_(3.0)
+        model.generator.body[-1].weight.mul_(20.0)
+    images = torch.nn.functional.avg_pool2d(torch.randn(32, 1, 24, 24), 5, 1, 2) * 3.0
+    better = model.half_turn_fits_better(images, binning=1)  # full size, as encode
+    plain = model.encode(images)
+    model.config.half_turn_check = True
+    checked = model.encode(images)
+    # the check turns exactly the particles the signal names, and (an untrained encoder's
+    # poses being arbitrary) some but not all of them
+    turned = ~torch.isclose(checked.mu, plain.mu).all(dim=1)
+    assert torch.equal(better, turned)
+    assert 0 < int(better.sum()) < len(images)
+
+
+def test_there_is_no_half_turn_signal_without_z_read_from_the_aligned_particle():
+    config = ModelConfig(z_dim=1, hidden_dim=16, encoder_rotations=8, z_from_aligned=False)
+    model = SpatialVAE(config, (1, 24, 24))
+    assert not model.can_check_half_turns
+    assert model.half_turn_fits_better(torch.randn(4, 1, 24, 24)) is None

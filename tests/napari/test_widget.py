@@ -15,6 +15,7 @@ from napari_spatial_vae._loss_plot import LossPlot
 from napari_spatial_vae._widget import SpatialVAEWidget
 from napari_spatial_vae.core.checkpoint import load_model, read_history, write_history
 from napari_spatial_vae.core.infer import encode_stack
+from napari_spatial_vae.core.metrics import collapse_warning, half_turn_warning
 
 PLUGIN = "napari-spatial-vae"
 RESULT_LAYERS = {
@@ -56,6 +57,14 @@ def errors(monkeypatch) -> list[str]:
     return shown
 
 
+@pytest.fixture
+def warnings_shown(monkeypatch) -> list[str]:
+    """Messages the widget shows as napari warning notifications."""
+    shown: list[str] = []
+    monkeypatch.setattr(_widget, "show_warning", shown.append)
+    return shown
+
+
 def dock(viewer, images: np.ndarray, tmp_path: Path, name: str = "particles", **settings):
     """Add ``images``, open the widget through the plugin manifest and make it tiny."""
     viewer.add_image(images, name=name)
@@ -81,7 +90,7 @@ def wait_idle(qtbot, widget, timeout: int = 60_000) -> None:
 
 
 def test_train_two_epochs_adds_every_result_layer(
-    make_napari_viewer, qtbot, tmp_path, small_particles, errors
+    make_napari_viewer, qtbot, tmp_path, small_particles, errors, warnings_shown
 ):
     viewer = make_napari_viewer()
     widget = dock(viewer, small_particles, tmp_path)
@@ -131,6 +140,12 @@ def test_train_two_epochs_adds_every_result_layer(
     assert widget.model is not None
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
     assert "completed" in widget.progress.format()
+    # the last held-out epoch's warnings (collapse, particles better turned), as the CLI's
+    epoch, metrics = widget._last_epoch
+    assert metrics.half_turn_better is not None
+    expected = [collapse_warning(metrics, epoch, 0), half_turn_warning(metrics, False)]
+    refused = "spatial-VAE: a job is already running; stop it first"  # the second start
+    assert warnings_shown == [refused, *(f"spatial-VAE: {w}" for w in expected if w)]
 
 
 def test_stop_keeps_a_usable_model(make_napari_viewer, qtbot, tmp_path, small_particles, errors):

@@ -12,7 +12,11 @@ from typing import Any
 from napari_spatial_vae.cli._common import open_stack, say
 from napari_spatial_vae.cli.settings import add_setting_arguments, config_from_args, resume_config
 from napari_spatial_vae.core.config import TrainConfig
-from napari_spatial_vae.core.metrics import collapse_warning, describe_latent_use
+from napari_spatial_vae.core.metrics import (
+    collapse_warning,
+    describe_latent_use,
+    half_turn_warning,
+)
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,9 +61,10 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
 class _Progress:
     """tqdm progress bar fed by TrainUpdate events, with one summary line per epoch."""
 
-    def __init__(self, quiet: bool, z_delay: int):
+    def __init__(self, quiet: bool, z_delay: int, half_turn_check: bool):
         self.quiet = quiet
         self.z_delay = z_delay
+        self.half_turn_check = half_turn_check
         self.bar: Any = None
         self.last: Any = None  # (epoch, metrics) of the last epoch, held-out where possible
 
@@ -102,9 +107,13 @@ class _Progress:
             if self.bar is not None:
                 self.bar.close()
             if self.last is not None:
-                warning = collapse_warning(self.last[1], self.last[0], self.z_delay)
-                if warning:
-                    say(f"warning: {warning}")
+                epoch, metrics = self.last
+                for warning in (
+                    collapse_warning(metrics, epoch, self.z_delay),
+                    half_turn_warning(metrics, self.half_turn_check),
+                ):
+                    if warning:
+                        say(f"warning: {warning}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -125,6 +134,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if main_rank:
             say("\nstopping after this step and saving (Ctrl-C again to abort)")
 
+    progress = (
+        _Progress(args.quiet, config.z_delay, config.model.half_turn_check) if main_rank else None
+    )
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         result = train(
@@ -132,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             particles,
             args.run_dir,
             test_images=test,
-            on_update=_Progress(args.quiet, config.z_delay) if main_rank else None,
+            on_update=progress,
             should_stop=lambda: stop["requested"],
             resume=args.resume,
             run_info={

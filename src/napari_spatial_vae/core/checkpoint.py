@@ -49,6 +49,7 @@ HISTORY_FIELDS = (
     "lr",
     "seconds",
     "binned",
+    "half_turn_better",
 )
 
 

@@ -241,10 +241,10 @@ class ModelConfig:
         help="With rotation search and z from the aligned particle: also try each particle "
         "turned by 180 degrees about its centre, with z read from the turned aligned "
         "particle, and keep the turned fit where it is clearly better (reconstruction plus "
-        "KL, scored without gradient; about 10 % more training time). Try it when the "
-        "angle histogram has a second peak at 180 degrees: a particle whose motion passes "
-        "through a nearly symmetric shape can be explained upside down at another z. Off "
-        "by default until it is measured on more designs (docs/defaults.md).",
+        "KL, scored without gradient; about 10 % more training time). Try it when training "
+        "warns that held-out particles fit better turned by 180 degrees: a particle whose "
+        "motion passes through a nearly symmetric shape can be explained upside down at "
+        "another z. Off by default until it is measured on more designs (docs/defaults.md).",
         label="check half turns",
         group="model",
     )

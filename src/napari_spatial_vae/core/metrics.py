@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,13 @@ from napari_spatial_vae.core.step import summed_terms
 # about the images: the posterior equals the prior, the decoder ignores it (posterior collapse).
 COLLAPSED_NATS = 0.5
 
+# A model whose held-out particles fit better a half turn away from their inferred pose this
+# often has learned some of them upside down (docs/defaults.md: healthy runs stay below it)
+HALF_TURN_WARNING_SHARE = 0.03
+# Held-out images the share is measured on (the first ones, whole batches): enough to tell
+# 3 % from 6 %, and a few percent of an epoch's time instead of doubling the evaluation
+HALF_TURN_SAMPLE = 256
+
 
 @dataclass(frozen=True)
 class EpochMetrics:
@@ -31,6 +38,10 @@ class EpochMetrics:
     ``kl_z_dims`` holds the KL of each z dimension (``kl_z`` is their sum). ``binned`` is the
     share of a training epoch's steps that compared 2x2-binned particles (coarse-to-fine):
     their ELBO covers a quarter of the pixels and is not comparable with full-size epochs.
+    ``half_turn_better`` (held-out sets only, None where the model cannot tell) is the share
+    of images the half turn of their inferred pose fits better
+    (:meth:`~.model.SpatialVAE.half_turn_fits_better`), over the first
+    :data:`HALF_TURN_SAMPLE` or so.
     """
 
     elbo: float
@@ -41,6 +52,7 @@ class EpochMetrics:
     kl_z: float
     kl_z_dims: tuple[float, ...] = ()
     binned: float = 0.0
+    half_turn_better: float | None = None
 
     @classmethod
     def from_sums(cls, sums: list[float], count: int) -> EpochMetrics:
@@ -93,6 +105,31 @@ def collapse_warning(metrics: EpochMetrics, epoch: int, z_delay: int) -> str | N
     )
 
 
+def half_turn_warning(metrics: EpochMetrics, checks_half_turns: bool) -> str | None:
+    """One line when a minority of the held-out particles, but more than
+    :data:`HALF_TURN_WARNING_SHARE`, fit better turned by 180 degrees; else None.
+
+    Parameters
+    ----------
+    metrics
+        The last epoch's held-out metrics (``half_turn_better``).
+    checks_half_turns
+        Whether the run already used the half-turn check (then there is nothing to add).
+    """
+    share = metrics.half_turn_better
+    # the fault turns a minority (one end of the motion); when most particles fit better
+    # turned, they look alike both ways up (a symmetric particle, noise-free data where any
+    # misfit is many nats) or the model is far from trained: not this fault
+    if checks_half_turns or share is None or not HALF_TURN_WARNING_SHARE <= share <= 0.5:
+        return None
+    return (
+        f"{100 * share:.1f} % of the held-out particles fit better turned by 180 degrees than "
+        "at their inferred pose: the model may have learned part of the motion upside down "
+        "(z then carries the flip); train again with the half-turn check "
+        "(--half-turn-check), see docs/defaults.md"
+    )
+
+
 @torch.no_grad()
 def evaluate_elbo(
     model: Any,
@@ -118,6 +155,8 @@ def evaluate_elbo(
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(5 + model.config.z_dim, dtype=torch.float64, device=device)
+    turned = None if freeze_z else torch.zeros((), dtype=torch.float64, device=device)
+    checked = 0
     for start, batch in zip(
         range(0, len(feeder), batch_size), feeder.batches(batch_size), strict=True
     ):
@@ -126,8 +165,16 @@ def evaluate_elbo(
             filters = ctf.filters(torch.arange(start, start + len(batch)))
         terms = model.loss_terms(batch, freeze_z=freeze_z, generator=generator, ctf=filters)
         sums += summed_terms(terms)
+        if turned is not None and checked < HALF_TURN_SAMPLE:
+            # (z-delay epochs skip it: with z frozen the turned particle's own z is unused)
+            better = model.half_turn_fits_better(batch, filters)
+            turned = None if better is None else turned + better.sum()
+            checked += len(batch)
     model.train(was_training)
-    return EpochMetrics.from_sums(sums.cpu().tolist(), len(feeder))
+    metrics = EpochMetrics.from_sums(sums.cpu().tolist(), len(feeder))
+    if turned is None or checked == 0:
+        return metrics
+    return replace(metrics, half_turn_better=float(turned) / checked)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -212,13 +259,13 @@ def angle_alignment(estimated: np.ndarray, true: np.ndarray) -> float:
     return float(max(same, mirrored))
 
 
-def half_turn_fraction(estimated: np.ndarray, true: np.ndarray) -> float:
-    """Share of ``(N,)`` estimated angles a half turn away from the rest (radians).
+def half_turned(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: which estimated angles are a half turn away from the rest (radians).
 
     The angle errors ``estimated - true`` (or ``+ true`` when the direction is mirrored,
     whichever is more concentrated) are centred on their best global offset modulo a half
     turn; an error beyond 90 degrees from it counts as flipped, and the smaller of the two
-    groups is the flipped one. 0: no particle aligned upside down; up to 0.5.
+    groups is the flipped one.
     """
     estimated, true = np.asarray(estimated, np.float64), np.asarray(true, np.float64)
     errors = max(
@@ -227,5 +274,13 @@ def half_turn_fraction(estimated: np.ndarray, true: np.ndarray) -> float:
     )
     offset = np.angle(np.mean(np.exp(2j * errors))) / 2.0
     centred = np.angle(np.exp(1j * (errors - offset)))
-    flipped = float(np.mean(np.abs(centred) > np.pi / 2))
-    return min(flipped, 1.0 - flipped)
+    flipped = np.abs(centred) > np.pi / 2
+    return ~flipped if flipped.mean() > 0.5 else flipped
+
+
+def half_turn_fraction(estimated: np.ndarray, true: np.ndarray) -> float:
+    """Share of ``(N,)`` estimated angles a half turn away from the rest (:func:`half_turned`).
+
+    0: no particle aligned upside down; up to 0.5.
+    """
+    return float(np.mean(half_turned(estimated, true)))

@@ -670,15 +670,43 @@ class SpatialVAE(nn.Module):
         return self.encoder.single_angle(search.attention, posterior)
 
     @property
-    def checks_half_turns(self) -> bool:
-        """Whether each particle is also tried a half turn away (``half_turn_check``)."""
+    def can_check_half_turns(self) -> bool:
+        """Whether this architecture can try a particle a half turn away.
+
+        It needs the rotation search (bins to roll) and z read from the aligned particle (so
+        the turned particle gets its own z).
+        """
         encoder = self.encoder
         return (
-            self.config.half_turn_check
-            and isinstance(encoder, EquivariantEncoder)
-            and encoder.search
-            and encoder.z_net is not None
+            isinstance(encoder, EquivariantEncoder) and encoder.search and encoder.z_net is not None
         )
+
+    @property
+    def checks_half_turns(self) -> bool:
+        """Whether each particle is also tried a half turn away (``half_turn_check``)."""
+        return self.config.half_turn_check and self.can_check_half_turns
+
+    @torch.no_grad()
+    def half_turn_fits_better(
+        self, images: torch.Tensor, ctf: torch.Tensor | None = None, binning: int | None = None
+    ) -> torch.Tensor | None:
+        """``(B,)`` bool: which ``(B, C, H, W)`` images the half turn of the encoder's own
+        pose fits better by :data:`HALF_TURN_MARGIN` nats.
+
+        Compared in ``binning`` x ``binning`` bins; default 2 x 2 where they apply, like the
+        check in training (a quarter of the cost), 1 for the full-size choice of :meth:`encode`.
+
+        With the check off, a share of these well above a percent says the model learned part
+        of the particles upside down (:func:`~.metrics.half_turn_warning`). None where the
+        architecture cannot tell (:attr:`can_check_half_turns`).
+        """
+        if not self.can_check_half_turns:
+            return None
+        assert isinstance(self.encoder, EquivariantEncoder)
+        view = self.encoder_view(images, ctf) * self.input_mask
+        hypotheses = self.encoder.search_rotation(view, half_turn=True)
+        layout = self.binned_layout(self.coarse_binning if binning is None else binning)
+        return self._prefers_half_turn(hypotheses, layout.targets(images), ctf, layout, None)
 
     @torch.no_grad()
     def _hypothesis_cost(
@@ -706,6 +734,21 @@ class SpatialVAE(nn.Module):
         _, kl_shift, kl_z_dims = self.kl_terms(posterior)
         cost = self.reconstruction_nll(targets, mean, logstd) + kl_shift
         return cost if kl_z_dims is None else cost + kl_z_dims.sum(1)
+
+    def _prefers_half_turn(
+        self,
+        hypotheses: list[tuple[Posterior, RotationSearch]],
+        targets: torch.Tensor,
+        ctf: torch.Tensor | None,
+        layout: PixelLayout,
+        autocast: contextlib.AbstractContextManager | None,
+    ) -> torch.Tensor:
+        """``(B,)`` bool: where the second (half-turned) hypothesis is clearly the better."""
+        costs = [self._hypothesis_cost(p, s, targets, ctf, layout, autocast) for p, s in hypotheses]
+        # a particle is turned only when the turned fit is clearly better: while the template
+        # is still nearly symmetric the two costs differ by noise, and choices that flip from
+        # step to step train the encoder towards both bins at once
+        return costs[1] < costs[0] - HALF_TURN_MARGIN
 
     def better_hypothesis(
         self,
@@ -737,11 +780,7 @@ class SpatialVAE(nn.Module):
             return hypotheses[0]
         layout = layout if layout is not None else self.layout
         (upright, search), (turned, turned_search) = hypotheses
-        costs = [self._hypothesis_cost(p, s, targets, ctf, layout, autocast) for p, s in hypotheses]
-        # a particle is turned only when the turned fit is clearly better: while the template
-        # is still nearly symmetric the two costs differ by noise, and choices that flip from
-        # step to step train the encoder towards both bins at once
-        use_turned = (costs[1] < costs[0] - HALF_TURN_MARGIN)[:, None]
+        use_turned = self._prefers_half_turn(hypotheses, targets, ctf, layout, autocast)[:, None]
         posterior = Posterior(
             torch.where(use_turned, turned.mu, upright.mu),
             torch.where(use_turned, turned.logstd, upright.logstd),

@@ -1,0 +1,61 @@
+"""A run says when many held-out particles fit better a half turn away (the 180-degree fault)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from napari_spatial_vae.core.checkpoint import load_model, read_history
+from napari_spatial_vae.core.data import ImageFeeder
+from napari_spatial_vae.core.metrics import (
+    HALF_TURN_WARNING_SHARE,
+    EpochMetrics,
+    evaluate_elbo,
+    half_turn_warning,
+)
+from napari_spatial_vae.core.train import train
+
+
+def _metrics(share: float | None) -> EpochMetrics:
+    return EpochMetrics(-10.0, 9.0, 1.0, 0.5, 0.3, 0.2, (0.2,), half_turn_better=share)
+
+
+def test_the_warning_needs_a_share_above_the_threshold_and_the_check_off():
+    assert half_turn_warning(_metrics(None), checks_half_turns=False) is None
+    assert half_turn_warning(_metrics(0.5 * HALF_TURN_WARNING_SHARE), False) is None
+    warning = half_turn_warning(_metrics(0.06), checks_half_turns=False)
+    assert warning is not None and "\n" not in warning
+    assert warning.startswith("6.0 % of the held-out particles fit better turned by 180")
+    assert "--half-turn-check" in warning
+    # most particles better turned is not the fault (one end of the motion upside down)
+    assert half_turn_warning(_metrics(0.9), checks_half_turns=False) is None
+    # a run that already checks each particle has nothing to try
+    assert half_turn_warning(_metrics(0.06), checks_half_turns=True) is None
+
+
+def test_held_out_rows_carry_the_share_the_model_fits_better_turned(
+    tmp_path, tiny_particles, make_config
+):
+    train(make_config(epochs=2), tiny_particles.images, tmp_path / "run")
+    table = pd.read_csv(tmp_path / "run" / "history.csv")
+    test_rows = table[table["split"] == "test"]
+    assert test_rows["half_turn_better"].between(0.0, 1.0).all()
+    assert table[table["split"] == "train"]["half_turn_better"].isna().all()
+    # it is the mean of the model's per-particle answer over the held-out set
+    model, _, _ = load_model(tmp_path / "run")
+    feeder = ImageFeeder(tiny_particles.images[:40], None, torch.device("cpu"), normalize=True)
+    metrics = evaluate_elbo(model, feeder, batch_size=16)
+    expected = model.half_turn_fits_better(next(iter(feeder.batches(len(feeder)))))
+    assert metrics.half_turn_better == pytest.approx(float(expected.float().mean()))
+    assert read_history(tmp_path / "run")[-1]["half_turn_better"] == pytest.approx(
+        test_rows["half_turn_better"].iloc[-1]
+    )
+
+
+def test_z_delay_epochs_have_no_share(tmp_path, tiny_particles, make_config):
+    train(make_config(epochs=1, z_delay=1), tiny_particles.images, tmp_path / "run")
+    rows = read_history(tmp_path / "run")
+    assert [row["half_turn_better"] for row in rows] == [None, None]
+    assert np.isfinite(rows[-1]["elbo"])
