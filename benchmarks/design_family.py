@@ -175,6 +175,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
             f"  turn better {_share(update.test.half_turn_better)}",
             flush=True,
         )
+        if update.message:  # the half-turn check switched on (half_turn_check=auto)
+            print(f"  {update.message}", flush=True)
 
     with (
         contextlib.nullcontext(f"{args.keep_runs}/{name}_s{seed}")

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not model.can_check_half_turns:
         parser.error(f"{args.run}: this model's architecture cannot try half turns")
-    model.config.half_turn_check = False  # the encoder's own poses, as the warning sees them
+    model.config.half_turn_check = "off"  # the encoder's own poses, as the warning sees them
     data = simulate_design(
         DESIGNS[args.design], args.n_train + args.n_test, 1000 + args.seed, args.snr, args.size
     )

@@ -19,7 +19,7 @@ median over repeats is reported.
     python benchmarks/throughput.py --configs a --steps 4 --repeats 3
     python benchmarks/throughput.py --elbo-epochs 2 --configs a   # ELBO at equal epochs
     python benchmarks/throughput.py --device cuda --steps 20      # GPU (naive on the GPU too)
-    python benchmarks/throughput.py --configs default half_turn_check=true  # a setting's cost
+    python benchmarks/throughput.py --configs default half_turn_check=on  # a setting's cost
 """
 
 from __future__ import annotations

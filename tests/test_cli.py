@@ -284,15 +284,15 @@ def test_epoch_lines_report_each_latent_and_a_collapse(tmp_path, capsys):
     assert re.match(r"warning: (z1|z2|z1, z2) carr(y|ies) almost nothing", warning)
 
 
-@pytest.mark.parametrize("checked", [False, True])
-def test_train_warns_when_held_out_particles_fit_better_turned(capsys, checked):
+@pytest.mark.parametrize("mode", ["off", "auto", "on"])
+def test_train_warns_when_held_out_particles_fit_better_turned(capsys, mode):
     # the progress printer the train command feeds, given the events a run sends
-    progress = _Progress(quiet=True, z_delay=0, half_turn_check=checked)
+    progress = _Progress(quiet=True, z_delay=0, half_turn_check=mode)
     metrics = EpochMetrics(-10.0, 9.0, 4.0, 0.5, 0.3, 3.2, (3.2,))
     progress(TrainUpdate("epoch", 5, 5, train=metrics, test=replace(metrics, half_turn_better=0.2)))
     progress(TrainUpdate("finished", 5, 5, stop_reason="completed"))
     lines = [line for line in capsys.readouterr().err.splitlines() if "fit better turned" in line]
-    if checked:  # the run has already tried each particle turned: nothing to add
+    if mode != "off":  # the run has tried (or would have) each particle turned
         assert lines == []
     else:
         assert len(lines) == 1

@@ -10,10 +10,12 @@ import torch
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.data import ImageFeeder
 from napari_spatial_vae.core.metrics import (
+    HALF_TURN_SWITCH_FROM,
     HALF_TURN_WARNING_SHARE,
     EpochMetrics,
     evaluate_elbo,
     half_turn_warning,
+    switches_half_turn_check,
 )
 from napari_spatial_vae.core.train import train
 
@@ -23,16 +25,28 @@ def _metrics(share: float | None) -> EpochMetrics:
 
 
 def test_the_warning_needs_a_share_above_the_threshold_and_the_check_off():
-    assert half_turn_warning(_metrics(None), checks_half_turns=False) is None
-    assert half_turn_warning(_metrics(0.5 * HALF_TURN_WARNING_SHARE), False) is None
-    warning = half_turn_warning(_metrics(0.06), checks_half_turns=False)
+    assert half_turn_warning(_metrics(None), "off") is None
+    assert half_turn_warning(_metrics(0.5 * HALF_TURN_WARNING_SHARE), "off") is None
+    warning = half_turn_warning(_metrics(0.06), "off")
     assert warning is not None and "\n" not in warning
     assert warning.startswith("6.0 % of the held-out particles fit better turned by 180")
     assert "--half-turn-check" in warning
     # most particles better turned is not the fault (one end of the motion upside down)
-    assert half_turn_warning(_metrics(0.9), checks_half_turns=False) is None
-    # a run that already checks each particle has nothing to try
-    assert half_turn_warning(_metrics(0.06), checks_half_turns=True) is None
+    assert half_turn_warning(_metrics(0.9), "off") is None
+    # a run that checks each particle (or switches the check on itself) has nothing to try
+    assert half_turn_warning(_metrics(0.06), "on") is None
+    assert half_turn_warning(_metrics(0.06), "auto") is None
+
+
+def test_auto_switches_on_for_the_fault_and_only_after_the_first_part_of_the_run():
+    fault, fine = _metrics(0.06), _metrics(0.01)
+    assert switches_half_turn_check(fault, HALF_TURN_SWITCH_FROM)
+    assert switches_half_turn_check(fault, 1.0)
+    # early poses still swing: not before the first part of the schedule
+    assert not switches_half_turn_check(fault, 0.9 * HALF_TURN_SWITCH_FROM)
+    assert not switches_half_turn_check(fine, 1.0)
+    assert not switches_half_turn_check(_metrics(0.9), 1.0)
+    assert not switches_half_turn_check(_metrics(None), 1.0)
 
 
 def test_held_out_rows_carry_the_share_the_model_fits_better_turned(

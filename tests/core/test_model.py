@@ -277,7 +277,7 @@ def test_the_half_turn_hypothesis_is_the_particle_turned_about_its_own_centre():
     from napari_spatial_vae.core.coords import align_images, particle_centre
 
     shape = (1, 24, 24)
-    model = SpatialVAE(ModelConfig(z_dim=1, hidden_dim=16, half_turn_check=True), shape)
+    model = SpatialVAE(ModelConfig(z_dim=1, hidden_dim=16, half_turn_check="on"), shape)
     encoder = model.encoder
     images = torch.randn(5, *shape)
     (upright, search), (turned, turned_search) = encoder.search_rotation(images, half_turn=True)
@@ -303,7 +303,7 @@ def test_the_half_turn_check_keeps_whichever_pose_renders_the_particle():
     # fixed noise: the cost is then the residual (a learned noise map of an untrained
     # generator would weigh the two poses' pixels differently)
     config = ModelConfig(
-        z_dim=1, hidden_dim=16, encoder_rotations=k, half_turn_check=True, fit_noise=False
+        z_dim=1, hidden_dim=16, encoder_rotations=k, half_turn_check="on", fit_noise=False
     )
     model = SpatialVAE(config, shape)
     with torch.no_grad():  # an untrained generator is nearly flat: make its template sharp
@@ -354,7 +354,7 @@ def test_the_half_turn_signal_names_the_particles_the_check_would_turn():
     images = torch.nn.functional.avg_pool2d(torch.randn(32, 1, 24, 24), 5, 1, 2) * 3.0
     better = model.half_turn_fits_better(images, binning=1)  # full size, as encode
     plain = model.encode(images)
-    model.config.half_turn_check = True
+    model.config.half_turn_check = "on"
     checked = model.encode(images)
     # the check turns exactly the particles the signal names, and (an untrained encoder's
     # poses being arbitrary) some but not all of them

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_spatial_vae.core import train as train_module
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.errors import CheckpointError, DataError
 from napari_spatial_vae.core.infer import encode_stack
@@ -216,31 +217,90 @@ def test_a_run_with_free_nats_trains(tmp_path, tiny_particles, make_config):
 
 def test_a_run_that_checks_half_turns_trains_and_infers(tmp_path, tiny_particles, make_config):
     # two epochs: the first compares binned images (the coarse phase), the second full-size
-    config = make_config(epochs=2, half_turn_check=True)
+    config = make_config(epochs=2, half_turn_check="on")
     result = train(config, tiny_particles.images, tmp_path / "run")
     assert result.epochs_completed == 2
     assert all(np.isfinite(row["elbo"]) for row in result.history)
     model, loaded, _ = load_model(tmp_path / "run")
-    assert loaded.model.half_turn_check and model.checks_half_turns
+    assert loaded.model.half_turn_check == "on" and model.checks_half_turns
     poses = encode_stack(model, loaded, tiny_particles.images)
     assert np.isfinite(poses.theta).all() and (np.abs(poses.theta) <= np.pi).all()
 
 
 @pytest.mark.parametrize(
-    "field",
-    ["z_from_aligned", "z_half_turn_invariant", "refine_pose", "z_every_layer", "half_turn_check"],
-)
+    ("field", "before"),
+    [("z_from_aligned", False), ("z_half_turn_invariant", False), ("refine_pose", False),
+     ("z_every_layer", False), ("half_turn_check", "off")],
+)  # fmt: skip
 def test_a_run_folder_saved_before_a_model_field_loads_as_it_was_built(
-    tmp_path, tiny_particles, make_config, field
+    tmp_path, tiny_particles, make_config, field, before
 ):
     # run folders written before the setting existed were built without it: a config.json
     # without the key must rebuild that model (same weights, same outputs), not the new default
-    result = train(make_config(epochs=1, **{field: False}), tiny_particles.images, tmp_path / "run")
+    result = train(
+        make_config(epochs=1, **{field: before}), tiny_particles.images, tmp_path / "run"
+    )
     path = tmp_path / "run" / "config.json"
     saved = json.loads(path.read_text())
     del saved["config"]["model"][field]
     path.write_text(json.dumps(saved))
     model, config, _ = load_model(tmp_path / "run")
-    assert getattr(config.model, field) is False
+    assert getattr(config.model, field) == before
     for p, q in zip(model.parameters(), result.model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(("saved", "loaded"), [(True, "on"), (False, "off")])
+def test_a_half_turn_check_saved_as_a_bool_loads_as_on_or_off(
+    tmp_path, tiny_particles, make_config, saved, loaded
+):
+    # the setting was a bool on the morning of 2026-12-03, before "auto"
+    train(make_config(epochs=1), tiny_particles.images, tmp_path / "run")
+    path = tmp_path / "run" / "config.json"
+    payload = json.loads(path.read_text())
+    payload["config"]["model"]["half_turn_check"] = saved
+    path.write_text(json.dumps(payload))
+    model, config, _ = load_model(tmp_path / "run")
+    assert config.model.half_turn_check == loaded
+    assert model.checks_half_turns == saved
+
+
+def test_auto_switches_the_half_turn_check_on_for_the_rest_of_the_run(
+    tmp_path, tiny_particles, make_config, monkeypatch
+):
+    # the decision (tests/core/test_half_turn_signal.py) forced after the second epoch, to
+    # follow what the run does with it
+    decisions = []
+
+    def after_epoch_two(metrics, schedule_progress):
+        decisions.append(schedule_progress)
+        return len(decisions) == 2
+
+    monkeypatch.setattr(train_module, "switches_half_turn_check", after_epoch_two)
+    updates = []
+    config = make_config(epochs=4)
+    assert config.model.half_turn_check == "auto"
+    result = train(config, tiny_particles.images, tmp_path / "run", on_update=updates.append)
+    # asked after epochs 1 and 2, with the schedule's progress; never again once on
+    assert len(decisions) == 2 and 0.0 < decisions[0] < decisions[1] < 0.5
+    messages = [u.message for u in updates if u.kind == "epoch"]
+    assert messages[1].startswith("half-turn check switched on after epoch 2: ")
+    assert messages[0] == messages[2] == messages[3] == ""
+    assert config.model.half_turn_check == "on" and result.model.checks_half_turns
+    # the folder says so: inference and a resumed run check half turns too
+    model, saved, _ = load_model(tmp_path / "run")
+    assert saved.model.half_turn_check == "on" and model.checks_half_turns
+
+
+def test_auto_leaves_the_run_as_it_was_when_nothing_calls_for_the_check(
+    tmp_path, tiny_particles, make_config, monkeypatch
+):
+    monkeypatch.setattr(train_module, "switches_half_turn_check", lambda metrics, done: False)
+    auto = train(make_config(epochs=2), tiny_particles.images, tmp_path / "auto")
+    off = train(
+        make_config(epochs=2, half_turn_check="off"), tiny_particles.images, tmp_path / "off"
+    )
+    # the same run, step for step
+    for p, q in zip(auto.model.parameters(), off.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert load_model(tmp_path / "auto")[1].model.half_turn_check == "auto"

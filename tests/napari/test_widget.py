@@ -143,7 +143,7 @@ def test_train_two_epochs_adds_every_result_layer(
     # the last held-out epoch's warnings (collapse, particles better turned), as the CLI's
     epoch, metrics = widget._last_epoch
     assert metrics.half_turn_better is not None
-    expected = [collapse_warning(metrics, epoch, 0), half_turn_warning(metrics, False)]
+    expected = [collapse_warning(metrics, epoch, 0), half_turn_warning(metrics, "auto")]
     refused = "spatial-VAE: a job is already running; stop it first"  # the second start
     assert warnings_shown == [refused, *(f"spatial-VAE: {w}" for w in expected if w)]
 

@@ -61,7 +61,7 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
 class _Progress:
     """tqdm progress bar fed by TrainUpdate events, with one summary line per epoch."""
 
-    def __init__(self, quiet: bool, z_delay: int, half_turn_check: bool):
+    def __init__(self, quiet: bool, z_delay: int, half_turn_check: str):
         self.quiet = quiet
         self.z_delay = z_delay
         self.half_turn_check = half_turn_check
@@ -103,6 +103,11 @@ class _Progress:
                 self.bar.write(line, file=sys.stderr)
             elif not self.quiet:
                 say(line)
+            if update.message:  # the half-turn check switched on: said even when quiet
+                if self.bar is not None:
+                    self.bar.write(update.message, file=sys.stderr)
+                else:
+                    say(update.message)
         elif update.kind == "finished":
             if self.bar is not None:
                 self.bar.close()

@@ -34,6 +34,7 @@ LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli")
 THETA_KLS: tuple[str, ...] = ("free-mean", "standard")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "tf32")
 CTF_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+HALF_TURN_CHECK_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 CTF_ENCODER_INPUTS: tuple[str, ...] = ("raw", "flip")
 
 
@@ -236,17 +237,19 @@ class ModelConfig:
         label="z ignores half turns",
         group="model",
     )
-    half_turn_check: bool = setting(
-        False,
+    half_turn_check: str = setting(
+        "auto",
         help="With rotation search and z from the aligned particle: also try each particle "
         "turned by 180 degrees about its centre, with z read from the turned aligned "
         "particle, and keep the turned fit where it is clearly better (reconstruction plus "
-        "KL, scored without gradient; about 10 % more training time). Try it when training "
-        "warns that held-out particles fit better turned by 180 degrees: a particle whose "
-        "motion passes through a nearly symmetric shape can be explained upside down at "
-        "another z. Off by default until it is measured on more designs (docs/defaults.md).",
+        "KL, scored without gradient; about 10 % more training time). 'auto' switches it on "
+        "for the rest of the run when, after 30 % of the schedule, more than 3 % of the "
+        "held-out particles fit better turned (a particle whose motion passes through a "
+        "nearly symmetric shape can be learned partly upside down); 'on' from the start; "
+        "'off' never (training then warns instead). See docs/defaults.md.",
         label="check half turns",
         group="model",
+        choices=HALF_TURN_CHECK_CHOICES,
     )
     refine_pose: bool = setting(
         True,
@@ -602,6 +605,9 @@ class TrainConfig:
         """Build from :meth:`to_dict` output, rejecting unknown keys with a clear message."""
         data = dict(data)
         model_data = {**_MODEL_BEFORE_THE_FIELD, **data.pop("model", {})}
+        # saved while the half-turn check was a bool (2026-12-03 morning)
+        if isinstance(model_data["half_turn_check"], bool):
+            model_data["half_turn_check"] = "on" if model_data["half_turn_check"] else "off"
         model = _build(ModelConfig, model_data, "model")
         config = _build(cls, data, "config")
         config.model = model
@@ -615,7 +621,7 @@ _MODEL_BEFORE_THE_FIELD: dict[str, Any] = {
     "z_half_turn_invariant": False,
     "refine_pose": False,
     "z_every_layer": False,
-    "half_turn_check": False,
+    "half_turn_check": "off",
 }
 
 

@@ -29,6 +29,8 @@ HALF_TURN_WARNING_SHARE = 0.03
 # Held-out images the share is measured on (the first ones, whole batches): enough to tell
 # 3 % from 6 %, and a few percent of an epoch's time instead of doubling the evaluation
 HALF_TURN_SAMPLE = 256
+# Share of the schedule after which ``half_turn_check="auto"`` may switch the check on
+HALF_TURN_SWITCH_FROM = 0.3
 
 
 @dataclass(frozen=True)
@@ -105,28 +107,41 @@ def collapse_warning(metrics: EpochMetrics, epoch: int, z_delay: int) -> str | N
     )
 
 
-def half_turn_warning(metrics: EpochMetrics, checks_half_turns: bool) -> str | None:
-    """One line when a minority of the held-out particles, but more than
-    :data:`HALF_TURN_WARNING_SHARE`, fit better turned by 180 degrees; else None.
-
-    Parameters
-    ----------
-    metrics
-        The last epoch's held-out metrics (``half_turn_better``).
-    checks_half_turns
-        Whether the run already used the half-turn check (then there is nothing to add).
-    """
+def shows_half_turn_fault(metrics: EpochMetrics) -> bool:
+    """Whether a minority of the held-out particles, but more than
+    :data:`HALF_TURN_WARNING_SHARE`, fit better turned by 180 degrees."""
     share = metrics.half_turn_better
     # the fault turns a minority (one end of the motion); when most particles fit better
     # turned, they look alike both ways up (a symmetric particle, noise-free data where any
     # misfit is many nats) or the model is far from trained: not this fault
-    if checks_half_turns or share is None or not HALF_TURN_WARNING_SHARE <= share <= 0.5:
+    return share is not None and HALF_TURN_WARNING_SHARE <= share <= 0.5
+
+
+def switches_half_turn_check(metrics: EpochMetrics, schedule_progress: float) -> bool:
+    """Whether a run with ``half_turn_check="auto"`` turns the check on after this epoch.
+
+    Parameters
+    ----------
+    metrics
+        The epoch's held-out metrics.
+    schedule_progress
+        Share of the run's schedule done (0..1). Not before :data:`HALF_TURN_SWITCH_FROM`:
+        in the first epochs the particles' poses still swing (the coarse phase).
+    """
+    return schedule_progress >= HALF_TURN_SWITCH_FROM and shows_half_turn_fault(metrics)
+
+
+def half_turn_warning(metrics: EpochMetrics, half_turn_check: str) -> str | None:
+    """One line when the run ends with the half-turn fault (:func:`shows_half_turn_fault`)
+    and the check ``"off"``; else None (with "auto" the run has already switched it on)."""
+    share = metrics.half_turn_better
+    if half_turn_check != "off" or share is None or not shows_half_turn_fault(metrics):
         return None
     return (
         f"{100 * share:.1f} % of the held-out particles fit better turned by 180 degrees than "
         "at their inferred pose: the model may have learned part of the motion upside down "
         "(z then carries the flip); train again with the half-turn check "
-        "(--half-turn-check), see docs/defaults.md"
+        "(--half-turn-check auto or on), see docs/defaults.md"
     )
 
 

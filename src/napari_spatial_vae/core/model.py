@@ -683,8 +683,9 @@ class SpatialVAE(nn.Module):
 
     @property
     def checks_half_turns(self) -> bool:
-        """Whether each particle is also tried a half turn away (``half_turn_check``)."""
-        return self.config.half_turn_check and self.can_check_half_turns
+        """Whether each particle is also tried a half turn away (``half_turn_check`` "on";
+        training switches "auto" to "on" when the held-out particles call for it)."""
+        return self.config.half_turn_check == "on" and self.can_check_half_turns
 
     @torch.no_grad()
     def half_turn_fits_better(

@@ -53,7 +53,7 @@ from napari_spatial_vae.core.distributed import (
 from napari_spatial_vae.core.errors import CheckpointError, ConfigError, DataError
 from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.memory import MemoryPlan, available_bytes, plan_batch_size
-from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo
+from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo, switches_half_turn_check
 from napari_spatial_vae.core.model import SpatialVAE, why_not_binned
 from napari_spatial_vae.core.performance import (
     generator_autocast,
@@ -376,6 +376,9 @@ def _train(
         # every rank loads the same checkpoint, so all start from identical weights
         model, _, progress = load_model(run_dir, device)
         model.train()
+        if model.config.half_turn_check == "on" and config.model.half_turn_check == "auto":
+            config.model.half_turn_check = "on"  # the run switched it on before it stopped
+        model.config.half_turn_check = config.model.half_turn_check  # the model holds a copy
         history = [r for r in read_history(run_dir) if r["epoch"] <= progress.epochs_completed]
     else:
         if has_checkpoint(run_dir):
@@ -425,14 +428,10 @@ def _train(
             test_filters = CtfBatches(source.subset(test_feed.indices), image_shape[1:], device)
     # after the feeders: resident images already took their share of the free memory
     memory = _plan_memory(config, image_shape, model, device, context, resume, ctf_all is not None)
+    config_extra = {"run": run_info or {}, "ctf": ctf_line, "precision": precision_line}
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(
-            run_dir,
-            config,
-            image_shape,
-            {"run": run_info or {}, "ctf": ctf_line, "precision": precision_line},
-        )
+        save_config(run_dir, config, image_shape, config_extra)
 
     step_module: nn.Module = _LossModule(model, precision[0], device)
     if context.enabled:
@@ -552,6 +551,9 @@ def _train(
             test_metrics = evaluate_elbo(
                 model, test_feed, config.batch_size, eval_gen, freeze_z, test_filters
             )
+        switched = _switch_half_turn_check(config, model, test_metrics, epoch, progress, context)
+        if switched and context.is_main:
+            save_config(run_dir, config, image_shape, config_extra)  # inference checks too
         seconds = time.monotonic() - started
         lr_now = optimizer.param_groups[0]["lr"]
         history.append(train_metrics.as_row(epoch, "train", lr_now, seconds))
@@ -574,6 +576,7 @@ def _train(
                 seconds,
                 train=train_metrics,
                 test=test_metrics,
+                message=switched,
                 model=model,
             )
         )
@@ -689,6 +692,39 @@ def _run_ctf(
             ".star/.cs file with CTF columns, or use --ctf off)"
         )
     return used, resolve_ctf("on", test_ctf, problem, len(test_images), likelihood)
+
+
+def _switch_half_turn_check(
+    config: TrainConfig,
+    model: SpatialVAE,
+    test_metrics: EpochMetrics | None,
+    epoch: int,
+    progress: Progress,
+    context: DistributedContext,
+) -> str:
+    """Turn ``half_turn_check="auto"`` into "on" when the held-out particles call for it.
+
+    Returns the line that says so, or "" when nothing changed. ``config.model`` (which the
+    model shares) is changed in place, so the caller's config and ``config.json`` follow.
+    """
+    if config.model.half_turn_check != "auto" or not model.can_check_half_turns:
+        return ""
+    switch = test_metrics is not None and switches_half_turn_check(
+        test_metrics, progress.lr_progress
+    )
+    if context.enabled:
+        # only rank 0 evaluates the held-out set: every rank follows its decision
+        switch = bool(max_over_ranks([float(switch)], context)[0])
+    if not switch:
+        return ""
+    # (a resumed model holds its own copy of the model settings)
+    config.model.half_turn_check = model.config.half_turn_check = "on"
+    share = test_metrics.half_turn_better if test_metrics is not None else None
+    measured = f"{100 * share:.1f} %" if share is not None else "part"
+    return (
+        f"half-turn check switched on after epoch {epoch}: {measured} "
+        "of the held-out particles fit better turned by 180 degrees (--half-turn-check auto)"
+    )
 
 
 def _wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
