@@ -272,8 +272,10 @@ def test_auto_switches_the_half_turn_check_on_for_the_rest_of_the_run(
     # follow what the run does with it
     decisions = []
 
-    def after_epoch_two(metrics, schedule_progress):
+    def after_epoch_two(shares, schedule_progress):
         decisions.append(schedule_progress)
+        # the held-out shares of every epoch so far, this one last
+        assert len(shares) == len(decisions) and all(0.0 <= s <= 1.0 for s in shares)
         return len(decisions) == 2
 
     monkeypatch.setattr(train_module, "switches_half_turn_check", after_epoch_two)
@@ -295,7 +297,7 @@ def test_auto_switches_the_half_turn_check_on_for_the_rest_of_the_run(
 def test_auto_leaves_the_run_as_it_was_when_nothing_calls_for_the_check(
     tmp_path, tiny_particles, make_config, monkeypatch
 ):
-    monkeypatch.setattr(train_module, "switches_half_turn_check", lambda metrics, done: False)
+    monkeypatch.setattr(train_module, "switches_half_turn_check", lambda shares, done: False)
     auto = train(make_config(epochs=2), tiny_particles.images, tmp_path / "auto")
     off = train(
         make_config(epochs=2, half_turn_check="off"), tiny_particles.images, tmp_path / "off"

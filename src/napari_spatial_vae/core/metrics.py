@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,8 +30,10 @@ HALF_TURN_WARNING_SHARE = 0.03
 # Held-out images the share is measured on (the first ones, whole batches): enough to tell
 # 3 % from 6 %, and a few percent of an epoch's time instead of doubling the evaluation
 HALF_TURN_SAMPLE = 256
-# Share of the schedule after which ``half_turn_check="auto"`` may switch the check on
+# Share of the schedule after which ``half_turn_check="auto"`` may switch the check on, and
+# the number of epochs in a row that must show the fault
 HALF_TURN_SWITCH_FROM = 0.3
+HALF_TURN_SWITCH_EPOCHS = 2
 
 
 @dataclass(frozen=True)
@@ -107,35 +110,46 @@ def collapse_warning(metrics: EpochMetrics, epoch: int, z_delay: int) -> str | N
     )
 
 
-def shows_half_turn_fault(metrics: EpochMetrics) -> bool:
-    """Whether a minority of the held-out particles, but more than
-    :data:`HALF_TURN_WARNING_SHARE`, fit better turned by 180 degrees."""
-    share = metrics.half_turn_better
+def shows_half_turn_fault(share: float | None) -> bool:
+    """Whether a held-out share that fits better turned by 180 degrees (``half_turn_better``)
+    is the fault: a minority, but more than :data:`HALF_TURN_WARNING_SHARE`."""
     # the fault turns a minority (one end of the motion); when most particles fit better
     # turned, they look alike both ways up (a symmetric particle, noise-free data where any
     # misfit is many nats) or the model is far from trained: not this fault
     return share is not None and HALF_TURN_WARNING_SHARE <= share <= 0.5
 
 
-def switches_half_turn_check(metrics: EpochMetrics, schedule_progress: float) -> bool:
+def switches_half_turn_check(shares: Sequence[float | None], schedule_progress: float) -> bool:
     """Whether a run with ``half_turn_check="auto"`` turns the check on after this epoch.
 
     Parameters
     ----------
-    metrics
-        The epoch's held-out metrics.
+    shares
+        The held-out ``half_turn_better`` of the epochs so far, this one last.
     schedule_progress
         Share of the run's schedule done (0..1). Not before :data:`HALF_TURN_SWITCH_FROM`:
         in the first epochs the particles' poses still swing (the coarse phase).
+
+    Notes
+    -----
+    The fault has to show in :data:`HALF_TURN_SWITCH_EPOCHS` epochs in a row: a healthy run
+    can turn a few percent of its particles for one epoch and take them back the next (the
+    project's hinge did at epochs 6, 10, 13 and 26), while a run that learned part of the
+    motion upside down keeps them.
     """
-    return schedule_progress >= HALF_TURN_SWITCH_FROM and shows_half_turn_fault(metrics)
+    recent = list(shares)[-HALF_TURN_SWITCH_EPOCHS:]
+    return (
+        schedule_progress >= HALF_TURN_SWITCH_FROM
+        and len(recent) == HALF_TURN_SWITCH_EPOCHS
+        and all(shows_half_turn_fault(share) for share in recent)
+    )
 
 
 def half_turn_warning(metrics: EpochMetrics, half_turn_check: str) -> str | None:
     """One line when the run ends with the half-turn fault (:func:`shows_half_turn_fault`)
-    and the check ``"off"``; else None (with "auto" the run has already switched it on)."""
+    and the check ``"off"``; else None (with "auto" the run switches the check on itself)."""
     share = metrics.half_turn_better
-    if half_turn_check != "off" or share is None or not shows_half_turn_fault(metrics):
+    if half_turn_check != "off" or share is None or not shows_half_turn_fault(share):
         return None
     return (
         f"{100 * share:.1f} % of the held-out particles fit better turned by 180 degrees than "

@@ -551,7 +551,9 @@ def _train(
             test_metrics = evaluate_elbo(
                 model, test_feed, config.batch_size, eval_gen, freeze_z, test_filters
             )
-        switched = _switch_half_turn_check(config, model, test_metrics, epoch, progress, context)
+        switched = _switch_half_turn_check(
+            config, model, history, test_metrics, epoch, progress, context
+        )
         if switched and context.is_main:
             save_config(run_dir, config, image_shape, config_extra)  # inference checks too
         seconds = time.monotonic() - started
@@ -697,6 +699,7 @@ def _run_ctf(
 def _switch_half_turn_check(
     config: TrainConfig,
     model: SpatialVAE,
+    history: list[dict[str, Any]],
     test_metrics: EpochMetrics | None,
     epoch: int,
     progress: Progress,
@@ -704,14 +707,18 @@ def _switch_half_turn_check(
 ) -> str:
     """Turn ``half_turn_check="auto"`` into "on" when the held-out particles call for it.
 
-    Returns the line that says so, or "" when nothing changed. ``config.model`` (which the
-    model shares) is changed in place, so the caller's config and ``config.json`` follow.
+    ``history`` holds the rows of the epochs before this one, whose held-out shares count
+    too (:func:`~.metrics.switches_half_turn_check`). Returns the line that says so, or ""
+    when nothing changed. ``config.model`` (which the model shares) is changed in place, so
+    the caller's config and ``config.json`` follow.
     """
     if config.model.half_turn_check != "auto" or not model.can_check_half_turns:
         return ""
-    switch = test_metrics is not None and switches_half_turn_check(
-        test_metrics, progress.lr_progress
-    )
+    switch = False
+    if test_metrics is not None:
+        shares = [row["half_turn_better"] for row in history if row["split"] == "test"]
+        shares.append(test_metrics.half_turn_better)
+        switch = switches_half_turn_check(shares, progress.lr_progress)
     if context.enabled:
         # only rank 0 evaluates the held-out set: every rank follows its decision
         switch = bool(max_over_ranks([float(switch)], context)[0])
