@@ -244,8 +244,9 @@ class ModelConfig:
         "particle, and keep the turned fit where it is clearly better (reconstruction plus "
         "KL, scored without gradient; about 10 % more training time). 'auto' switches it on "
         "for the rest of the run when, after 30 % of the schedule, more than 3 % of the "
-        "held-out particles fit better turned (a particle whose motion passes through a "
-        "nearly symmetric shape can be learned partly upside down); 'on' from the start; "
+        "held-out particles fit better turned in two epochs in a row (a particle whose "
+        "motion passes through a nearly symmetric shape can be learned partly upside "
+        "down); 'on' from the start; "
         "'off' never (training then warns instead). See docs/defaults.md.",
         label="check half turns",
         group="model",
