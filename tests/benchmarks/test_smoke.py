@@ -160,6 +160,17 @@ def test_design_oracle_bounds_what_z_can_reach():
     row = json.loads(out.strip().splitlines()[-1])
     # the project's hinge at SNR 1: the motion is plain to an oracle that knows the pose
     assert row["design"] == "hinge" and row["oracle_pearson"][0] > 0.95
+    assert row["rotation_window_deg"] == 0
+
+
+def test_design_oracle_with_the_rotation_unknown():
+    args = ["--designs", "hinge", "--snr", "1", "--n", "16", "--steps", "9"]
+    out = run("design_oracle.py", *args, "--rotation-window", "4")
+    row = json.loads(out.strip().splitlines()[-1])
+    # an in-plane hinge does not look like a turn of the whole particle: still plain
+    assert row["rotation_window_deg"] == 4 and row["oracle_pearson"][0] > 0.9
+    done = run_script("design_oracle.py", *args, "--rotation-window", "-1")
+    assert done.returncode == 2 and "--rotation-window must be" in done.stderr
 
 
 def test_explore_speed_prints_a_json_row():
