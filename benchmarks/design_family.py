@@ -5,7 +5,9 @@ For each design (``core/designs.py``) and seed: simulate training and held-out p
 unless overridden) under a time budget, then score the held-out particles:
 
 * ``pearson_z``: for each motion, the largest |Pearson| of a latent with it (the worst motion
-  is reported when there are two);
+  is reported when there are two), z as ``spatial-vae infer`` reports it (the encoder's mean
+  refined against the generator, ``core/refine.py``); ``pearson_z_encoder`` and
+  ``linear_z_encoder`` score the encoder's mean itself;
 * ``linear_z``: for each motion, the multiple correlation of all latents with it (how well a
   linear function of z predicts it; equals ``pearson_z`` for z-dim 1, and unlike it does not
   count a rotated mix of two motions over two latent axes as missing; worst motion);
@@ -22,6 +24,10 @@ unless overridden) under a time budget, then score the held-out particles:
 * ``test_elbo`` (nats per image);
 * with ``--apply-snr S``, the same scores of the trained model on new held-out particles of
   the same design at SNR S (a model trained at SNR 0.5 applied to SNR 0.1 data).
+
+``--from-runs DIR`` scores the runs a ``--keep-runs DIR`` call trained (``DIR/<design>_s<seed>``)
+instead of training again: epochs, test ELBO and the half-turn signal come from their
+history, ``wall_s`` is empty.
 
 Tune on ``--split tune`` (designs and seeds defaults may be chosen on); report
 ``--split report`` (held out). One JSON row per run, then a markdown table:
@@ -44,7 +50,8 @@ import torch
 from particles_accuracy import apply_overrides  # same folder: run as a script
 
 from napari_spatial_vae.core import metrics
-from napari_spatial_vae.core.config import ModelConfig, TrainConfig
+from napari_spatial_vae.core.checkpoint import load_model, read_history
+from napari_spatial_vae.core.config import REFINE_Z_STEPS, ModelConfig, TrainConfig
 from napari_spatial_vae.core.coords import align_images, circular_mask
 from napari_spatial_vae.core.data import input_scale, preprocess
 from napari_spatial_vae.core.designs import (
@@ -56,6 +63,7 @@ from napari_spatial_vae.core.designs import (
     DesignParticles,
     simulate_design,
 )
+from napari_spatial_vae.core.refine import refine_z
 from napari_spatial_vae.core.train import train
 
 COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z", "circ_fl",
@@ -71,13 +79,39 @@ def _posterior(model, config: TrainConfig, particles: DesignParticles):
     return model.encode(preprocess(images, scale, config.normalize))
 
 
+def _motion_scores(latents: np.ndarray, particles: DesignParticles) -> tuple[list, list]:
+    """Per motion: the largest |Pearson| of one latent, and the multiple correlation of all."""
+    motions = particles.conformation.shape[1]
+    best = [
+        max((abs(metrics.pearson(latents[:, j], particles.conformation[:, k]))
+             for j in range(latents.shape[1])), default=0.0)
+        for k in range(motions)
+    ]  # fmt: skip
+    linear = [
+        metrics.multiple_correlation(latents, particles.conformation[:, k]) for k in range(motions)
+    ]
+    return best, linear
+
+
 @torch.no_grad()
-def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, float]:
-    """Held-out scores of a trained model on a simulated stack with its ground truth."""
+def score(
+    model, config: TrainConfig, particles: DesignParticles, refine_steps: int = REFINE_Z_STEPS
+) -> dict[str, float]:
+    """Held-out scores of a trained model on a simulated stack with its ground truth.
+
+    z is refined with ``refine_steps`` as inference does (0: the encoder's mean).
+    """
     images = torch.from_numpy(particles.images)[:, None]
     clean = torch.from_numpy(particles.clean)[:, None]
     posterior = _posterior(model, config, particles)
     theta, shift, z = model.split_latent(posterior.mu)
+    encoder_z = z
+    if z is not None and refine_steps:
+        scale = input_scale(config.model.likelihood, np.dtype(np.float32))
+        z = refine_z(
+            model, preprocess(images, scale, config.normalize), theta, shift, z,
+            steps=refine_steps,
+        )  # fmt: skip
     zeros = images.new_zeros(len(images))
     theta = theta if theta is not None else zeros
     shift = shift if shift is not None else images.new_zeros(len(images), 2)
@@ -88,16 +122,12 @@ def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, f
     b = aligned_clean.flatten(1)[:, inside].double()
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     per_image = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
-    motions = particles.conformation.shape[1]
-    latents = z.numpy() if z is not None else np.zeros((len(images), 0))
-    best = [
-        max((abs(metrics.pearson(latents[:, j], particles.conformation[:, k]))
-             for j in range(latents.shape[1])), default=0.0)
-        for k in range(motions)
-    ]  # fmt: skip
-    linear = [
-        metrics.multiple_correlation(latents, particles.conformation[:, k]) for k in range(motions)
-    ]
+    empty = np.zeros((len(images), 0))
+    latents = z.numpy() if z is not None else empty
+    best, linear = _motion_scores(latents, particles)
+    plain, plain_linear = _motion_scores(
+        encoder_z.numpy() if encoder_z is not None else empty, particles
+    )
     # a nuisance factor z may take instead of the motion: the out-of-plane tilt (signed,
     # about the particle's x axis before its in-plane rotation)
     tilt = (
@@ -111,6 +141,8 @@ def score(model, config: TrainConfig, particles: DesignParticles) -> dict[str, f
         "linear_z": round(min(linear), 3),
         "linear_each": [round(r, 3) for r in linear],
         "pearson_tilt": None if tilt is None else round(tilt, 3),
+        "pearson_z_encoder": round(min(plain), 3),
+        "linear_z_encoder": round(min(plain_linear), 3),
         "circ_fl": round(abs(metrics.circular_correlation_fl(theta.numpy(), particles.theta)), 3),
         # particles aligned upside down (docs/defaults.md, "Known limitation: 180-degree flips")
         "half_turned": round(metrics.half_turn_fraction(theta.numpy(), particles.theta), 3),
@@ -163,7 +195,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         # per-epoch scores of the live model on the first --trace held-out particles
         if update.kind != "epoch":
             return
-        scores = score(update.model, config, trace_part)
+        # the encoder's z (no refinement): the trace's time counts against the budget
+        scores = score(update.model, config, trace_part, refine_steps=0)
         update.model.train()
         print(
             f"  {name} seed {seed} epoch {update.epoch:3d} {update.seconds:5.0f}s"
@@ -178,27 +211,34 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         if update.message:  # the half-turn check switched on (half_turn_check=auto)
             print(f"  {update.message}", flush=True)
 
-    with (
-        contextlib.nullcontext(f"{args.keep_runs}/{name}_s{seed}")
-        if args.keep_runs
-        else tempfile.TemporaryDirectory()
-    ) as run_dir:
-        started = time.perf_counter()
-        result = train(
-            config,
-            train_part.images,
-            run_dir,
-            test_images=test_part.images,
-            on_update=trace if args.trace else None,
-        )
-        wall = time.perf_counter() - started
-    test_rows = [r for r in result.history if r["split"] == "test"]
+    if args.from_runs:
+        run_dir = f"{args.from_runs}/{name}_s{seed}"
+        model, config, _ = load_model(run_dir)
+        history, wall = read_history(run_dir), None
+        epochs = max((r["epoch"] for r in history), default=0)
+    else:
+        with (
+            contextlib.nullcontext(f"{args.keep_runs}/{name}_s{seed}")
+            if args.keep_runs
+            else tempfile.TemporaryDirectory()
+        ) as run_dir:
+            started = time.perf_counter()
+            result = train(
+                config,
+                train_part.images,
+                run_dir,
+                test_images=test_part.images,
+                on_update=trace if args.trace else None,
+            )
+            wall = round(time.perf_counter() - started, 1)
+        model, history, epochs = result.model, result.history, result.epochs_completed
+    test_rows = [r for r in history if r["split"] == "test"]
     if args.save_latents:
-        _save_latents(result.model, config, test_part, f"{args.save_latents}/{name}_s{seed}.npz")
+        _save_latents(model, config, test_part, f"{args.save_latents}/{name}_s{seed}.npz")
     row = {
         "design": name, "seed": seed, "snr": args.snr or design.snr,
-        "size": args.size or design.size, "epochs": result.epochs_completed,
-        "wall_s": round(wall, 1), **score(result.model, config, test_part),
+        "size": args.size or design.size, "epochs": epochs,
+        "wall_s": wall, **score(model, config, test_part),
         "test_elbo": round(test_rows[-1]["elbo"], 1) if test_rows else None,
         # the model's own signal (no truth): held-out particles its half turn fits better
         "half_turn_better": test_rows[-1]["half_turn_better"] if test_rows else None,
@@ -209,7 +249,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
             design, args.n_test, 2000 + seed, snr=args.apply_snr, size=args.size
         )
         row["applied_snr"] = args.apply_snr
-        row["applied"] = score(result.model, config, other)
+        row["applied"] = score(model, config, other)
     return row
 
 
@@ -236,6 +276,10 @@ def main() -> None:
     parser.add_argument(
         "--save-latents", metavar="DIR",
         help="write each run's held-out posterior means and truth to DIR/<design>_s<seed>.npz",
+    )  # fmt: skip
+    parser.add_argument(
+        "--from-runs", metavar="DIR",
+        help="score the runs in DIR/<design>_s<seed> (from --keep-runs) instead of training",
     )  # fmt: skip
     parser.add_argument(
         "--keep-runs", metavar="DIR",

@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     reported = evaluate_elbo(model, feeder, config.batch_size).half_turn_better
     with torch.no_grad():
         named = torch.cat([model.half_turn_fits_better(b) for b in feeder.batches(256)]).numpy()
-    flipped = half_turned(encode_stack(model, config, test.images).theta, test.theta)
+    # the rotation only: z's refinement would not change it
+    flipped = half_turned(
+        encode_stack(model, config, test.images, refine_steps=0).theta, test.theta
+    )
     row = {
         "run": str(args.run), "design": args.design, "seed": args.seed,
         "signal_reported": reported, "signal_all": _share(named),

@@ -8,6 +8,12 @@ writing the aligned particles and reconstructions through ``io.MrcsWriter``, as
 memory, which should stay far below the stack size (target < 2 GB at any size).
 
     python benchmarks/infer_large.py [--n 300000] [--size 64] [--batch 1024] [--limit N]
+    python benchmarks/infer_large.py --model defaults --batch 256 --limit 4096 [--refine-steps 0]
+
+``--model tiny`` (the default here) is a small MLP-encoder model that measures the pipeline;
+``--model defaults`` is the model ``spatial-vae train`` builds by default (z-dim 1), for the
+cost of inference as users meet it, with z refined by ``--refine-steps`` (default: as
+``spatial-vae infer``).
 
 Holes in a sparse file read as zeros straight from the page cache, so this measures the
 pipeline's own cost (reading, encoding, decoding, writing), not the disk. The outputs are
@@ -26,7 +32,7 @@ from pathlib import Path
 import mrcfile
 import torch
 
-from napari_spatial_vae.core.config import ModelConfig, TrainConfig
+from napari_spatial_vae.core.config import REFINE_Z_STEPS, ModelConfig, TrainConfig
 from napari_spatial_vae.core.infer import iter_inference
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.performance import release_large_blocks
@@ -60,10 +66,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="stop after this many images")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dir", default=None, help="folder for the temporary files")
+    parser.add_argument("--model", choices=("tiny", "defaults"), default="tiny")
+    parser.add_argument("--refine-steps", type=int, default=REFINE_Z_STEPS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config = TrainConfig(model=ModelConfig(z_dim=2, hidden_dim=32, encoder="mlp"), device="cpu")
+    model_config = (
+        ModelConfig(z_dim=2, hidden_dim=32, encoder="mlp")
+        if args.model == "tiny"
+        else ModelConfig(z_dim=1)
+    )
+    config = TrainConfig(model=model_config, device="cpu")
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         path = Path(folder) / "large.mrcs"
         with mrcfile.new_mmap(
@@ -95,6 +108,7 @@ def main() -> None:
                 args.batch,
                 aligned=True,
                 reconstructions=True,
+                refine_steps=args.refine_steps,
             ):
                 take = min(len(batch.poses.theta), total - done)
                 poses.append(batch.poses)  # small: ~12 numbers per image, as the CLI keeps
@@ -106,7 +120,8 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         print(
             f"inferred {done} images in {seconds:.1f} s: {done / seconds:,.0f} images/s "
-            "(encode + aligned particles + reconstructions, written as .mrcs)"
+            f"({args.model} model, z refined in {args.refine_steps} steps; encode + aligned "
+            "particles + reconstructions, written as .mrcs)"
         )
         print(f"peak RSS: {peak_rss_mb():.0f} MB (now: {rss_breakdown_mb()})")
 

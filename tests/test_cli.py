@@ -242,6 +242,21 @@ def test_infer_rejects_a_folder_that_is_not_a_run(tmp_path, npy_stack, capsys):
     assert code == 2 and "POSES must end in .csv or .star" in err
 
 
+def test_infer_refines_z_unless_told_not_to(trained_run, npy_stack, tmp_path, capsys):
+    code, err = run_cli(capsys, "infer", trained_run, npy_stack, "-o", tmp_path / "a.csv", "-q")
+    assert code == 0, err
+    args = ["infer", trained_run, npy_stack, "-o", tmp_path / "b.csv", "--refine-steps", "0"]
+    code, err = run_cli(capsys, *args, "-q")
+    assert code == 0, err
+    refined, plain = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    np.testing.assert_array_equal(refined["theta"], plain["theta"])
+    assert np.abs(refined["z1"] - plain["z1"]).max() > 1e-3
+    code, err = run_cli(capsys, "infer", trained_run, npy_stack, "-o", tmp_path / "c.csv",
+                        "--refine-steps", "-2")  # fmt: skip
+    assert code == 2 and err.strip().endswith("--refine-steps must be 0 or more, got -2")
+    assert not (tmp_path / "c.csv").exists()
+
+
 def test_infer_rejects_images_of_another_size(trained_run, tmp_path, capsys):
     other = tmp_path / "big.npy"
     np.save(other, np.zeros((4, 24, 24), np.float32))

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from napari_spatial_vae.core.checkpoint import load_model as _load_model
-from napari_spatial_vae.core.config import ModelConfig, TrainConfig
+from napari_spatial_vae.core.config import REFINE_Z_STEPS, ModelConfig, TrainConfig
 from napari_spatial_vae.core.device import resolve_device
 from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.model import SpatialVAE
@@ -47,6 +47,7 @@ def infer(
     *,
     batch_size: int = 256,
     device: str = "cpu",
+    refine_steps: int = REFINE_Z_STEPS,
 ) -> pd.DataFrame:
     """Poses and latents of every particle: the table ``spatial-vae infer`` writes as CSV.
 
@@ -61,6 +62,9 @@ def infer(
         Images per batch; bounds memory.
     device
         ``"cpu"``, ``"auto"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    refine_steps
+        Gradient steps that fit each particle's z to the generator at its inferred pose
+        (``spatial-vae infer --refine-steps``); 0 returns the encoder's posterior mean.
 
     Returns
     -------
@@ -71,4 +75,5 @@ def infer(
     if isinstance(particles, (str, os.PathLike)):
         particles = read_stack(Path(particles))
     model, config = load_model(run_dir, device)
-    return pd.DataFrame(encode_stack(model, config, particles, batch_size).columns())
+    poses = encode_stack(model, config, particles, batch_size, refine_steps)
+    return pd.DataFrame(poses.columns())

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_spatial_vae.cli._common import UsageError, check_suffix, open_stack, say
+from napari_spatial_vae.core.config import REFINE_Z_STEPS
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -31,6 +32,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     )
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.refine_steps is not None and args.refine_steps < 0:
+        raise UsageError(f"--refine-steps must be 0 or more, got {args.refine_steps}")
     model, config, _ = load_model(Path(args.run_dir), resolve_device(args.device or "auto"))
     stack = open_stack(args.particles, args.datadir)
     height, width = stack.shape[1], stack.shape[2]
@@ -69,6 +72,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             aligned=aligned_writer is not None,
             reconstructions=recon_writer is not None,
             with_ctf=args.with_ctf,
+            refine_steps=REFINE_Z_STEPS if args.refine_steps is None else args.refine_steps,
         ):
             parts.append(batch.poses)
             if aligned_writer is not None and batch.aligned is not None:
@@ -136,6 +140,13 @@ def register(sub: Any) -> None:
     )
     infer_p.add_argument("--datadir", metavar="DIR")
     infer_p.add_argument("--batch-size", type=int, help="images per batch (default 256)")
+    infer_p.add_argument(
+        "--refine-steps",
+        type=int,
+        metavar="N",
+        help="gradient steps that fit each particle's z to the trained generator at its "
+        f"inferred pose; 0 reports the encoder's z (default {REFINE_Z_STEPS})",
+    )
     infer_p.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (default auto)")
     infer_p.add_argument("-q", "--quiet", action="store_true")
     infer_p.set_defaults(run=cmd_infer)

@@ -37,6 +37,13 @@ CTF_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 HALF_TURN_CHECK_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 CTF_ENCODER_INPUTS: tuple[str, ...] = ("raw", "flip")
 
+# Inference, not training (the run's config does not store them): gradient steps that fit
+# each particle's z to the trained generator at its inferred pose (core/refine.py; 0 reports
+# the encoder's posterior mean), and their size in units of z's prior std. Chosen on the tune
+# designs, docs/defaults.md "z refined against the generator".
+REFINE_Z_STEPS = 5
+REFINE_Z_STEP_SIZE = 0.1
+
 
 @dataclass(frozen=True)
 class Setting:

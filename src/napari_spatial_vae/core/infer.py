@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.config import REFINE_Z_STEPS, TrainConfig
 from napari_spatial_vae.core.coords import align_images, particle_centre, shift_to_pixels
 from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.model import SpatialVAE
+from napari_spatial_vae.core.refine import refine_z
 
 
 @dataclass
@@ -99,6 +100,7 @@ def iter_inference(
     reconstructions: bool = False,
     ctf: Any | None = None,
     with_ctf: bool = False,
+    refine_steps: int = REFINE_Z_STEPS,
 ) -> Iterator[InferenceBatch]:
     """Encode a stack batch by batch.
 
@@ -124,6 +126,10 @@ def iter_inference(
         Reconstructions as the data should look: each particle's template rendered at its
         inferred pose and filtered by its CTF (default: the CTF-free template at theta = 0,
         dx = 0).
+    refine_steps
+        Gradient steps that move each particle's z towards the generator's mode at the
+        particle's pose (:func:`~napari_spatial_vae.core.refine.refine_z`); 0 reports the
+        encoder's posterior mean. The reported ``z_std`` stays the encoder's.
 
     Yields
     ------
@@ -149,10 +155,13 @@ def iter_inference(
         device = next(model.parameters()).device
         scale = input_scale(config.model.likelihood, getattr(stack, "dtype", np.float32))
         _, height, width = image_shape
+        if refine_steps < 0:
+            raise DataError(f"refinement steps must be 0 or more, got {refine_steps}")
+        refines = refine_steps > 0 and model.config.z_dim > 0
         filters = _ctf_filters(model, stack, ctf, device, needed=reconstructions and with_ctf)
-        if filters is None and model.checks_half_turns:
-            # the half-turn check compares renderings with the particles: with the CTF the
-            # run's setting uses for them, as in training
+        if filters is None and (model.checks_half_turns or refines):
+            # the half-turn check and the refinement of z compare renderings with the
+            # particles: with the CTF the run's setting uses for them, as in training
             used = resolve_ctf(
                 config.ctf,
                 ctf if ctf is not None else getattr(stack, "ctf", None),
@@ -169,6 +178,17 @@ def iter_inference(
                 model_input, None if filters is None else filters.filters(indices)
             )
             theta, shift, z = model.split_latent(posterior.mu)
+            if refines:
+                assert z is not None
+                z = refine_z(
+                    model,
+                    model_input,
+                    theta,
+                    shift,
+                    z,
+                    None if filters is None else filters.filters(indices),
+                    refine_steps,
+                )
             std = torch.exp(posterior.logstd)
             theta_std, shift_std, z_std = model.split_latent(std)
             poses = _poses(
@@ -268,10 +288,15 @@ def _owned(values: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def encode_stack(
-    model: SpatialVAE, config: TrainConfig, stack: Any, batch_size: int = 256
+    model: SpatialVAE,
+    config: TrainConfig,
+    stack: Any,
+    batch_size: int = 256,
+    refine_steps: int = REFINE_Z_STEPS,
 ) -> Poses:
-    """Poses and latents of every image (posterior means and std), in input order."""
-    return Poses.concatenate([b.poses for b in iter_inference(model, config, stack, batch_size)])
+    """Poses and latents of every image, in input order (see :func:`iter_inference`)."""
+    batches = iter_inference(model, config, stack, batch_size, refine_steps=refine_steps)
+    return Poses.concatenate([b.poses for b in batches])
 
 
 def traversal_values(steps: int) -> np.ndarray:

@@ -726,15 +726,36 @@ class SpatialVAE(nn.Module):
         """
         theta = search.candidates[search.attention.argmax(dim=1)] + posterior.mu[:, 0]
         _, shift, z = self.split_latent(posterior.mu)
+        _, kl_shift, kl_z_dims = self.kl_terms(posterior)
+        cost = self.fit_nll(targets, theta, shift, z, ctf, layout, autocast) + kl_shift
+        return cost if kl_z_dims is None else cost + kl_z_dims.sum(1)
+
+    def fit_nll(
+        self,
+        targets: torch.Tensor,
+        theta: torch.Tensor | None,
+        shift: torch.Tensor | None,
+        z: torch.Tensor | None,
+        ctf: torch.Tensor | None = None,
+        layout: PixelLayout | None = None,
+        autocast: contextlib.AbstractContextManager | None = None,
+    ) -> torch.Tensor:
+        """``-log p(y | theta, shift, z)`` of each particle at one pose and content, ``(B,)``.
+
+        ``targets`` ``(B, C, N)``: the particles' modelled pixels in ``layout`` (default the
+        full-resolution ones); ``theta`` ``(B,)`` radians, ``shift`` ``(B, 2)`` coordinate
+        units, ``z`` ``(B, Z)``, each or None; ``ctf`` ``(B, H, W // 2 + 1)`` filters the
+        rendering as in training. Differentiable (the inference-time refinement of z,
+        :mod:`.refine`, follows its gradient).
+        """
+        layout = layout if layout is not None else self.layout
         with autocast or contextlib.nullcontext():
-            mean, logstd = self.decode(z, theta, shift, layout=layout)
+            mean, logstd = self.decode(z, theta, shift, len(targets), layout)
         mean = mean.float()
         logstd = None if logstd is None else logstd.float()
         if ctf is not None:
             mean = self.apply_ctf(mean, ctf, layout)
-        _, kl_shift, kl_z_dims = self.kl_terms(posterior)
-        cost = self.reconstruction_nll(targets, mean, logstd) + kl_shift
-        return cost if kl_z_dims is None else cost + kl_z_dims.sum(1)
+        return self.reconstruction_nll(targets, mean, logstd)
 
     def _prefers_half_turn(
         self,

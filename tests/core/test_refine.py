@@ -1,0 +1,101 @@
+"""Refining z against the trained generator at inference (core/refine.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_spatial_vae.core import refine
+from napari_spatial_vae.core.checkpoint import load_model
+from napari_spatial_vae.core.ctf import CtfBatches
+from napari_spatial_vae.core.data import input_scale, preprocess
+from napari_spatial_vae.core.errors import DataError
+from napari_spatial_vae.core.infer import Poses, encode_stack, iter_inference
+from napari_spatial_vae.core.refine import map_cost, refine_z
+from napari_spatial_vae.core.simulate import CtfSimulation, simulate_particles
+from napari_spatial_vae.core.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_particles, make_config):
+    run = tmp_path_factory.mktemp("run")
+    train(make_config(epochs=3, z_dim=2), tiny_particles.images, run)
+    return load_model(run)
+
+
+def _encoded(model, config, stack):
+    images = torch.from_numpy(stack)[:, None]
+    images = preprocess(images, input_scale("gaussian", np.dtype(np.float32)), config.normalize)
+    with torch.no_grad():
+        posterior = model.encode(images)
+    return images, *model.split_latent(posterior.mu)
+
+
+def test_refinement_lowers_each_particles_cost_and_leaves_the_model_alone(trained, tiny_particles):
+    model, config, _ = trained
+    images, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    # by default the cost is that of 2 x 2 bins
+    assert model.coarse_binning == 2
+    layout = model.binned_layout(2)
+    targets = layout.targets(images)
+    refined = refine_z(model, images, theta, shift, z, steps=10)
+    with torch.no_grad():
+        before = map_cost(model, targets, theta, shift, z, layout=layout)
+        after = map_cost(model, targets, theta, shift, refined, layout=layout)
+    # each particle keeps the best z it visited: never worse than the encoder's
+    assert (after <= before + 1e-3).all()
+    # and after 3 epochs the encoder leaves room: most particles gain
+    assert (after < before - 0.05).float().mean() > 0.5
+    assert not torch.equal(refined, z)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_each_particle_is_refined_on_its_own(trained, tiny_particles, monkeypatch):
+    model, config, _ = trained
+    images, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    whole = refine_z(model, images, theta, shift, z, steps=5)
+    part = refine_z(model, images[10:20], theta[10:20], shift[10:20], z[10:20], steps=5)
+    torch.testing.assert_close(part, whole[10:20], rtol=1e-4, atol=1e-5)
+    # nor do the chunks that bound its memory change anything
+    monkeypatch.setattr(refine, "REFINE_Z_CHUNK", 7)
+    torch.testing.assert_close(refine_z(model, images, theta, shift, z, steps=5), whole)
+
+
+def test_no_steps_report_the_encoders_mean(trained, tiny_particles):
+    model, config, _ = trained
+    plain = encode_stack(model, config, tiny_particles.images, refine_steps=0)
+    *_, z = _encoded(model, config, tiny_particles.images)
+    np.testing.assert_allclose(plain.z, z.numpy(), rtol=1e-5, atol=1e-6)
+    refined = encode_stack(model, config, tiny_particles.images)
+    assert np.abs(refined.z - plain.z).max() > 1e-3
+    # the pose and the encoder's std are not touched
+    np.testing.assert_array_equal(refined.theta, plain.theta)
+    np.testing.assert_array_equal(refined.z_std, plain.z_std)
+    with pytest.raises(DataError, match="0 or more"):
+        encode_stack(model, config, tiny_particles.images, refine_steps=-1)
+
+
+def test_refinement_compares_with_the_particles_ctf(tmp_path, make_config):
+    particles = simulate_particles(
+        48, 24, snr=1.0, max_shift_px=0.7, blob_sigma_px=1.2, seed=5, ctf=CtfSimulation()
+    )
+    train(make_config(epochs=2), particles.images, tmp_path, ctf=particles.ctf)
+    model, config, _ = load_model(tmp_path)
+    images, theta, shift, z = _encoded(model, config, particles.images)
+    filters = CtfBatches(particles.ctf, (24, 24), torch.device("cpu")).filters(
+        torch.arange(len(images))
+    )
+    refined = refine_z(model, images, theta, shift, z, filters, steps=5, binning=1)
+    targets = model.targets(images)
+    with torch.no_grad():
+        with_ctf = map_cost(model, targets, theta, shift, refined, filters)
+        start = map_cost(model, targets, theta, shift, z, filters)
+    assert (with_ctf <= start + 1e-3).all() and (with_ctf < start - 0.05).any()
+    # inference refines with the stack's CTF (it would differ without the filters)
+    batches = iter_inference(model, config, particles.images, ctf=particles.ctf)
+    poses = Poses.concatenate([b.poses for b in batches])
+    refined = refine_z(model, images, theta, shift, z, filters)  # the defaults of inference
+    np.testing.assert_allclose(poses.z, refined.numpy(), rtol=1e-4, atol=1e-4)
+    without = refine_z(model, images, theta, shift, z, None)
+    assert (without - refined).abs().max() > 1e-3
