@@ -4,8 +4,8 @@ The encoder's z is an amortised guess: one network maps every particle to its po
 in a single pass, and it ends training short of what the generator itself would choose for
 the particle (the amortisation gap). With the pose the encoder found held fixed, a few
 gradient steps on z towards the mode of ``log p(y | pose, z) + log p(z)`` close much of that
-gap: on held-out simulated particles |Pearson(z, conformation)| rose by 0.01-0.03
-(docs/defaults.md, "z refined against the generator").
+gap: on simulated particles at SNR 0.5 |Pearson(z, conformation)| rose on every run, by up
+to 0.04; at SNR 0.1 it was mixed (docs/defaults.md, "z refined against the generator").
 
 The steps are Adam's, which scales every coordinate by its own gradient history, so each
 particle's path depends on that particle alone (not on the others in its batch), and each
@@ -20,8 +20,9 @@ from napari_spatial_vae.core.config import REFINE_Z_STEP_SIZE, REFINE_Z_STEPS
 from napari_spatial_vae.core.layout import PixelLayout
 from napari_spatial_vae.core.model import SpatialVAE
 
-# particles refined at once: a 256-particle chunk of 64 x 64 images keeps ~0.5 GB of
-# activations for the backward pass in 2 x 2 bins
+# particles refined at once: the backward pass keeps the generator's activations for every
+# pixel of every particle in the chunk (with the default model on 64 x 64 images, 2 x 2 bins,
+# peak RSS rose by 75 MB: benchmarks/infer_large.py --model defaults)
 REFINE_Z_CHUNK = 256
 
 
@@ -73,7 +74,7 @@ def refine_z(
     binning
         Compare ``b x b`` bins of the particles with renderings of the bins' centres; default
         2 where the model can render them (:attr:`SpatialVAE.coarse_binning`), else 1. On the
-        tune designs 2 x 2 bins gained as much as full-size images at a third of the cost,
+        tune designs 2 x 2 bins gained nearly as much as full-size images at a third of the cost,
         and more on particles noisier than the training set (docs/defaults.md).
 
     Returns
