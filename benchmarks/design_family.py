@@ -70,13 +70,18 @@ COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z",
            "half_turned", "half_turn_better", "recon_corr", "test_elbo")  # fmt: skip
 
 
-@torch.no_grad()
-def _posterior(model, config: TrainConfig, particles: DesignParticles):
-    """The model's posterior over the particles (eval mode, the training preprocessing)."""
-    model.eval()
+def _model_input(config: TrainConfig, particles: DesignParticles) -> torch.Tensor:
+    """``(N, 1, H, W)`` the particles preprocessed as in training."""
     images = torch.from_numpy(particles.images)[:, None]
     scale = input_scale(config.model.likelihood, np.dtype(np.float32))
-    return model.encode(preprocess(images, scale, config.normalize))
+    return preprocess(images, scale, config.normalize)
+
+
+@torch.no_grad()
+def _posterior(model, model_input: torch.Tensor):
+    """The model's posterior over preprocessed particles (eval mode)."""
+    model.eval()
+    return model.encode(model_input)
 
 
 def _motion_scores(latents: np.ndarray, particles: DesignParticles) -> tuple[list, list]:
@@ -103,15 +108,12 @@ def score(
     """
     images = torch.from_numpy(particles.images)[:, None]
     clean = torch.from_numpy(particles.clean)[:, None]
-    posterior = _posterior(model, config, particles)
+    model_input = _model_input(config, particles)
+    posterior = _posterior(model, model_input)
     theta, shift, z = model.split_latent(posterior.mu)
     encoder_z = z
     if z is not None and refine_steps:
-        scale = input_scale(config.model.likelihood, np.dtype(np.float32))
-        z = refine_z(
-            model, preprocess(images, scale, config.normalize), theta, shift, z,
-            steps=refine_steps,
-        )  # fmt: skip
+        z = refine_z(model, model_input, theta, shift, z, steps=refine_steps)
     zeros = images.new_zeros(len(images))
     theta = theta if theta is not None else zeros
     shift = shift if shift is not None else images.new_zeros(len(images), 2)
@@ -158,7 +160,7 @@ def _rows(particles: DesignParticles, rows: slice) -> DesignParticles:
 @torch.no_grad()
 def _save_latents(model, config: TrainConfig, particles: DesignParticles, path: str) -> None:
     """The held-out posterior means next to the ground truth, for offline diagnosis."""
-    posterior = _posterior(model, config, particles)
+    posterior = _posterior(model, _model_input(config, particles))
     theta, shift, z = model.split_latent(posterior.mu)
     arrays = {"z_mu": z, "theta": theta, "shift": shift}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -287,6 +289,8 @@ def main() -> None:
         "a temporary folder",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.from_runs and (args.overrides or args.keep_runs):
+        parser.error("--from-runs scores runs as they were trained: no overrides, no --keep-runs")
     torch.set_num_threads(args.threads)
     tune = args.split == "tune"
     names = args.designs.split(",") if args.designs else (TUNE_DESIGNS if tune else REPORT_DESIGNS)
