@@ -233,7 +233,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
                 on_update=trace if args.trace else None,
             )
             wall = round(time.perf_counter() - started, 1)
-        model, history, epochs = result.model, result.history, result.epochs_completed
+        # scored on the CPU whatever the device trained (the held-out tensors live there)
+        model, history, epochs = result.model.cpu(), result.history, result.epochs_completed
     test_rows = [r for r in history if r["split"] == "test"]
     if args.save_latents:
         _save_latents(model, config, test_part, f"{args.save_latents}/{name}_s{seed}.npz")

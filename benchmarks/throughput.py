@@ -25,7 +25,6 @@ median over repeats is reported.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import math
 import statistics
@@ -185,6 +184,10 @@ def our_stepper(
     augment = setting.augment and model.config.infers_rotation
 
     def step(batch: torch.Tensor) -> torch.Tensor:
+        with matmul_precision(precision, device):  # TF32 for this contender alone
+            return _step(batch)
+
+    def _step(batch: torch.Tensor) -> torch.Tensor:
         noise = draw_noise(
             generator,
             len(batch),
@@ -268,6 +271,13 @@ def benchmark(
             pixels = len(model.pixel_index)
             label = f"ours {precision}" + (" mask" if mask else "")
             contenders[label] = (step, flops_per_image(setting, pixels, dense_first_layer=False))
+        if args.compile:
+            # the generator compiled as `spatial-vae train --compile` does (mode as given)
+            step, model = our_stepper(setting, images, precision, True, device)
+            model.generator.compile(mode=None if args.compile == "default" else args.compile)
+            label = f"ours {precision} mask compiled {args.compile}"
+            pixels = len(model.pixel_index)
+            contenders[label] = (step, flops_per_image(setting, pixels, dense_first_layer=False))
         if args.overrides and setting.encoder == "equivariant":
             # the same step with the given settings, timed in the same interleaved blocks
             step, model = our_stepper(setting, images, precision, True, device, args.overrides)
@@ -348,6 +358,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--naive", type=Path, default=NAIVE, help="path of naive_svae.py")
     parser.add_argument("--no-gemm", action="store_true", help="skip the GEMM rate")
+    parser.add_argument(
+        "--compile",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        help="also time our masked step with the generator under torch.compile in this mode "
+        "(the first, untimed step compiles it: minutes on a small CPU)",
+    )
     parser.add_argument("--elbo-epochs", type=int, default=0, help="ELBO comparison instead")
     parser.add_argument("--elbo-images", type=int, default=1000)
     args = parser.parse_args()
@@ -360,34 +376,29 @@ def main() -> None:
     settings = [SETTINGS[name] for name in args.configs.split(",")]
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads")
 
-    precision_scope = contextlib.ExitStack()
-    if "tf32" in args.precisions:
-        precision_scope.enter_context(matmul_precision("tf32", device))
-    with precision_scope:
-        if args.elbo_epochs:
-            for setting in settings:
-                elbo_at_equal_epochs(setting, naive, args, device)
-            return
-        if not args.no_gemm:
-            for hidden in sorted({s.hidden for s in settings}):
-                m = 100 * int(math.pi / 4 * 40 * 40)
-                fp32 = gemm_rate(m, hidden, hidden, torch.float32, device)
-                bf16 = gemm_rate(m, hidden, hidden, torch.bfloat16, device)
-                print(
-                    f"GEMM ({m} x {hidden}) @ ({hidden} x {hidden}): fp32 {fp32:.0f} GFLOP/s,"
-                    f" bf16 {bf16:.0f} GFLOP/s"
-                )
-        header = (
-            f"{'config':34s} {'contender':16s} {'images/s':>9s} {'GFLOP/s':>8s} {'x naive':>8s}"
-        )
-        print(header)
-        print("-" * len(header))
+    # each of our contenders sets its own matmul precision (the naive baseline stays fp32)
+    if args.elbo_epochs:
         for setting in settings:
-            for row in benchmark(setting, naive, args, device):
-                print(
-                    f"{row['config']:34s} {row['contender']:16s} {row['images/s']:9.1f}"
-                    f" {row['GFLOP/s']:8.1f} {row['ratio']:8.2f}"
-                )
+            elbo_at_equal_epochs(setting, naive, args, device)
+        return
+    if not args.no_gemm:
+        for hidden in sorted({s.hidden for s in settings}):
+            m = 100 * int(math.pi / 4 * 40 * 40)
+            fp32 = gemm_rate(m, hidden, hidden, torch.float32, device)
+            bf16 = gemm_rate(m, hidden, hidden, torch.bfloat16, device)
+            print(
+                f"GEMM ({m} x {hidden}) @ ({hidden} x {hidden}): fp32 {fp32:.0f} GFLOP/s,"
+                f" bf16 {bf16:.0f} GFLOP/s"
+            )
+    header = f"{'config':34s} {'contender':16s} {'images/s':>9s} {'GFLOP/s':>8s} {'x naive':>8s}"
+    print(header)
+    print("-" * len(header))
+    for setting in settings:
+        for row in benchmark(setting, naive, args, device):
+            print(
+                f"{row['config']:34s} {row['contender']:16s} {row['images/s']:9.1f}"
+                f" {row['GFLOP/s']:8.1f} {row['ratio']:8.2f}"
+            )
 
 
 if __name__ == "__main__":

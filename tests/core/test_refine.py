@@ -12,6 +12,7 @@ from napari_spatial_vae.core.ctf import CtfBatches
 from napari_spatial_vae.core.data import input_scale, preprocess
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.infer import Poses, encode_stack, iter_inference
+from napari_spatial_vae.core.losses import fitted_amplitude
 from napari_spatial_vae.core.refine import map_cost, refine_z
 from napari_spatial_vae.core.simulate import CtfSimulation, simulate_particles
 from napari_spatial_vae.core.train import train
@@ -99,3 +100,27 @@ def test_refinement_compares_with_the_particles_ctf(tmp_path, make_config):
     np.testing.assert_allclose(poses.z, refined.numpy(), rtol=1e-4, atol=1e-4)
     without = refine_z(model, images, theta, shift, z, None)
     assert (without - refined).abs().max() > 1e-3
+
+
+def test_fitted_amplitude_is_the_renderings_scale():
+    mean = torch.randn(3, 1, 50)
+    target = torch.stack([0.3 * mean[0], mean[1], -2.0 * mean[2]])
+    logstd = torch.full_like(mean, -0.5)
+    np.testing.assert_allclose(
+        fitted_amplitude(target, mean, logstd).numpy(), [0.3, 1.0, 0.0], atol=1e-5
+    )
+
+
+def test_a_fainter_rendering_fits_its_own_z_as_well(trained, tiny_particles):
+    # standardised, a noisier particle carries less signal than the model was trained on:
+    # the cost compares the rendering scaled to the particle, so contrast alone moves nothing
+    model, config, _ = trained
+    _, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    layout = model.binned_layout(2)
+    with torch.no_grad():
+        rendering, _ = model.decode(z, theta, shift, len(z), layout)
+        full = map_cost(model, rendering, theta, shift, z, layout=layout)
+        faint = map_cost(model, 0.4 * rendering, theta, shift, z, layout=layout)
+        unscaled = model.fit_nll(0.4 * rendering, theta, shift, z, layout=layout)
+    torch.testing.assert_close(faint, full, rtol=1e-4, atol=1e-3)
+    assert (unscaled + 0.5 * (z**2).sum(1) > full + 0.05).all()  # a plain fit would differ

@@ -84,6 +84,37 @@ def gaussian_nll(
     return per_pixel.flatten(1).sum(dim=1)
 
 
+@torch.no_grad()
+def fitted_amplitude(
+    target: torch.Tensor, mean: torch.Tensor, logstd: torch.Tensor | None
+) -> torch.Tensor:
+    """Each image's best scale of the rendering, ``argmin_a -log N(target; a * mean, std)``.
+
+    Per-image standardisation ties a particle's signal amplitude to its noise: the same
+    particle standardised at SNR 0.1 has about half the signal it has at SNR 0.5 (ice and
+    dose move it in real stacks too), and a rendering of the wrong amplitude pulls the
+    fit of z towards renderings of lower contrast. The noise-weighted least-squares scale
+    (clamped at 0) removes that; it is held fixed (no gradient) because at the optimum the
+    gradient through it vanishes.
+
+    Parameters
+    ----------
+    target, mean
+        ``(B, C, N)`` observed and predicted pixel values.
+    logstd
+        ``(B, C, N)`` predicted log noise std, or None for unit variance.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B,)`` the scale of each image's rendering (1 where it matches the data).
+    """
+    weight = torch.ones_like(mean) if logstd is None else torch.exp(-2.0 * logstd)
+    numerator = (target * mean * weight).flatten(1).sum(1)
+    denominator = (mean * mean * weight).flatten(1).sum(1).clamp_min(1e-12)
+    return (numerator / denominator).clamp_min(0.0)
+
+
 def bernoulli_nll(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Bernoulli negative log-likelihood (targets in 0..1), summed over channels and pixels.
 

@@ -29,6 +29,7 @@ from napari_spatial_vae.core.layout import PixelLayout
 from napari_spatial_vae.core.losses import (
     LossTerms,
     bernoulli_nll,
+    fitted_amplitude,
     free_mean_rotation_kl,
     gaussian_nll,
     normal_kl,
@@ -739,14 +740,16 @@ class SpatialVAE(nn.Module):
         ctf: torch.Tensor | None = None,
         layout: PixelLayout | None = None,
         autocast: contextlib.AbstractContextManager | None = None,
+        fit_amplitude: bool = False,
     ) -> torch.Tensor:
         """``-log p(y | theta, shift, z)`` of each particle at one pose and content, ``(B,)``.
 
         ``targets`` ``(B, C, N)``: the particles' modelled pixels in ``layout`` (default the
         full-resolution ones); ``theta`` ``(B,)`` radians, ``shift`` ``(B, 2)`` coordinate
         units, ``z`` ``(B, Z)``, each or None; ``ctf`` ``(B, H, W // 2 + 1)`` filters the
-        rendering as in training. Differentiable (the inference-time refinement of z,
-        :mod:`.refine`, follows its gradient).
+        rendering as in training. ``fit_amplitude``: scale each rendering to its particle
+        first (:func:`.losses.fitted_amplitude`; Gaussian likelihood only). Differentiable
+        (the inference-time refinement of z, :mod:`.refine`, follows its gradient).
         """
         layout = layout if layout is not None else self.layout
         with autocast or contextlib.nullcontext():
@@ -755,6 +758,8 @@ class SpatialVAE(nn.Module):
         logstd = None if logstd is None else logstd.float()
         if ctf is not None:
             mean = self.apply_ctf(mean, ctf, layout)
+        if fit_amplitude and self.config.likelihood == "gaussian":
+            mean = mean * fitted_amplitude(targets, mean, logstd)[:, None, None]
         return self.reconstruction_nll(targets, mean, logstd)
 
     def _prefers_half_turn(
