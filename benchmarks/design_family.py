@@ -53,7 +53,7 @@ from napari_spatial_vae.core import metrics
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import REFINE_Z_STEPS, ModelConfig, TrainConfig
 from napari_spatial_vae.core.coords import align_images, circular_mask
-from napari_spatial_vae.core.data import input_scale, preprocess
+from napari_spatial_vae.core.data import ImageFeeder, input_scale, preprocess
 from napari_spatial_vae.core.designs import (
     DESIGNS,
     REPORT_DESIGNS,
@@ -63,6 +63,7 @@ from napari_spatial_vae.core.designs import (
     DesignParticles,
     simulate_design,
 )
+from napari_spatial_vae.core.latent_axes import align_latent_axes
 from napari_spatial_vae.core.refine import refine_z
 from napari_spatial_vae.core.train import train
 
@@ -217,6 +218,11 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         run_dir = f"{args.from_runs}/{name}_s{seed}"
         model, config, _ = load_model(run_dir)
         history, wall = read_history(run_dir), None
+        if args.align_axes:
+            # what training does at its end since 2026-12-04 (idempotent on later runs)
+            feed = ImageFeeder(train_part.images, None, torch.device("cpu"),
+                               normalize=config.normalize)  # fmt: skip
+            align_latent_axes(model, feed)
         epochs = max((r["epoch"] for r in history), default=0)
     else:
         with (
@@ -289,7 +295,14 @@ def main() -> None:
         help="train into DIR/<design>_s<seed> (a run folder spatial-vae can load) instead of "
         "a temporary folder",
     )  # fmt: skip
+    parser.add_argument(
+        "--align-axes", action="store_true",
+        help="with --from-runs: turn z's axes towards independent factors first, as training "
+        "does at its end since 2026-12-04 (for runs trained before)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.align_axes and not args.from_runs:
+        parser.error("--align-axes applies to --from-runs (training aligns the axes itself)")
     if args.from_runs and (args.overrides or args.keep_runs):
         parser.error("--from-runs scores runs as they were trained: no overrides, no --keep-runs")
     torch.set_num_threads(args.threads)

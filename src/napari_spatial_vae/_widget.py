@@ -368,7 +368,7 @@ class SpatialVAEWidget(QWidget):
                         f"{self._started_message}\nepoch {event.epoch}: "
                         f"{describe_latent_use(event.test or event.train)} nats"
                     )
-                if event.message:  # the half-turn check switched on
+                if event.message:  # the half-turn check switched on, z axes turned
                     show_info(f"spatial-VAE: {event.message}")
         elif event.kind == "finished":
             self.progress.setFormat(

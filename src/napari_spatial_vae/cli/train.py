@@ -103,7 +103,8 @@ class _Progress:
                 self.bar.write(line, file=sys.stderr)
             elif not self.quiet:
                 say(line)
-            if update.message:  # the half-turn check switched on: said even when quiet
+            # the half-turn check switched on, z axes turned: said even when quiet
+            if update.message:
                 if self.bar is not None:
                     self.bar.write(update.message, file=sys.stderr)
                 else:

@@ -64,6 +64,31 @@ def make_mlp(n_in: int, hidden: int, n_out: int, num_layers: int, activation: st
     return nn.Sequential(*layers)
 
 
+@torch.no_grad()
+def _turn_z_rows(
+    layer: nn.Linear, mu_start: int, logstd_start: int, rotation: torch.Tensor
+) -> None:
+    """Make the rows of ``layer`` that output z's mean and log std give them in turned axes.
+
+    ``rotation`` ``(Z, Z)`` orthogonal, new axes as columns: the new mean is ``R^T mu``
+    (exact, the rows are linear). A diagonal posterior has no exact diagonal form in turned
+    axes; each new axis's log std becomes the ``R^2``-weighted mean of the old ones (exact
+    where the old ones are equal, and the weights of each new axis sum to 1).
+    """
+    turn = rotation.to(layer.weight)
+    n_z = turn.shape[0]
+    for start, matrix in ((mu_start, turn.t()), (logstd_start, turn.square().t())):
+        rows = slice(start, start + n_z)
+        layer.weight[rows] = matrix @ layer.weight[rows]
+        layer.bias[rows] = matrix @ layer.bias[rows]
+
+
+@torch.no_grad()
+def _turn_z_columns(layer: nn.Linear, rotation: torch.Tensor) -> None:
+    """A layer reading old-axis z reads new-axis z: ``W z = W R z'``."""
+    layer.weight.copy_(layer.weight @ rotation.to(layer.weight))
+
+
 @dataclass
 class Posterior:
     """Diagonal Gaussian posterior in the latent layout of the module docstring.
@@ -145,6 +170,13 @@ class MLPEncoder(nn.Module):
         assert isinstance(output, nn.Linear)
         n_latent = output.out_features // 2
         output.bias[n_latent : n_latent + n_pose] = value
+
+    def rotate_z(self, rotation: torch.Tensor, n_pose: int) -> None:
+        """Report z in turned axes (``R^T z``; ``n_pose`` latents precede z)."""
+        output = self.net[-1]
+        assert isinstance(output, nn.Linear)
+        n_latent = output.out_features // 2
+        _turn_z_rows(output, n_pose, n_latent + n_pose, rotation)
 
 
 @dataclass
@@ -261,6 +293,18 @@ class EquivariantEncoder(nn.Module):
         self.register_buffer(
             "mask", circular_mask(height, width).reshape(1, 1, height, width), persistent=False
         )
+
+    def rotate_z(self, rotation: torch.Tensor, n_pose: int) -> None:
+        """Report z in turned axes (``R^T z``; ``n_pose`` latents, theta first, precede z)."""
+        if self.z_net is not None:
+            output = self.z_net[-1]
+            assert isinstance(output, nn.Linear)
+            _turn_z_rows(output, 0, self.z_dim, rotation)
+            return
+        # the pooled head: theta's log std, the offset, then means and log stds of the rest
+        n_rest = (self.head.out_features - 2) // 2
+        first_z = 2 + n_pose - 1
+        _turn_z_rows(self.head, first_z, first_z + n_rest, rotation)
 
     def _attend(
         self, images: torch.Tensor, half_turn: bool = False
@@ -466,6 +510,12 @@ class SpatialGenerator(nn.Module):
             for _ in range(num_layers - 1 if z_every_layer and z_dim > 0 else 0)
         )
 
+    def rotate_z(self, rotation: torch.Tensor) -> None:
+        """Read z in turned axes (every layer z enters)."""
+        for layer in [self.z_layer, *self.z_hidden]:
+            if layer is not None:
+                _turn_z_columns(layer, rotation)
+
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Evaluate the generator.
 
@@ -562,6 +612,12 @@ class VanillaGenerator(nn.Module):
         self.n_pixels, self.n_out = n_pixels, n_out
         self.net = make_mlp(z_dim, hidden, n_pixels * n_out, num_layers, activation)
 
+    def rotate_z(self, rotation: torch.Tensor) -> None:
+        """Read z in turned axes."""
+        first = self.net[0]
+        assert isinstance(first, nn.Linear)
+        _turn_z_columns(first, rotation)
+
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """``z (B, Z)`` -> ``(B, N, n_out)``; ``coords`` only fixes nothing but the signature."""
         assert z is not None
@@ -656,6 +712,17 @@ class SpatialVAE(nn.Module):
     def coarse_binning(self) -> int:
         """2 where this model's images can be rendered in 2 x 2 bins, else 1."""
         return 1 if why_not_binned(self.config, self.image_shape) else 2
+
+    def rotate_z_axes(self, rotation: torch.Tensor) -> None:
+        """Turn z's axes: the encoder reports ``z' = R^T z``, the generator reads ``z'``.
+
+        ``rotation`` ``(Z, Z)`` orthogonal with the new axes as columns
+        (:func:`.latent_axes.independence_rotation`). The prior is isotropic, so the model
+        renders every particle as before; only z's posterior std per axis is approximate
+        (see :func:`_turn_z_rows`).
+        """
+        self.encoder.rotate_z(rotation, self.n_pose)
+        self.generator.rotate_z(rotation)  # type: ignore[operator]
 
     def encode(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> Posterior:
         """Posterior for ``(B, C, H, W)`` images (masked like the training input).

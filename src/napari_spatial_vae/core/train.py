@@ -51,6 +51,7 @@ from napari_spatial_vae.core.distributed import (
     shutdown,
 )
 from napari_spatial_vae.core.errors import CheckpointError, ConfigError, DataError
+from napari_spatial_vae.core.latent_axes import align_latent_axes, describe_turn
 from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.memory import MemoryPlan, available_bytes, plan_batch_size
 from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo, switches_half_turn_check
@@ -563,6 +564,13 @@ def _train(
             history.append(test_metrics.as_row(epoch, "test", lr_now, seconds))
         progress.epochs_completed = epoch
         progress.finished = epoch == config.epochs
+        message = switched
+        if progress.finished:
+            # z's prior is isotropic, so nothing in the ELBO ties its axes to the motions:
+            # turn them towards independent factors before the last checkpoint (every rank
+            # the same way; core/latent_axes.py, z-dim 2 or more)
+            turned = describe_turn(align_latent_axes(model, train_feed, train_filters))
+            message = "; ".join(m for m in (switched, turned) if m)
         if context.is_main and (epoch % config.checkpoint_every == 0 or progress.finished):
             # history first: a crash between the two writes leaves a history row the
             # checkpoint does not cover, which resume drops; never a checkpoint without history.
@@ -578,7 +586,7 @@ def _train(
                 seconds,
                 train=train_metrics,
                 test=test_metrics,
-                message=switched,
+                message=message,
                 model=model,
             )
         )
