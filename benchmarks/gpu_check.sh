@@ -22,9 +22,9 @@ timeout 420 "$PY" benchmarks/throughput.py --device cuda --configs a,b,c,default
 "$PY" -m napari_spatial_vae simulate -o "$OUT/sim.mrcs" --n 20000 --size 40 >/dev/null
 # what a user gets from the defaults (auto precision, batch 16), then large batches
 rm -rf "$OUT/run"
-timeout 120 "$PY" -m napari_spatial_vae train "$OUT/sim.mrcs" -o "$OUT/run" --device cuda \
+{ timeout 120 "$PY" -m napari_spatial_vae train "$OUT/sim.mrcs" -o "$OUT/run" --device cuda \
     --epochs 2 2>&1 | grep -E "precision|completed" | sed "s/^/train defaults: /" \
-    | tee -a "$OUT/throughput.txt"
+    | tee -a "$OUT/throughput.txt"; } || echo "train defaults: did not finish (exit $?)"
 for resident in "" "--resident-gb 0"; do
   rm -rf "$OUT/run"
   timeout 90 "$PY" -m napari_spatial_vae train "$OUT/sim.mrcs" -o "$OUT/run" --device cuda \

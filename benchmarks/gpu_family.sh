@@ -18,12 +18,15 @@ while (($#)) && [[ $1 != -- ]]; do jobs+=("$1"); shift; done
 [[ ${1:-} == -- ]] && shift
 mkdir -p "$OUTDIR"
 if [[ ${MPS:-0} == 1 ]]; then nvidia-cuda-mps-control -d && echo "CUDA MPS started"; fi
+logs=()
 for job in "${jobs[@]}"; do
   IFS=: read -r design seed snr <<<"$job"
   tag=${design}_s${seed}${snr:+_snr$snr}
+  logs+=("$OUTDIR/$tag.log")
   OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 "$PY" benchmarks/design_family.py --designs "$design" --seeds "$seed" \
       --epochs "${EPOCHS:-38}" --n-train "${N_TRAIN:-4000}" --minutes "${MINUTES:-60}" --threads 1 ${snr:+--snr "$snr"} --apply-snr 0.1 \
       --keep-runs "$OUTDIR/runs${snr:+_snr$snr}" device=cuda "$@" >"$OUTDIR/$tag.log" 2>&1 &
 done
 wait
-grep -h '^{' "$OUTDIR"/*.log
+if [[ ${MPS:-0} == 1 ]]; then echo quit | nvidia-cuda-mps-control; fi
+grep -h '^{' "${logs[@]}"

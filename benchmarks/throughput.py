@@ -390,13 +390,13 @@ def main() -> None:
                 f"GEMM ({m} x {hidden}) @ ({hidden} x {hidden}): fp32 {fp32:.0f} GFLOP/s,"
                 f" bf16 {bf16:.0f} GFLOP/s"
             )
-    header = f"{'config':34s} {'contender':16s} {'images/s':>9s} {'GFLOP/s':>8s} {'x naive':>8s}"
+    header = f"{'config':34s} {'contender':38s} {'images/s':>9s} {'GFLOP/s':>8s} {'x naive':>8s}"
     print(header)
     print("-" * len(header))
     for setting in settings:
         for row in benchmark(setting, naive, args, device):
             print(
-                f"{row['config']:34s} {row['contender']:16s} {row['images/s']:9.1f}"
+                f"{row['config']:34s} {row['contender']:38s} {row['images/s']:9.1f}"
                 f" {row['GFLOP/s']:8.1f} {row['ratio']:8.2f}"
             )
 

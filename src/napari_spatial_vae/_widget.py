@@ -368,12 +368,14 @@ class SpatialVAEWidget(QWidget):
                         f"{self._started_message}\nepoch {event.epoch}: "
                         f"{describe_latent_use(event.test or event.train)} nats"
                     )
-                if event.message:  # the half-turn check switched on, z axes turned
+                if event.message:  # the half-turn check switched on
                     show_info(f"spatial-VAE: {event.message}")
         elif event.kind == "finished":
             self.progress.setFormat(
                 f"{event.stop_reason} after epoch {event.epoch}; making result layers…"
             )
+            if event.message:  # z axes turned
+                show_info(f"spatial-VAE: {event.message}")
 
     def _show_progress(self, event: TrainUpdate) -> None:
         steps = max(event.steps_per_epoch, 1)

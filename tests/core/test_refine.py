@@ -109,6 +109,14 @@ def test_fitted_amplitude_is_the_renderings_scale():
     np.testing.assert_allclose(
         fitted_amplitude(target, mean, logstd).numpy(), [0.3, 1.0, 0.0], atol=1e-5
     )
+    # with noise and a per-pixel noise level: the scale that minimises the likelihood's cost
+    generator = torch.Generator().manual_seed(0)
+    logstd = torch.randn(3, 1, 50, generator=generator)
+    noisy = 0.6 * mean + torch.exp(logstd) * torch.randn(3, 1, 50, generator=generator)
+    scales = torch.linspace(0.0, 2.0, 20001)
+    costs = ((noisy[None] - scales[:, None, None, None] * mean[None]) * torch.exp(-logstd)) ** 2
+    best = scales[costs.sum(dim=(2, 3)).argmin(dim=0)]
+    np.testing.assert_allclose(fitted_amplitude(noisy, mean, logstd).numpy(), best, atol=2e-4)
 
 
 def test_a_fainter_rendering_fits_its_own_z_as_well(trained, tiny_particles):

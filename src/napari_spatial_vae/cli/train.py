@@ -103,7 +103,7 @@ class _Progress:
                 self.bar.write(line, file=sys.stderr)
             elif not self.quiet:
                 say(line)
-            # the half-turn check switched on, z axes turned: said even when quiet
+            # the half-turn check switched on: said even when quiet
             if update.message:
                 if self.bar is not None:
                     self.bar.write(update.message, file=sys.stderr)
@@ -112,6 +112,8 @@ class _Progress:
         elif update.kind == "finished":
             if self.bar is not None:
                 self.bar.close()
+            if update.message:  # z axes turned
+                say(update.message)
             if self.last is not None:
                 epoch, metrics = self.last
                 for warning in (

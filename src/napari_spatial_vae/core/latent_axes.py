@@ -29,6 +29,9 @@ from napari_spatial_vae.core.model import SpatialVAE
 _GAUSSIAN_LOGCOSH = 0.3745672075
 # training particles whose z the rotation is chosen on (the first ones of the training split)
 LATENT_AXES_SAMPLE = 4096
+# axes whose z means spread less than this over the particles (a tenth of the prior's) carry
+# next to nothing and are left as they are: turning a strong factor onto them would smear it
+MIN_AXIS_SPREAD = 0.1
 # candidate angles per pair of axes, spread over a quarter turn (finer gains nothing: the
 # contrast is flat near its optimum)
 _ANGLES_PER_QUARTER = 180
@@ -45,11 +48,14 @@ def _non_gaussianity(values: torch.Tensor) -> torch.Tensor:
 
 
 def independence_rotation(z: torch.Tensor, sweeps: int = 8) -> torch.Tensor:
-    """The rotation of z's axes that makes their distributions most non-Gaussian.
+    """The rotation of z's axes closest to the directions of independent factors.
 
-    Jacobi sweeps: each pair of axes in turn is rotated in its plane by the angle (within
-    ±45°, so the result stays the closest to the axes it started from) that maximises the
-    two axes' summed log-cosh non-Gaussianity, until no pair moves.
+    Independent component analysis restricted to what keeps the prior: the z values are
+    whitened (so the contrast of a turn does not depend on the axes' spreads; axes whose
+    means spread less than :data:`MIN_AXIS_SPREAD` are left out), Jacobi sweeps then turn each pair
+    of whitened axes by the angle (within ±45°) that maximises their summed log-cosh
+    non-Gaussianity, and the orthogonal frame closest to the factors' directions in z (an
+    orthogonal Procrustes fit) is returned, its axes matched and signed to the trained ones.
 
     Parameters
     ----------
@@ -62,9 +68,35 @@ def independence_rotation(z: torch.Tensor, sweeps: int = 8) -> torch.Tensor:
     -------
     torch.Tensor
         ``(Z, Z)`` orthogonal ``R`` (float64): the new axes are its columns, ``z @ R`` the
-        particles in them.
+        particles in them; the identity where the axes already follow independent factors.
     """
-    values = (z - z.mean(dim=0)).double()
+    values = z.double()
+    informative = values.std(dim=0) >= MIN_AXIS_SPREAD
+    rotation = torch.eye(values.shape[1], dtype=torch.float64)
+    if int(informative.sum()) < 2:
+        return rotation
+    keep = torch.nonzero(informative).flatten()
+    rotation[keep[:, None], keep[None, :]] = _independent_frame(values[:, keep], sweeps)
+    return rotation
+
+
+def _independent_frame(z: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """:func:`independence_rotation` among axes that all vary, ``(Z, Z)``."""
+    centred = z - z.mean(dim=0)
+    covariance = centred.T @ centred / max(len(centred) - 1, 1)
+    variances, axes = torch.linalg.eigh(covariance)
+    spread = variances.clamp_min(1e-12 * float(variances.max().clamp_min(1e-300))).sqrt()
+    unmixing = _jacobi_rotation(centred @ (axes / spread), sweeps)
+    # the factors' directions in z: whitened sources s = (z - mean) E S^-1 Q, so
+    # z - mean = s Q^T S E^T and factor k points along column k of E S Q
+    directions = (axes * spread) @ unmixing
+    directions = directions / directions.norm(dim=0).clamp_min(1e-300)
+    left, _, right = torch.linalg.svd(directions)
+    return _nearest_to_trained_axes(left @ right)
+
+
+def _jacobi_rotation(values: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """``(Z, Z)`` orthogonal Q maximising the summed non-Gaussianity of ``values @ Q``."""
     n_axes = values.shape[1]
     rotation = torch.eye(n_axes, dtype=torch.float64)
     angles = torch.linspace(-math.pi / 4, math.pi / 4, _ANGLES_PER_QUARTER + 1, dtype=torch.float64)
@@ -91,9 +123,26 @@ def independence_rotation(z: torch.Tensor, sweeps: int = 8) -> torch.Tensor:
     return rotation
 
 
+def _nearest_to_trained_axes(rotation: torch.Tensor) -> torch.Tensor:
+    """Reorder and sign the columns so each new axis is the one nearest its trained axis."""
+    n_axes = rotation.shape[0]
+    order = [-1] * n_axes
+    closeness = rotation.abs().clone()
+    for _ in range(n_axes):
+        # greedy: the closest remaining (trained axis, new axis) pair first
+        flat = int(torch.argmax(closeness))
+        axis, column = divmod(flat, n_axes)
+        order[axis] = column
+        closeness[axis, :] = -1.0
+        closeness[:, column] = -1.0
+    matched = rotation[:, order]
+    signs = torch.where(matched.diagonal() < 0, -1.0, 1.0).to(matched)
+    return matched * signs
+
+
 @torch.no_grad()
 def latent_means(
-    model: SpatialVAE, feed: ImageFeeder, filters: CtfBatches | None, limit: int, batch: int = 256
+    model: SpatialVAE, feed: ImageFeeder, filters: CtfBatches | None, limit: int, batch: int = 64
 ) -> torch.Tensor:
     """``(n, Z)`` the encoder's z means of the first ``limit`` images ``feed`` serves."""
     was_training = model.training
@@ -111,16 +160,19 @@ def latent_means(
 
 
 def align_latent_axes(
-    model: SpatialVAE, feed: ImageFeeder, filters: CtfBatches | None = None
+    model: SpatialVAE, feed: ImageFeeder, filters: CtfBatches | None = None, batch: int = 64
 ) -> torch.Tensor | None:
     """Turn a trained model's z axes towards independent factors (in place).
 
     Every process of a distributed run computes the same rotation (the same first images,
-    the same arithmetic). Returns the ``(Z, Z)`` rotation folded in, or None for z-dim < 2.
+    the same arithmetic). ``batch``: images encoded at once (training passes its own batch
+    size, which its memory plan allows). Returns the ``(Z, Z)`` rotation folded in, or None
+    for z-dim < 2.
     """
     if model.config.z_dim < 2 or len(feed) < 2:
         return None
-    rotation = independence_rotation(latent_means(model, feed, filters, LATENT_AXES_SAMPLE))
+    z = latent_means(model, feed, filters, LATENT_AXES_SAMPLE, batch)
+    rotation = independence_rotation(z)
     model.rotate_z_axes(rotation)
     return rotation
 

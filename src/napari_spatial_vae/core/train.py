@@ -564,13 +564,6 @@ def _train(
             history.append(test_metrics.as_row(epoch, "test", lr_now, seconds))
         progress.epochs_completed = epoch
         progress.finished = epoch == config.epochs
-        message = switched
-        if progress.finished:
-            # z's prior is isotropic, so nothing in the ELBO ties its axes to the motions:
-            # turn them towards independent factors before the last checkpoint (every rank
-            # the same way; core/latent_axes.py, z-dim 2 or more)
-            turned = describe_turn(align_latent_axes(model, train_feed, train_filters))
-            message = "; ".join(m for m in (switched, turned) if m)
         if context.is_main and (epoch % config.checkpoint_every == 0 or progress.finished):
             # history first: a crash between the two writes leaves a history row the
             # checkpoint does not cover, which resume drops; never a checkpoint without history.
@@ -586,15 +579,24 @@ def _train(
                 seconds,
                 train=train_metrics,
                 test=test_metrics,
-                message=message,
+                message=switched,
                 model=model,
             )
         )
 
+    turned = ""
+    if stop_reason != "stopped":
+        # z's prior is isotropic, so nothing in the ELBO ties its axes to the motions: turn
+        # them towards independent factors (z-dim 2 or more; core/latent_axes.py). Every rank
+        # the same way; the last epoch's checkpoint is already on disk, so a failure here
+        # loses nothing. A run stopped by the user is left as it is (it may be resumed).
+        rotation = align_latent_axes(model, train_feed, train_filters, config.batch_size)
+        turned = describe_turn(rotation) or ""
     if context.is_main and (
-        stop_reason != "completed" or progress.epochs_completed % config.checkpoint_every
+        turned or stop_reason != "completed" or progress.epochs_completed % config.checkpoint_every
     ):
-        # keep what the interrupted epoch learned; the epoch itself is redone on resume
+        # keep what the interrupted epoch learned (the epoch itself is redone on resume),
+        # and the turned axes
         write_history(run_dir, history)
         save_checkpoint(run_dir, model, optimizer, progress)
     # nobody leaves (and tears down the group) before rank 0 has written the folder
@@ -611,6 +613,7 @@ def _train(
             steps_per_epoch,
             seconds,
             stop_reason=stop_reason,
+            message=turned,
             model=model,
         )
     )
