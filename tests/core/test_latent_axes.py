@@ -12,6 +12,7 @@ from napari_spatial_vae.core.checkpoint import load_model
 from napari_spatial_vae.core.data import ImageFeeder, standardize
 from napari_spatial_vae.core.latent_axes import (
     align_latent_axes,
+    describe_turn,
     independence_rotation,
     latent_means,
 )
@@ -117,10 +118,11 @@ def test_training_ends_with_independent_axes(tmp_path, make_config, tiny_particl
         tmp_path,
         on_update=lambda update: messages.append((update.kind, update.epoch, update.message)),
     )
-    # the end of training says so (the CLI and the widget show it)
-    assert any(
-        kind == "finished" and "z axes turned by" in message for kind, _, message in messages
-    )
+    # the end of training says how far the axes turned, when they did (CLI and widget)
+    (finished,) = [message for kind, _, message in messages if kind == "finished"]
+    assert finished == "" or finished.startswith("z axes turned by up to")
+    assert "by up to 30 degrees" in describe_turn(_turn(30.0).double())
+    assert describe_turn(torch.eye(2, dtype=torch.float64)) is None
     model, _, _ = load_model(tmp_path)
     feed = ImageFeeder(tiny_particles.images, None, torch.device("cpu"), normalize=True)
     z = latent_means(model, feed, None, 1000)

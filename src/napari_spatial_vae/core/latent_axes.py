@@ -178,10 +178,12 @@ def align_latent_axes(
 
 
 def describe_turn(rotation: torch.Tensor | None) -> str | None:
-    """One line for the run's log: how far the axes turned (None when nothing was turned)."""
+    """One line for the run's log: how far the axes turned (None below half a degree)."""
     if rotation is None:
         return None
     degrees = math.degrees(math.acos(min(1.0, float(rotation.diagonal().abs().min()))))
+    if degrees < 0.5:
+        return None
     return (
         f"z axes turned by up to {degrees:.0f} degrees towards independent factors "
         "(each axis now follows its own motion where the particles have several)"

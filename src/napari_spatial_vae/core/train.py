@@ -584,7 +584,7 @@ def _train(
             )
         )
 
-    turned = ""
+    turned, rotation = "", None
     if stop_reason != "stopped":
         # z's prior is isotropic, so nothing in the ELBO ties its axes to the motions: turn
         # them towards independent factors (z-dim 2 or more; core/latent_axes.py). Every rank
@@ -593,7 +593,9 @@ def _train(
         rotation = align_latent_axes(model, train_feed, train_filters, config.batch_size)
         turned = describe_turn(rotation) or ""
     if context.is_main and (
-        turned or stop_reason != "completed" or progress.epochs_completed % config.checkpoint_every
+        rotation is not None
+        or stop_reason != "completed"
+        or progress.epochs_completed % config.checkpoint_every
     ):
         # keep what the interrupted epoch learned (the epoch itself is redone on resume),
         # and the turned axes
