@@ -103,8 +103,7 @@ class _Progress:
                 self.bar.write(line, file=sys.stderr)
             elif not self.quiet:
                 say(line)
-            # the half-turn check switched on: said even when quiet
-            if update.message:
+            if update.message:  # the half-turn check switched on: said even when quiet
                 if self.bar is not None:
                     self.bar.write(update.message, file=sys.stderr)
                 else:

@@ -4,11 +4,12 @@ z's prior is isotropic, so the ELBO is (nearly) the same for any rotation of z: 
 the latent axes to the particle's motions, and with two independent motions each axis
 usually carries a mix of both (on the simulated `two-hinges` design, |Pearson| 0.62-0.75 per
 axis while a linear map of both latents reads each motion at 0.91-0.96). After training, the
-rotation that makes the axes' distributions over the training particles most non-Gaussian
-(the contrast of independent component analysis, restricted to rotations so that the prior
-stays what it was) is folded into the networks: the encoder reports z in the new axes and
-the generator reads them, so every later step (inference, refinement, traversals, the
-plugin) sees the turned axes and nothing else changes. Measured in docs/defaults.md.
+rotation of z closest to the independent components of the training particles' z
+(independent component analysis on the whitened z, then the nearest orthogonal frame, so
+that the prior stays what it was) is folded into the networks: the encoder reports z in
+the new axes and the generator reads them, so every later step (inference, refinement,
+traversals, the plugin) sees the turned axes and nothing else changes. Measured in
+docs/defaults.md.
 
 Adam's moment estimates are not turned with the weights: a finished run that is resumed for
 more epochs continues from moments of the old axes (an approximation that was not measured),

@@ -584,23 +584,22 @@ def _train(
             )
         )
 
-    turned, rotation = "", None
+    if context.is_main and (
+        stop_reason != "completed" or progress.epochs_completed % config.checkpoint_every
+    ):
+        # keep what the interrupted epoch learned; the epoch itself is redone on resume
+        write_history(run_dir, history)
+        save_checkpoint(run_dir, model, optimizer, progress)
+    turned = ""
     if stop_reason != "stopped":
         # z's prior is isotropic, so nothing in the ELBO ties its axes to the motions: turn
         # them towards independent factors (z-dim 2 or more; core/latent_axes.py). Every rank
-        # the same way; the last epoch's checkpoint is already on disk, so a failure here
-        # loses nothing. A run stopped by the user is left as it is (it may be resumed).
+        # the same way; the model as trained is on disk by now, so a failure here loses
+        # nothing. A run stopped by the user is left as it is (it may be resumed).
         rotation = align_latent_axes(model, train_feed, train_filters, config.batch_size)
         turned = describe_turn(rotation) or ""
-    if context.is_main and (
-        rotation is not None
-        or stop_reason != "completed"
-        or progress.epochs_completed % config.checkpoint_every
-    ):
-        # keep what the interrupted epoch learned (the epoch itself is redone on resume),
-        # and the turned axes
-        write_history(run_dir, history)
-        save_checkpoint(run_dir, model, optimizer, progress)
+        if context.is_main and rotation is not None:
+            save_checkpoint(run_dir, model, optimizer, progress)
     # nobody leaves (and tears down the group) before rank 0 has written the folder
     barrier(context)
     if config.compile:
