@@ -153,6 +153,13 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
         done = run_script("traversal_figure.py", *bad, "-o", str(figure))
         assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "run folder not found" in done.stderr
+    # a sweep's table from the same output saved as one candidate's rows
+    (tmp_path / "candidate.rows").write_text(out)
+    table = run("sweep_table.py", str(tmp_path / "candidate.rows")).splitlines()
+    assert table[0] == "| candidate | two-motions s0 | mean |"
+    worse, applied = min(row["pearson_each"]), min(row["applied"]["pearson_each"])
+    assert table[2].startswith(f"| candidate | {worse:.3f} / {applied:.3f}")
+    assert table[2].endswith(f"| {worse:.3f} |")
 
 
 def test_design_oracle_bounds_what_z_can_reach():

@@ -1,0 +1,76 @@
+"""One markdown table from the JSON rows of design-family runs, one row per candidate setting.
+
+Reads files of ``benchmarks/design_family.py`` output (its JSON rows; other lines are
+skipped), one file per candidate, named ``LABEL.rows`` (``benchmarks/gpu_sweep.sh`` writes
+them). Each cell is the worse motion's |Pearson| (z as inference reports it) at the training
+SNR, then, where the run was also applied to another SNR, the same there; a run whose
+rotation failed is flagged with its Fisher-Lee and share of half-turned particles. The last
+column is the mean of the first numbers over the jobs: the rule a sweep decides by, fixed
+before any result.
+
+    python benchmarks/sweep_table.py OUT/defaults.rows OUT/deeper.rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# a rotation this far off is reported with the cell: it decides the score, not z
+FAILED_FISHER_LEE = 0.9
+FAILED_HALF_TURNED = 0.03
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The JSON rows of one candidate's output, in file order."""
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            rows.append(json.loads(line))
+    return rows
+
+
+def job_name(row: dict) -> str:
+    """``design s<seed>`` plus the SNR where it was trained at another than 0.5."""
+    name = f"{row['design']} s{row['seed']}"
+    return name if row["snr"] == 0.5 else f"{name}, SNR {row['snr']:g}"
+
+
+def cell(row: dict) -> str:
+    """``worse motion [/ applied]`` and, for a failed rotation, its Fisher-Lee."""
+    text = f"{min(row['pearson_each']):.3f}"
+    if "applied" in row and row.get("applied_snr") != row["snr"]:
+        text += f" / {min(row['applied']['pearson_each']):.3f}"
+    if row["circ_fl"] < FAILED_FISHER_LEE or row["half_turned"] > FAILED_HALF_TURNED:
+        text += f" (FL {row['circ_fl']:.2f}, {100 * row['half_turned']:.0f} % half-turned)"
+    return text
+
+
+def table(candidates: dict[str, list[dict]]) -> str:
+    """Markdown: one row per candidate, one column per job, the mean last."""
+    jobs: list[str] = []
+    for rows in candidates.values():
+        jobs += [name for name in map(job_name, rows) if name not in jobs]
+    lines = [
+        "| candidate | " + " | ".join(jobs) + " | mean |",
+        "|---" * (len(jobs) + 2) + "|",
+    ]
+    for label, rows in candidates.items():
+        by_job = {job_name(row): row for row in rows}
+        cells = [cell(by_job[job]) if job in by_job else "(missing)" for job in jobs]
+        scores = [min(row["pearson_each"]) for row in rows]
+        mean = f"{sum(scores) / len(scores):.3f}" if len(by_job) == len(jobs) else "(incomplete)"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="+", type=Path, help="LABEL.rows files")
+    args = parser.parse_args()
+    print(table({path.stem: read_rows(path) for path in args.rows}))
+
+
+if __name__ == "__main__":
+    main()
