@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+from napari_spatial_vae.core.designs import DESIGNS
+
 # a rotation this far off is reported with the cell: it decides the score, not z
 FAILED_FISHER_LEE = 0.9
 FAILED_HALF_TURNED = 0.03
@@ -32,36 +34,50 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def job_name(row: dict) -> str:
-    """``design s<seed>`` plus the SNR where it was trained at another than 0.5."""
+    """``design s<seed>`` plus the SNR where it was trained at another than the design's."""
     name = f"{row['design']} s{row['seed']}"
-    return name if row["snr"] == 0.5 else f"{name}, SNR {row['snr']:g}"
+    design = DESIGNS.get(row["design"])
+    if design is not None and row["snr"] == design.snr:
+        return name
+    return f"{name}, SNR {row['snr']:g}"
 
 
-def cell(row: dict) -> str:
-    """``worse motion [/ applied]`` and, for a failed rotation, its Fisher-Lee."""
+def cell(row: dict, full_epochs: int) -> str:
+    """``worse motion [/ applied]``, then what else decided it: a failed rotation, a short run."""
     text = f"{min(row['pearson_each']):.3f}"
     if "applied" in row and row.get("applied_snr") != row["snr"]:
         text += f" / {min(row['applied']['pearson_each']):.3f}"
+    notes = []
     if row["circ_fl"] < FAILED_FISHER_LEE or row["half_turned"] > FAILED_HALF_TURNED:
-        text += f" (FL {row['circ_fl']:.2f}, {100 * row['half_turned']:.0f} % half-turned)"
-    return text
+        notes.append(f"FL {row['circ_fl']:.2f}, {100 * row['half_turned']:.0f} % half-turned")
+    if row["epochs"] < full_epochs:
+        notes.append(f"{row['epochs']} epochs")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def table(candidates: dict[str, list[dict]]) -> str:
-    """Markdown: one row per candidate, one column per job, the mean last."""
-    jobs: list[str] = []
-    for rows in candidates.values():
-        jobs += [name for name in map(job_name, rows) if name not in jobs]
+    """Markdown: one row per candidate, one column per job (its last row), the mean last.
+
+    The mean is over the jobs, only where the candidate has every job: a crashed run must
+    not raise its mean.
+    """
+    by_candidate = {
+        label: {job_name(row): row for row in rows} for label, rows in candidates.items()
+    }
+    jobs = list(dict.fromkeys(job for by_job in by_candidate.values() for job in by_job))
+    full_epochs = max(
+        (row["epochs"] for by_job in by_candidate.values() for row in by_job.values()), default=0
+    )
     lines = [
-        "| candidate | " + " | ".join(jobs) + " | mean |",
+        "| " + " | ".join(["candidate", *jobs, "mean"]) + " |",
         "|---" * (len(jobs) + 2) + "|",
     ]
-    for label, rows in candidates.items():
-        by_job = {job_name(row): row for row in rows}
-        cells = [cell(by_job[job]) if job in by_job else "(missing)" for job in jobs]
-        scores = [min(row["pearson_each"]) for row in rows]
-        mean = f"{sum(scores) / len(scores):.3f}" if len(by_job) == len(jobs) else "(incomplete)"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
+    for label, by_job in by_candidate.items():
+        cells = [cell(by_job[job], full_epochs) if job in by_job else "(missing)" for job in jobs]
+        scores = [min(row["pearson_each"]) for row in by_job.values()]
+        complete = bool(scores) and len(by_job) == len(jobs)
+        mean = f"{sum(scores) / len(scores):.3f}" if complete else "(incomplete)"
+        lines.append("| " + " | ".join([label, *cells, mean]) + " |")
     return "\n".join(lines)
 
 
