@@ -134,6 +134,8 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     # --save-latents: the held-out posterior means next to the ground truth (folder made)
     saved = np.load(tmp_path / "latents" / "two-motions_s0.npz")
     assert saved["z_mu"].shape == (16, 2) and saved["true_conformation"].shape == (16, 2)
+    anatomy = run("latent_anatomy.py", str(tmp_path / "latents" / "two-motions_s0.npz"))
+    assert [line.split(" | ")[1] for line in anatomy.splitlines()[2:]] == ["1", "2"]  # z axes
     # --keep-runs: a run folder the CLI can load
     assert (tmp_path / "runs" / "two-motions_s0" / "checkpoint.safetensors").is_file()
     assert 0.0 <= row["half_turned"] <= 0.5
