@@ -6,7 +6,7 @@ variance over the particles (R^2 of a least-squares fit) that is explained by
 
 * ``motion``: a cubic in each true motion coordinate;
 * ``rotation error``: sin and cos of the inferred angle's error (after the best global offset,
-  and the direction mirrored where that concentrates it more, as ``metrics.angle_alignment``);
+  and the direction mirrored where that concentrates it more: ``metrics.aligned_angle_errors``);
 * ``both``: the two together, plus the out-of-plane tilt and its magnitude;
 
 then ``error beyond motion`` (both minus motion: what z carries of the pose's error that the
@@ -26,24 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_spatial_vae.core import metrics
+
 
 def explained(features: np.ndarray, target: np.ndarray) -> float:
     """R^2 of the least-squares fit of ``(N,)`` target by ``(N, F)`` features and a constant."""
-    design = np.column_stack([np.ones(len(target)), features])
-    coefficients = np.linalg.lstsq(design, target, rcond=None)[0]
-    residual = target - design @ coefficients
-    return float(1.0 - residual.var() / target.var()) if target.var() > 0 else 0.0
-
-
-def rotation_error(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """``(N,)`` angle error in radians, centred on its best global offset (direction mirrored
-    where that concentrates it more)."""
-    errors = max(
-        (estimated - true, estimated + true),
-        key=lambda e: float(np.abs(np.mean(np.exp(1j * e)))),
-    )
-    offset = np.angle(np.mean(np.exp(1j * errors)))
-    return np.angle(np.exp(1j * (errors - offset)))
+    return metrics.multiple_correlation(features, target) ** 2
 
 
 def anatomy(saved: dict[str, np.ndarray]) -> list[dict[str, float]]:
@@ -53,7 +41,7 @@ def anatomy(saved: dict[str, np.ndarray]) -> list[dict[str, float]]:
     z_var = np.exp(2.0 * np.asarray(saved["z_logstd"], np.float64)[:, -z_dim:])
     motion = np.asarray(saved["true_conformation"], np.float64).reshape(len(z), -1)
     cubic = np.column_stack([motion**power for power in (1, 2, 3)])
-    error = rotation_error(np.asarray(saved["theta"]), np.asarray(saved["true_theta"]))
+    error = metrics.aligned_angle_errors(saved["theta"], saved["true_theta"])
     pose = np.column_stack([np.sin(error), np.cos(error)])
     tilt = np.asarray(saved["true_tilt"], np.float64)
     both = np.column_stack([cubic, pose, tilt, np.abs(tilt)])
@@ -82,8 +70,11 @@ def main() -> None:
     print("| file | z axis | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 2) + "|")
     for path in args.latents:
-        with np.load(path) as saved:
-            shares = anatomy(dict(saved))
+        try:
+            with np.load(path) as saved:
+                shares = anatomy(dict(saved))
+        except (OSError, ValueError, KeyError) as error:
+            parser.error(f"{path}: not a --save-latents file of design_family.py ({error})")
         for axis, share in enumerate(shares, start=1):
             cells = " | ".join(f"{share[name]:.2f}" for name in columns)
             print(f"| {path.parent.name}/{path.stem} | {axis} | {cells} |")

@@ -85,7 +85,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="+", type=Path, help="LABEL.rows files")
     args = parser.parse_args()
-    print(table({path.stem: read_rows(path) for path in args.rows}))
+    try:
+        candidates = {path.stem: read_rows(path) for path in args.rows}
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot read the rows: {error}")
+    print(table(candidates))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from latent_anatomy import anatomy, rotation_error
+from latent_anatomy import anatomy
 
 
 def saved_latents(z: np.ndarray, motion: np.ndarray, error: np.ndarray, z_std: float) -> dict:
@@ -22,15 +22,6 @@ def saved_latents(z: np.ndarray, motion: np.ndarray, error: np.ndarray, z_std: f
         "true_theta": true_theta,
         "true_tilt": rng.uniform(-0.2, 0.2, len(z)),
     }
-
-
-def test_rotation_error_ignores_the_global_offset_and_mirror():
-    true = np.linspace(-3, 3, 50)
-    error = 0.1 * np.sin(true)
-    centred = error - np.angle(np.mean(np.exp(1j * error)))
-    # mirrored, the error's sign is the mirror's (sin and cos features fit either)
-    assert rotation_error(-(true + error) + 2.0, true) == pytest.approx(-centred, abs=1e-9)
-    assert rotation_error(true + error - 2.0, true) == pytest.approx(centred, abs=1e-9)
 
 
 def test_motion_rotation_error_and_neither_are_told_apart():

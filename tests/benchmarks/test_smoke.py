@@ -136,6 +136,12 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     assert saved["z_mu"].shape == (16, 2) and saved["true_conformation"].shape == (16, 2)
     anatomy = run("latent_anatomy.py", str(tmp_path / "latents" / "two-motions_s0.npz"))
     assert [line.split(" | ")[1] for line in anatomy.splitlines()[2:]] == ["1", "2"]  # z axes
+    for script, wrong in (
+        ("latent_anatomy.py", tmp_path / "no.npz"),
+        ("sweep_table.py", tmp_path / "no.rows"),
+    ):
+        done = run_script(script, str(wrong))
+        assert done.returncode == 2 and "Traceback" not in done.stderr and "no." in done.stderr
     # --keep-runs: a run folder the CLI can load
     assert (tmp_path / "runs" / "two-motions_s0" / "checkpoint.safetensors").is_file()
     assert 0.0 <= row["half_turned"] <= 0.5

@@ -38,6 +38,19 @@ def test_jammalamadaka_sengupta_perfect_and_unrelated():
     assert abs(metrics.circular_correlation_js(a, RNG.vonmises(0.0, 2.0, 300))) < 0.2
 
 
+def test_aligned_angle_errors_ignore_the_global_offset_and_mirror():
+    true = np.linspace(-3, 3, 50)
+    error = 0.1 * np.sin(true)
+    centred = error - np.angle(np.mean(np.exp(1j * error)))
+    # mirrored, the error's sign is the mirror's (|error| and the resultant are the same)
+    assert metrics.aligned_angle_errors(-(true + error) + 2.0, true) == pytest.approx(
+        -centred, abs=1e-9
+    )
+    assert metrics.aligned_angle_errors(true + error - 2.0, true) == pytest.approx(
+        centred, abs=1e-9
+    )
+
+
 def test_angle_alignment_finds_offset_and_reflection():
     a = RNG.uniform(-np.pi, np.pi, 100)
     assert metrics.angle_alignment(a + 2.0, a) == pytest.approx(1.0)

@@ -277,15 +277,28 @@ def circular_correlation_fl(a: np.ndarray, b: np.ndarray) -> float:
     return float(moments(a, b) / denominator) if denominator > 0 else 0.0
 
 
+def aligned_angle_errors(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """``(N,)`` errors of estimated angles, radians in (-pi, pi], after the best global offset.
+
+    ``estimated - true``, or ``estimated + true`` where the estimate runs the other way (a
+    reflection of the angle direction), whichever is more concentrated, centred on its
+    circular mean: what is left is each particle's own error.
+    """
+    estimated, true = np.asarray(estimated, np.float64), np.asarray(true, np.float64)
+    errors = max(
+        (estimated - true, estimated + true),
+        key=lambda e: float(np.abs(np.mean(np.exp(1j * e)))),
+    )
+    return np.angle(np.exp(1j * (errors - circular_mean(errors))))
+
+
 def angle_alignment(estimated: np.ndarray, true: np.ndarray) -> float:
     """Mean resultant length of ``estimated - true``, best over a global offset and reflection.
 
     1 means the estimate equals the truth up to one global rotation (and possibly a
     reflection of the angle direction); 0 means unrelated.
     """
-    same = np.abs(np.mean(np.exp(1j * (np.asarray(estimated) - np.asarray(true)))))
-    mirrored = np.abs(np.mean(np.exp(1j * (np.asarray(estimated) + np.asarray(true)))))
-    return float(max(same, mirrored))
+    return float(np.abs(np.mean(np.exp(1j * aligned_angle_errors(estimated, true)))))
 
 
 def half_turned(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
