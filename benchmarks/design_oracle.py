@@ -16,8 +16,16 @@ the two trade against each other in the likelihood, and this bound falls below t
 known-pose one. (Half turns and rotations outside the window are left out: the bound is
 for a model that aligns each particle to within the window.)
 
+With ``--shift-window PX`` the shift is unknown too, within +-PX pixels of the truth in x and
+y (``--shift-step`` apart). A model must also centre each particle from the noisy image, and
+the motion moves the particle's centre of mass, so the two trade as well. Rotation and shift
+unknown together is the bound that applies to a model, which knows neither. The true pose is
+always a grid point, so a coarser grid can only flatter the oracle.
+
     python benchmarks/design_oracle.py --designs out-of-plane,small-arm --snr 0.5,0.1
     python benchmarks/design_oracle.py --designs out-of-plane --snr 0.5 --rotation-window 20
+    python benchmarks/design_oracle.py --designs three-domain --snr 0.1 --n 150 --steps 21 \
+        --rotation-window 10 --rotation-step 2 --shift-window 1.5
 """
 
 from __future__ import annotations
@@ -38,41 +46,94 @@ from napari_spatial_vae.core.designs import (
 )
 
 
+def pose_offsets(
+    rotation_window_deg: float,
+    rotation_step_deg: float,
+    shift_window_px: float,
+    shift_step_px: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pose the oracle scores around the true one, the true pose among them.
+
+    Returns
+    -------
+    turns, shifts
+        ``(P,)`` radians and ``(P, 2)`` pixels (x, y), every rotation with every shift.
+    """
+
+    def steps(window: float, step: float) -> np.ndarray:
+        count = int(np.floor(window / step + 1e-9))
+        return np.arange(-count, count + 1) * step
+
+    turns = np.radians(steps(rotation_window_deg, rotation_step_deg))
+    along = steps(shift_window_px, shift_step_px)
+    turn, x, y = (a.ravel() for a in np.meshgrid(turns, along, along, indexing="ij"))
+    return turn, np.stack([x, y], axis=1)
+
+
 def oracle_pearson(
-    design: Design, snr: float, n: int, seed: int, steps: int, rotation_window_deg: int = 0
-) -> list[float]:
+    design: Design,
+    snr: float,
+    n: int,
+    seed: int,
+    steps: int,
+    rotation_window_deg: float = 0,
+    rotation_step_deg: float = 1.0,
+    shift_window_px: float = 0.0,
+    shift_step_px: float = 0.5,
+    chunk: int = 4096,
+) -> tuple[list[float], float]:
     """|Pearson| of the oracle's posterior-mean conformation with the truth, per motion.
 
-    ``steps`` grid points per motion; with ``rotation_window_deg`` > 0 also every whole
-    degree within that many of the true rotation (``steps ** K * (2 * window + 1)``
-    renderings per particle), the conformation's posterior marginalised over them.
+    ``steps`` grid points per motion, each scored at every pose of :func:`pose_offsets`
+    around the true one (only the true pose with both windows 0); the conformation's
+    posterior is marginalised over the poses. Renderings are made ``chunk`` at a time.
+
+    Returns
+    -------
+    pearson, edge_mass
+        The bound per motion, and the posterior's mean mass on the poses at the edge of
+        the windows: near 0 means the windows hold the pose's posterior, so a wider window
+        would not lower the bound.
     """
     particles = simulate_design(design, n, seed, snr=snr)
     noise_var = float(np.var(particles.images - particles.clean))
     motions = particles.conformation.shape[1]
     axis = np.linspace(0.0, 1.0, steps)
     grid = np.stack(np.meshgrid(*[axis] * motions, indexing="ij"), -1).reshape(-1, motions)
-    offsets = np.radians(np.arange(-rotation_window_deg, rotation_window_deg + 1))
-    # every (conformation, rotation offset) pair, conformation-major
-    conformations = np.repeat(grid, len(offsets), axis=0)
-    turns = np.tile(offsets, len(grid))
-    m = len(conformations)
-    estimate = np.empty((n, motions))
+    turns, shifts = pose_offsets(
+        rotation_window_deg, rotation_step_deg, shift_window_px, shift_step_px
+    )
+    # every (conformation, pose) pair, conformation-major
+    conformations = np.repeat(grid, len(turns), axis=0)
+    turns, shifts = np.tile(turns, len(grid)), np.tile(shifts, (len(grid), 1))
+    on_edge = np.zeros(len(turns), dtype=bool)
+    if rotation_window_deg:
+        on_edge |= np.isclose(np.abs(turns), np.abs(turns).max())
+    if shift_window_px:
+        on_edge |= np.isclose(np.abs(shifts), np.abs(shifts).max()).any(axis=1)
+    estimate, edge_mass = np.empty((n, motions)), np.empty(n)
     for i in range(n):
-        renderings = render_design(
-            design,
-            conformations,
-            particles.theta[i] + turns,
-            np.repeat(particles.shift_px[i : i + 1], m, axis=0),
-            np.full(m, particles.tilt[i]),
-        )
-        log_likelihood = -((renderings - particles.images[i]) ** 2).sum((1, 2)) / (2 * noise_var)
+        log_likelihood = np.empty(len(conformations))
+        for start in range(0, len(conformations), chunk):
+            rows = slice(start, start + chunk)
+            count = len(conformations[rows])
+            renderings = render_design(
+                design,
+                conformations[rows],
+                particles.theta[i] + turns[rows],
+                particles.shift_px[i] + shifts[rows],
+                np.full(count, particles.tilt[i]),
+            )
+            squared = ((renderings - particles.images[i]) ** 2).sum((1, 2))
+            log_likelihood[rows] = -squared / (2 * noise_var)
         weights = np.exp(log_likelihood - log_likelihood.max())
         estimate[i] = weights @ conformations / weights.sum()
-    return [
+        edge_mass[i] = weights[on_edge].sum() / weights.sum()
+    pearson = [
         round(abs(metrics.pearson(estimate[:, k], particles.conformation[:, k])), 3)
         for k in range(motions)
     ]
+    return pearson, round(float(edge_mass.mean()), 3)
 
 
 def main() -> None:
@@ -86,33 +147,59 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument(
         "--rotation-window",
-        type=int,
+        type=float,
         default=0,
         metavar="DEG",
         help="the rotation is unknown within +-DEG of the truth (0: known)",
     )
+    parser.add_argument(
+        "--rotation-step", type=float, default=1.0, metavar="DEG",
+        help="degrees between the rotations scored in the window",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shift-window", type=float, default=0.0, metavar="PX",
+        help="the shift is unknown within +-PX pixels of the truth in x and y (0: known)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shift-step", type=float, default=0.5, metavar="PX",
+        help="pixels between the shifts scored in the window",
+    )  # fmt: skip
     args = parser.parse_args()
     if not 0 <= args.rotation_window <= 90:
         parser.error("--rotation-window must be between 0 and 90 degrees")
+    if not 0 <= args.shift_window <= 10:
+        parser.error("--shift-window must be between 0 and 10 pixels")
+    if args.rotation_step <= 0 or args.shift_step <= 0:
+        parser.error("--rotation-step and --shift-step must be positive")
     names = args.designs.split(",")
     unknown = sorted(set(names) - set(DESIGNS))
     if unknown:
         parser.error(f"unknown design(s) {', '.join(unknown)}; choose from {', '.join(DESIGNS)}")
-    pose = (
-        f"rotation unknown within +-{args.rotation_window} deg"
-        if args.rotation_window
-        else "pose known"
-    )
-    print(f"oracle: {pose}")
+    unknowns = [
+        f"rotation within +-{args.rotation_window:g} deg ({args.rotation_step:g}-deg steps)"
+        * bool(args.rotation_window),
+        f"shift within +-{args.shift_window:g} px ({args.shift_step:g}-px steps)"
+        * bool(args.shift_window),
+    ]
+    print("oracle: " + (" and ".join(filter(None, unknowns)) + " unknown" if any(unknowns)
+                        else "pose known"))  # fmt: skip
     print("| design | SNR | oracle \\|Pearson\\| per motion |\n|---|---|---|")
     for name in names:
         design = DESIGNS[name]
         steps = args.steps or (41 if len(design.motions) == 1 else 21)
         for snr in (float(s) for s in args.snr.split(",")):
-            best = oracle_pearson(design, snr, args.n, args.seed, steps, args.rotation_window)
+            best, edge_mass = oracle_pearson(
+                design, snr, args.n, args.seed, steps, args.rotation_window,
+                args.rotation_step, args.shift_window, args.shift_step,
+            )  # fmt: skip
             print(f"| {name} | {snr} | {' / '.join(map(str, best))} |", flush=True)
-            row = {"design": name, "snr": snr, "rotation_window_deg": args.rotation_window}
-            print(json.dumps({**row, "oracle_pearson": best}), flush=True)
+            row = {
+                "design": name, "snr": snr, "rotation_window_deg": args.rotation_window,
+                "rotation_step_deg": args.rotation_step, "shift_window_px": args.shift_window,
+                "shift_step_px": args.shift_step,
+            }  # fmt: skip
+            row.update(oracle_pearson=best, pose_mass_on_window_edge=edge_mass)
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

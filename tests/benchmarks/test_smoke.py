@@ -161,6 +161,15 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
         done = run_script("traversal_figure.py", *bad, "-o", str(figure))
         assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "run folder not found" in done.stderr
+    # where z loses the motion: on the particles --apply-snr scored, the encoder's and the
+    # refined z agree with design_family's own scores of them
+    gap = json.loads(run("z_gap.py", kept, "--snr", "0.1", "--n", "16").splitlines()[0])
+    assert gap["encoder"] == row["applied"]["linear_z_encoder"]
+    assert gap["refined"] == row["applied"]["linear_z"]
+    assert all(0.0 <= gap[c] <= 1.0 for c in ("generator", "generator + pose", "clean: generator"))
+    done = run_script("z_gap.py", str(tmp_path / "runs"))
+    assert done.returncode == 1 and "not a design_family run folder" in done.stderr
+    assert "Traceback" not in done.stderr
     # a sweep's table from the same output saved as one candidate's rows
     (tmp_path / "candidate.rows").write_text(out)
     table = run("sweep_table.py", str(tmp_path / "candidate.rows")).splitlines()
@@ -186,6 +195,19 @@ def test_design_oracle_with_the_rotation_unknown():
     assert row["rotation_window_deg"] == 4 and row["oracle_pearson"][0] > 0.9
     done = run_script("design_oracle.py", *args, "--rotation-window", "-1")
     assert done.returncode == 2 and "--rotation-window must be" in done.stderr
+
+
+def test_design_oracle_with_the_pose_unknown():
+    args = ["--designs", "hinge", "--snr", "1", "--n", "12", "--steps", "7"]
+    out = run("design_oracle.py", *args, "--rotation-window", "2", "--shift-window", "1")
+    assert "rotation within +-2 deg (1-deg steps) and shift within +-1 px" in out
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["shift_window_px"] == 1 and row["shift_step_px"] == 0.5
+    assert row["oracle_pearson"][0] > 0.9
+    # at SNR 1 a 40-pixel particle pins its pose: little posterior mass at +-2 deg or +-1 px
+    assert 0 <= row["pose_mass_on_window_edge"] < 0.5
+    done = run_script("design_oracle.py", *args, "--shift-window", "1", "--shift-step", "0")
+    assert done.returncode == 2 and "--shift-step must be positive" in done.stderr
 
 
 def test_explore_speed_prints_a_json_row():
