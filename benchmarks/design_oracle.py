@@ -70,6 +70,20 @@ def pose_offsets(
     return turn, np.stack([x, y], axis=1)
 
 
+def window_edge(turns: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """``(P,)`` True for the poses on the edge of the windows :func:`pose_offsets` spans.
+
+    A pose is on the edge when its rotation offset is the largest scored, or either of its
+    shift offsets is; with only the true pose scored, none is.
+    """
+    on_edge = np.zeros(len(turns), dtype=bool)
+    if np.abs(turns).max() > 0:
+        on_edge |= np.isclose(np.abs(turns), np.abs(turns).max())
+    if np.abs(shifts).max() > 0:
+        on_edge |= np.isclose(np.abs(shifts), np.abs(shifts).max()).any(axis=1)
+    return on_edge
+
+
 def oracle_pearson(
     design: Design,
     snr: float,
@@ -106,11 +120,7 @@ def oracle_pearson(
     # every (conformation, pose) pair, conformation-major
     conformations = np.repeat(grid, len(turns), axis=0)
     turns, shifts = np.tile(turns, len(grid)), np.tile(shifts, (len(grid), 1))
-    on_edge = np.zeros(len(turns), dtype=bool)
-    if rotation_window_deg:
-        on_edge |= np.isclose(np.abs(turns), np.abs(turns).max())
-    if shift_window_px:
-        on_edge |= np.isclose(np.abs(shifts), np.abs(shifts).max()).any(axis=1)
+    on_edge = window_edge(turns, shifts)
     estimate, edge_mass = np.empty((n, motions)), np.empty(n)
     for i in range(n):
         log_likelihood = np.empty(len(conformations))
@@ -171,6 +181,8 @@ def main() -> None:
         parser.error("--shift-window must be between 0 and 10 pixels")
     if args.rotation_step <= 0 or args.shift_step <= 0:
         parser.error("--rotation-step and --shift-step must be positive")
+    if 0 < args.rotation_window < args.rotation_step or 0 < args.shift_window < args.shift_step:
+        parser.error("a window smaller than its step scores only the true pose: widen it or use 0")
     names = args.designs.split(",")
     unknown = sorted(set(names) - set(DESIGNS))
     if unknown:

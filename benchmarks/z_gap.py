@@ -20,10 +20,11 @@ two motions the multiple correlation of both latents with the worse one, ``linea
 The likelihood compares each particle, aligned into the model's frame (bilinear) and
 centred inside the circular mask, with each rendering scaled to it (its amplitude profiled
 out, as the refinement does), with white noise of variance 1 / (1 + SNR) of the
-standardised particle. A generator column well above ``refined`` says the encoder (an
-amortised reading) is what loses the motion; ``clean: generator`` well below 1 says the
-generator never learned the whole motion. Compare with ``design_oracle.py`` (what the data
-allow).
+standardised particle: the generator's renderings, not its learned per-pixel noise. A low
+``clean: generator`` may also come from the encoder's pose of the noise-free particle. A
+generator column well above ``refined`` says the encoder (an amortised reading) is what
+loses the motion; ``clean: generator`` well below 1 says the generator never learned the
+whole motion. Compare with ``design_oracle.py`` (what the data allow).
 
     python benchmarks/z_gap.py RUNS/tilted-hinge_s0 RUNS/three-domain_s3 --snr 0.1
 """
@@ -31,9 +32,9 @@ allow).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import sys
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from design_family import _model_input, _motion_scores  # same folder: run as a 
 
 from napari_spatial_vae.core.checkpoint import load_model
 from napari_spatial_vae.core.coords import align_images, circular_mask, pixels_to_shift
-from napari_spatial_vae.core.designs import DESIGNS, DesignParticles, simulate_design
+from napari_spatial_vae.core.designs import DESIGNS, simulate_design
 from napari_spatial_vae.core.errors import SpatialVAEError
 from napari_spatial_vae.core.refine import refine_z
 
@@ -117,24 +118,32 @@ def generator_z(
     return (weights @ grid.double()).float()
 
 
+class UnusableRun(ValueError):
+    """A folder this benchmark cannot read (the message is one line)."""
+
+
 def gap_row(run_dir: str, snr: float | None, n: int) -> dict:
-    """The seven readings of one kept run on ``n`` new particles of its design."""
+    """The seven readings of one kept run on ``n`` new particles of its design.
+
+    ``snr`` None: the design's own (not the one the run may have been trained at).
+    """
     name, _, seed = os.path.basename(os.path.normpath(run_dir)).rpartition("_s")
     if name not in DESIGNS or not seed.isdigit():
-        raise SystemExit(f"{run_dir}: not a design_family run folder (<design>_s<seed>)")
+        raise UnusableRun(f"{run_dir}: not a design_family run folder (<design>_s<seed>)")
     design = DESIGNS[name]
     try:
         model, config, _ = load_model(run_dir)
     except SpatialVAEError as error:
-        raise SystemExit(f"{run_dir}: {error}") from None
+        raise UnusableRun(f"{run_dir}: {error}") from None
     model.eval()
     z_dim = config.model.z_dim
     if z_dim not in (1, 2):
-        raise SystemExit(f"{run_dir}: z_dim {z_dim}; this benchmark grids z-dim 1 or 2")
+        raise UnusableRun(f"{run_dir}: z_dim {z_dim}; this benchmark grids z-dim 1 or 2")
     snr = snr or design.snr
-    particles = simulate_design(design, n, 2000 + int(seed), snr=snr)
-    fields = list(DesignParticles.__annotations__)
-    clean = DesignParticles(particles.clean, *(getattr(particles, f) for f in fields[1:]))
+    # the box the run was trained on (design_family.py --size may have changed it)
+    size = model.image_shape[-1]
+    particles = simulate_design(design, n, 2000 + int(seed), snr=snr, size=size)
+    clean = dataclasses.replace(particles, images=particles.clean)
     noisy_in, clean_in = _model_input(config, particles), _model_input(config, clean)
     with torch.no_grad():
         theta, shift, z = model.split_latent(model.encode(noisy_in).mu)
@@ -179,8 +188,11 @@ def main() -> None:
     rows = []
     for run_dir in args.runs:
         if not os.path.isdir(run_dir):
-            sys.exit(f"{run_dir}: no such run folder")
-        rows.append(gap_row(run_dir, args.snr, args.n))
+            parser.error(f"{run_dir}: no such run folder")
+        try:
+            rows.append(gap_row(run_dir, args.snr, args.n))
+        except UnusableRun as error:
+            parser.error(str(error))
         print(json.dumps(rows[-1]), flush=True)
     print("| run | SNR | " + " | ".join(COLUMNS) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))

@@ -1,4 +1,4 @@
-"""The oracle's pose grid: the true pose always scored, the windows as asked."""
+"""The oracle's pose grid: the true pose always scored, the windows as asked, their edge."""
 
 import sys
 from pathlib import Path
@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from design_oracle import pose_offsets
+from design_oracle import oracle_pearson, pose_offsets, window_edge
+
+from napari_spatial_vae.core.designs import DESIGNS
 
 
 def test_only_the_true_pose_when_it_is_known():
@@ -29,3 +31,31 @@ def test_a_window_that_is_not_a_whole_number_of_steps_stays_inside_it():
     turns, shifts = pose_offsets(5, 2.0, 1.2, 0.5)
     assert np.degrees(np.abs(turns)).max() == 4.0
     assert np.abs(shifts).max() == 1.0
+
+
+def test_the_edge_of_the_windows():
+    turns, shifts = pose_offsets(4, 2.0, 1.0, 0.5)
+    edge = window_edge(turns, shifts)
+    # inside: |turn| < 4 deg and both |shift| < 1 px: 3 x 3 x 3 of the 5 x 5 x 5 poses
+    assert edge.sum() == 5 * 5 * 5 - 3 * 3 * 3
+    inner = (np.degrees(np.abs(turns)) < 3.9) & (np.abs(shifts) < 0.9).all(axis=1)
+    assert np.array_equal(edge, ~inner)
+    # one window only: the other coordinate never puts a pose on the edge
+    turns, shifts = pose_offsets(0, 1.0, 1.0, 0.5)
+    assert window_edge(turns, shifts).sum() == 5 * 5 - 3 * 3
+    turns, shifts = pose_offsets(0, 1.0, 0.0, 0.5)
+    assert not window_edge(turns, shifts).any()
+
+
+def test_chunks_of_renderings_give_the_same_oracle():
+    args = (DESIGNS["hinge"], 1.0, 6, 7, 5, 2, 1.0, 1.0, 0.5)
+    assert oracle_pearson(*args, chunk=37) == oracle_pearson(*args)
+
+
+def test_a_window_narrower_than_the_pose_posterior_puts_its_mass_on_the_edge():
+    # the project's hinge at SNR 1: its pose is known to a few degrees and about a pixel,
+    # so +-2 deg leaves a fifth of the posterior on its edge and +-10 deg next to none
+    design = DESIGNS["hinge"]
+    _, narrow = oracle_pearson(design, 1.0, 8, 7, 11, 2, 1.0, 0.0, 0.5)
+    _, wide = oracle_pearson(design, 1.0, 8, 7, 11, 10, 2.0, 0.0, 0.5)
+    assert narrow > 0.15 and wide < 0.05
