@@ -36,9 +36,9 @@ import dataclasses
 import json
 import os
 
-import numpy as np
 import torch
 from design_family import _model_input, _motion_scores  # same folder: run as a script
+from design_oracle import pose_offsets
 
 from napari_spatial_vae.core.checkpoint import load_model
 from napari_spatial_vae.core.coords import align_images, circular_mask, pixels_to_shift
@@ -98,21 +98,14 @@ def generator_z(
     templates = templates / templates.norm(dim=1, keepdim=True).clamp_min(1e-12)
     log_prior = -0.5 * (grid**2).sum(1)
 
-    def offsets(window: float, step: float) -> np.ndarray:
-        count = int(window / step + 1e-9)
-        return np.arange(-count, count + 1) * step
-
-    turns = np.radians(offsets(window_deg, 2.0))
-    moves = offsets(window_px, 0.5)
+    turns, moves = pose_offsets(window_deg, 2.0, window_px, 0.5)  # the oracle's pose grid
     log_likelihoods = []
-    for turn in turns:
-        for dx in moves:
-            for dy in moves:
-                moved = shift + pixels_to_shift(shift.new_tensor([dx, dy]), height, width)
-                aligned = align_images(images, theta + float(turn), moved).flatten(1)[:, inside]
-                aligned = aligned - aligned.mean(1, keepdim=True)
-                # each rendering scaled to the particle: the amplitude profiled out
-                log_likelihoods.append((aligned @ templates.T) ** 2 / (2 * noise_var))
+    for turn, move in zip(turns, moves, strict=True):
+        moved = shift + pixels_to_shift(shift.new_tensor(move), height, width)
+        aligned = align_images(images, theta + float(turn), moved).flatten(1)[:, inside]
+        aligned = aligned - aligned.mean(1, keepdim=True)
+        # each rendering scaled to the particle: the amplitude profiled out
+        log_likelihoods.append((aligned @ templates.T) ** 2 / (2 * noise_var))
     log_posterior = torch.logsumexp(torch.stack(log_likelihoods), 0) + log_prior
     weights = torch.softmax(log_posterior.double(), dim=1)
     return (weights @ grid.double()).float()
