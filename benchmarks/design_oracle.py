@@ -27,10 +27,17 @@ particles. (Presumably because the true conformation is not a grid point: the gr
 conformation nearest to it fits best at a pose between the pose grid's points.) Halve the
 steps and check that the bound holds.
 
+With ``--tilt-step DEG`` the out-of-plane tilt is unknown too: the oracle scores every tilt
+of the design's prior (uniform within +-``max_tilt_deg``, ``DEG`` apart) and marginalises it
+like the pose. A model has no latent for the tilt, so with z-dim 1 it must tell the motion
+from the tilt in the same image; on designs whose motion leans out of the plane the two
+change the projection alike. Designs with no tilt are unchanged by it.
+
     python benchmarks/design_oracle.py --designs out-of-plane,small-arm --snr 0.5,0.1
     python benchmarks/design_oracle.py --designs out-of-plane --snr 0.5 --rotation-window 20
     python benchmarks/design_oracle.py --designs three-domain --snr 0.1 --n 30 --steps 21 \
         --rotation-window 9 --rotation-step 1.5 --shift-window 1.5 --shift-step 0.25
+    python benchmarks/design_oracle.py --designs out-of-plane --snr 0.5 --n 100 --tilt-step 1
 """
 
 from __future__ import annotations
@@ -75,6 +82,18 @@ def pose_offsets(
     return turn, np.stack([x, y], axis=1)
 
 
+def tilt_grid(max_tilt_deg: float, step_deg: float) -> np.ndarray:
+    """``(T,)`` radians: the tilts the oracle scores when it does not know the particle's.
+
+    The design's prior (uniform within +-``max_tilt_deg``) sampled ``step_deg`` apart,
+    symmetric about 0 and reaching both ends of the prior; ``[0]`` for an untilted design.
+    """
+    if max_tilt_deg <= 0:
+        return np.zeros(1)
+    count = max(1, int(np.ceil(max_tilt_deg / step_deg - 1e-9)))
+    return np.radians(np.linspace(-max_tilt_deg, max_tilt_deg, 2 * count + 1))
+
+
 def window_edge(turns: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """``(P,)`` True for the poses on the edge of the windows :func:`pose_offsets` spans.
 
@@ -100,12 +119,15 @@ def oracle_pearson(
     shift_window_px: float = 0.0,
     shift_step_px: float = 0.5,
     chunk: int = 4096,
+    tilt_step_deg: float = 0.0,
 ) -> tuple[list[float], float]:
     """|Pearson| of the oracle's posterior-mean conformation with the truth, per motion.
 
     ``steps`` grid points per motion, each scored at every pose of :func:`pose_offsets`
-    around the true one (only the true pose with both windows 0); the conformation's
-    posterior is marginalised over the poses. Renderings are made ``chunk`` at a time.
+    around the true one (only the true pose with both windows 0) and, with ``tilt_step_deg``
+    positive, at every tilt of :func:`tilt_grid` instead of the true tilt; the
+    conformation's posterior is marginalised over the poses and tilts. Renderings are made
+    ``chunk`` at a time.
 
     Returns
     -------
@@ -122,10 +144,16 @@ def oracle_pearson(
     turns, shifts = pose_offsets(
         rotation_window_deg, rotation_step_deg, shift_window_px, shift_step_px
     )
-    # every (conformation, pose) pair, conformation-major
-    conformations = np.repeat(grid, len(turns), axis=0)
-    turns, shifts = np.tile(turns, len(grid)), np.tile(shifts, (len(grid), 1))
     on_edge = window_edge(turns, shifts)
+    tilt_known = tilt_step_deg <= 0
+    tilt_values = np.zeros(1) if tilt_known else tilt_grid(design.max_tilt_deg, tilt_step_deg)
+    # every (conformation, pose, tilt), conformation-major, then pose, then tilt
+    n_tilts, n_poses = len(tilt_values), len(turns)
+    conformations = np.repeat(grid, n_poses * n_tilts, axis=0)
+    turns = np.tile(np.repeat(turns, n_tilts), len(grid))
+    shifts = np.tile(np.repeat(shifts, n_tilts, axis=0), (len(grid), 1))
+    on_edge = np.tile(np.repeat(on_edge, n_tilts), len(grid))
+    tilts = np.tile(tilt_values, len(grid) * n_poses)
     estimate, edge_mass = np.empty((n, motions)), np.empty(n)
     for i in range(n):
         log_likelihood = np.empty(len(conformations))
@@ -137,7 +165,7 @@ def oracle_pearson(
                 conformations[rows],
                 particles.theta[i] + turns[rows],
                 particles.shift_px[i] + shifts[rows],
-                np.full(count, particles.tilt[i]),
+                np.full(count, particles.tilt[i]) if tilt_known else tilts[rows],
             )
             squared = ((renderings - particles.images[i]) ** 2).sum((1, 2))
             log_likelihood[rows] = -squared / (2 * noise_var)
@@ -179,11 +207,17 @@ def main() -> None:
         "--shift-step", type=float, default=0.5, metavar="PX",
         help="pixels between the shifts scored in the window",
     )  # fmt: skip
+    parser.add_argument(
+        "--tilt-step", type=float, default=0.0, metavar="DEG",
+        help="the tilt is unknown: score the design's tilt prior DEG apart (0: known)",
+    )  # fmt: skip
     args = parser.parse_args()
     if not 0 <= args.rotation_window <= 90:
         parser.error("--rotation-window must be between 0 and 90 degrees")
     if not 0 <= args.shift_window <= 10:
         parser.error("--shift-window must be between 0 and 10 pixels")
+    if args.tilt_step < 0:
+        parser.error("--tilt-step must be 0 (tilt known) or positive")
     if args.rotation_step <= 0 or args.shift_step <= 0:
         parser.error("--rotation-step and --shift-step must be positive")
     if 0 < args.rotation_window < args.rotation_step or 0 < args.shift_window < args.shift_step:
@@ -197,9 +231,10 @@ def main() -> None:
         * bool(args.rotation_window),
         f"shift within +-{args.shift_window:g} px ({args.shift_step:g}-px steps)"
         * bool(args.shift_window),
+        f"tilt ({args.tilt_step:g}-deg steps over each design's prior)" * bool(args.tilt_step),
     ]
     print("oracle: " + (" and ".join(filter(None, unknowns)) + " unknown" if any(unknowns)
-                        else "pose known"))  # fmt: skip
+                        else "pose and tilt known"))  # fmt: skip
     print("| design | SNR | oracle \\|Pearson\\| per motion |\n|---|---|---|")
     for name in names:
         design = DESIGNS[name]
@@ -208,12 +243,13 @@ def main() -> None:
             best, edge_mass = oracle_pearson(
                 design, snr, args.n, args.seed, steps, args.rotation_window,
                 args.rotation_step, args.shift_window, args.shift_step,
+                tilt_step_deg=args.tilt_step,
             )  # fmt: skip
             print(f"| {name} | {snr} | {' / '.join(map(str, best))} |", flush=True)
             row = {
                 "design": name, "snr": snr, "rotation_window_deg": args.rotation_window,
                 "rotation_step_deg": args.rotation_step, "shift_window_px": args.shift_window,
-                "shift_step_px": args.shift_step,
+                "shift_step_px": args.shift_step, "tilt_step_deg": args.tilt_step,
             }  # fmt: skip
             row.update(oracle_pearson=best, pose_mass_on_window_edge=edge_mass)
             print(json.dumps(row), flush=True)

@@ -166,7 +166,9 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     gap = json.loads(run("z_gap.py", kept, "--snr", "0.1", "--n", "16").splitlines()[0])
     assert gap["encoder"] == row["applied"]["linear_z_encoder"]
     assert gap["refined"] == row["applied"]["linear_z"]
-    assert all(0.0 <= gap[c] <= 1.0 for c in ("generator", "generator + pose", "clean: generator"))
+    columns = ("generator", "generator + pose", "clean: generator", "own renderings", "truth")
+    assert all(0.0 <= gap[c] <= 1.0 for c in columns)
+    assert 0.0 <= gap["frame turn share"] <= 1.0 and gap["frame turn (deg)"] >= 0.0
     done = run_script("z_gap.py", str(tmp_path / "runs"))
     assert done.returncode == 2 and "not a design_family run folder" in done.stderr
     assert "Traceback" not in done.stderr
@@ -211,6 +213,16 @@ def test_design_oracle_with_the_pose_unknown():
     assert done.returncode == 2 and "--shift-step must be positive" in done.stderr
     done = run_script("design_oracle.py", *args, "--rotation-window", "1", "--rotation-step", "2")
     assert done.returncode == 2 and "smaller than its step" in done.stderr
+
+
+def test_design_oracle_with_the_tilt_unknown():
+    args = ["--designs", "tilted-hinge", "--snr", "0.5", "--n", "12", "--steps", "9"]
+    out = run("design_oracle.py", *args, "--tilt-step", "3")
+    assert "tilt (3-deg steps over each design's prior) unknown" in out
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["tilt_step_deg"] == 3 and row["oracle_pearson"][0] > 0.8
+    done = run_script("design_oracle.py", *args, "--tilt-step", "-1")
+    assert done.returncode == 2 and "--tilt-step must be" in done.stderr
 
 
 def test_explore_speed_prints_a_json_row():
