@@ -82,6 +82,12 @@ def pose_offsets(
     return turn, np.stack([x, y], axis=1)
 
 
+def conformation_grid(motions: int, steps: int) -> np.ndarray:
+    """``(steps ** motions, motions)`` every combination of ``steps`` values in 0..1 per motion."""
+    axis = np.linspace(0.0, 1.0, steps)
+    return np.stack(np.meshgrid(*[axis] * motions, indexing="ij"), -1).reshape(-1, motions)
+
+
 def tilt_grid(max_tilt_deg: float, step_deg: float) -> np.ndarray:
     """``(T,)`` radians: the tilts the oracle scores when it does not know the particle's.
 
@@ -139,8 +145,7 @@ def oracle_pearson(
     particles = simulate_design(design, n, seed, snr=snr)
     noise_var = float(np.var(particles.images - particles.clean))
     motions = particles.conformation.shape[1]
-    axis = np.linspace(0.0, 1.0, steps)
-    grid = np.stack(np.meshgrid(*[axis] * motions, indexing="ij"), -1).reshape(-1, motions)
+    grid = conformation_grid(motions, steps)
     turns, shifts = pose_offsets(
         rotation_window_deg, rotation_step_deg, shift_window_px, shift_step_px
     )

@@ -59,7 +59,7 @@ import os
 import numpy as np
 import torch
 from design_family import _model_input, _motion_scores  # same folder: run as a script
-from design_oracle import pose_offsets
+from design_oracle import conformation_grid, pose_offsets
 
 from napari_spatial_vae.core.checkpoint import load_model
 from napari_spatial_vae.core.coords import (
@@ -257,8 +257,7 @@ def truth_reading(
     """
     size = images.shape[-1]
     motions = particles.conformation.shape[1]
-    axis = np.linspace(0.0, 1.0, 41 if motions == 1 else 15)
-    grid = np.stack(np.meshgrid(*[axis] * motions, indexing="ij"), -1).reshape(-1, motions)
+    grid = conformation_grid(motions, 41 if motions == 1 else 15)
     inside = circular_mask(size, size).flatten()
     theta, shift = true_pose(particles, size)
     grid_values, no_offset = torch.from_numpy(grid), (np.zeros(1), np.zeros((1, 2)))
