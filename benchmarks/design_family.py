@@ -5,8 +5,9 @@ For each design (``core/designs.py``) and seed: simulate training and held-out p
 unless overridden) under a time budget, then score the held-out particles:
 
 * ``pearson_z``: for each motion, the largest |Pearson| of a latent with it (the worst motion
-  is reported when there are two), z as ``spatial-vae infer`` reports it (the encoder's mean
-  refined against the generator, ``core/refine.py``); ``pearson_z_encoder`` and
+  is reported when there are two), z as ``spatial-vae infer`` reports it (``core/infer.read_z``:
+  for z-dim 1 its posterior mean under the generator, ``core/posterior_z.py``, else the
+  encoder's mean refined against the generator, ``core/refine.py``); ``pearson_z_encoder`` and
   ``linear_z_encoder`` score the encoder's mean itself;
 * ``linear_z``: for each motion, the multiple correlation of all latents with it (how well a
   linear function of z predicts it; equals ``pearson_z`` for z-dim 1, and unlike it does not
@@ -27,7 +28,9 @@ unless overridden) under a time budget, then score the held-out particles:
 
 ``--from-runs DIR`` scores the runs a ``--keep-runs DIR`` call trained (``DIR/<design>_s<seed>``)
 instead of training again: epochs, test ELBO and the half-turn signal come from their
-history, ``wall_s`` is empty.
+history, ``wall_s`` is empty. A z-dim 1 run saved before 2026-12-05 is given the summary of
+its training particles' z that training keeps since (``core/posterior_z.TrainingZ``), so it
+is scored as inference now reads a new run.
 
 Tune on ``--split tune`` (designs and seeds defaults may be chosen on); report
 ``--split report`` (held out). One JSON row per run, then a markdown table:
@@ -63,8 +66,13 @@ from napari_spatial_vae.core.designs import (
     DesignParticles,
     simulate_design,
 )
-from napari_spatial_vae.core.latent_axes import align_latent_axes
-from napari_spatial_vae.core.refine import refine_z
+from napari_spatial_vae.core.infer import read_z
+from napari_spatial_vae.core.latent_axes import (
+    LATENT_AXES_SAMPLE,
+    align_latent_axes,
+    latent_posteriors,
+)
+from napari_spatial_vae.core.posterior_z import summarise_training_z
 from napari_spatial_vae.core.train import train
 
 COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z", "circ_fl",
@@ -105,7 +113,8 @@ def score(
 ) -> dict[str, float]:
     """Held-out scores of a trained model on a simulated stack with its ground truth.
 
-    z is refined with ``refine_steps`` as inference does (0: the encoder's mean).
+    z is read against the generator as inference does (``core/infer.read_z``; 0 steps: the
+    encoder's mean).
     """
     images = torch.from_numpy(particles.images)[:, None]
     clean = torch.from_numpy(particles.clean)[:, None]
@@ -114,7 +123,9 @@ def score(
     theta, shift, z = model.split_latent(posterior.mu)
     encoder_z = z
     if z is not None and refine_steps:
-        z = refine_z(model, model_input, theta, shift, z, steps=refine_steps)
+        z_std = model.split_latent(torch.exp(posterior.logstd))[2]
+        assert z_std is not None
+        z, _ = read_z(model, model_input, theta, shift, z, z_std, refine_steps=refine_steps)
     zeros = images.new_zeros(len(images))
     theta = theta if theta is not None else zeros
     shift = shift if shift is not None else images.new_zeros(len(images), 2)
@@ -218,11 +229,16 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         run_dir = f"{args.from_runs}/{name}_s{seed}"
         model, config, _ = load_model(run_dir)
         history, wall = read_history(run_dir), None
+        feed = ImageFeeder(train_part.images, None, torch.device("cpu"),
+                           normalize=config.normalize)  # fmt: skip
         if args.align_axes:
             # what training does at its end since 2026-12-04 (idempotent on later runs)
-            feed = ImageFeeder(train_part.images, None, torch.device("cpu"),
-                               normalize=config.normalize)  # fmt: skip
             align_latent_axes(model, feed)
+        if config.model.z_dim == 1 and model.training_z is None:
+            # what training does at its end since 2026-12-05: keep the training particles' z,
+            # which inference reads z with (a run saved before has none and would be refined)
+            mean, std = latent_posteriors(model, feed, None, LATENT_AXES_SAMPLE)
+            model.training_z = summarise_training_z(mean, std)
         epochs = max((r["epoch"] for r in history), default=0)
     else:
         with (

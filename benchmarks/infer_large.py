@@ -12,8 +12,8 @@ memory, which should stay far below the stack size (target < 2 GB at any size).
 
 ``--model tiny`` (the default here) is a small MLP-encoder model that measures the pipeline;
 ``--model defaults`` is the model ``spatial-vae train`` builds by default (z-dim 1), for the
-cost of inference as users meet it, with z refined by ``--refine-steps`` (default: as
-``spatial-vae infer``).
+cost of inference as users meet it, with z read as ``spatial-vae infer`` reads it (one latent:
+its posterior on a grid; ``--refine-steps 0``: the encoder's z).
 
 Holes in a sparse file read as zeros straight from the page cache, so this measures the
 pipeline's own cost (reading, encoding, decoding, writing), not the disk. The outputs are
@@ -36,6 +36,7 @@ from napari_spatial_vae.core.config import REFINE_Z_STEPS, ModelConfig, TrainCon
 from napari_spatial_vae.core.infer import iter_inference
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.performance import release_large_blocks
+from napari_spatial_vae.core.posterior_z import summarise_training_z
 from napari_spatial_vae.io import MrcsWriter, read_stack
 
 
@@ -91,6 +92,10 @@ def main() -> None:
         print(f"peak RSS before: {peak_rss_mb():.0f} MB")
         stack = read_stack(path)
         model = SpatialVAE(config.model, (1, args.size, args.size)).eval()
+        if config.model.z_dim == 1:
+            # what training keeps at its end (core/posterior_z.py): z's range and prior, here
+            # N(0, 1)'s, so inference reads z on a grid as for a trained run
+            model.training_z = summarise_training_z(torch.zeros(1, 1), torch.ones(1, 1))
         shape = (args.size, args.size)
         total = args.limit or len(stack)
         done = 0
@@ -118,10 +123,16 @@ def main() -> None:
                 if done >= total:
                     break
         seconds = time.perf_counter() - t0
+        if not args.refine_steps:
+            reading = "the encoder's z"
+        elif model.training_z is not None:
+            reading = "z read from its posterior"
+        else:
+            reading = f"z refined in {args.refine_steps} steps"
         print(
             f"inferred {done} images in {seconds:.1f} s: {done / seconds:,.0f} images/s "
-            f"({args.model} model, z refined in {args.refine_steps} steps; encode + aligned "
-            "particles + reconstructions, written as .mrcs)"
+            f"({args.model} model, {reading}; encode + aligned particles + reconstructions, "
+            "written as .mrcs)"
         )
         print(f"peak RSS: {peak_rss_mb():.0f} MB (now: {rss_breakdown_mb()})")
 

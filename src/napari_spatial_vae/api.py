@@ -63,8 +63,10 @@ def infer(
     device
         ``"cpu"``, ``"auto"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     refine_steps
-        Gradient steps that fit each particle's z to the generator at its inferred pose
-        (``spatial-vae infer --refine-steps``); 0 returns the encoder's posterior mean.
+        0 returns the encoder's posterior mean and std of z. Otherwise z is read against the
+        generator at each particle's inferred pose: with one latent its posterior mean and
+        std on a grid, with more this many gradient steps towards the generator's best fit
+        (``spatial-vae infer --refine-steps``).
 
     Returns
     -------

@@ -81,7 +81,8 @@ def test_refinement_compares_with_the_particles_ctf(tmp_path, make_config):
     particles = simulate_particles(
         48, 24, snr=1.0, max_shift_px=0.7, blob_sigma_px=1.2, seed=5, ctf=CtfSimulation()
     )
-    train(make_config(epochs=2), particles.images, tmp_path, ctf=particles.ctf)
+    # two latents: inference refines them (one is read on a grid, test_posterior_z.py)
+    train(make_config(epochs=2, z_dim=2), particles.images, tmp_path, ctf=particles.ctf)
     model, config, _ = load_model(tmp_path)
     images, theta, shift, z = _encoded(model, config, particles.images)
     filters = CtfBatches(particles.ctf, (24, 24), torch.device("cpu")).filters(

@@ -144,8 +144,9 @@ def register(sub: Any) -> None:
         "--refine-steps",
         type=int,
         metavar="N",
-        help="gradient steps that fit each particle's z to the trained generator at its "
-        f"inferred pose; 0 reports the encoder's z (default {REFINE_Z_STEPS})",
+        help="with more than one latent, gradient steps that fit each particle's z to the "
+        "trained generator at its inferred pose (one latent: z is read from its posterior "
+        f"on a grid); 0 reports the encoder's z and std (default {REFINE_Z_STEPS})",
     )
     infer_p.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (default auto)")
     infer_p.add_argument("-q", "--quiet", action="store_true")

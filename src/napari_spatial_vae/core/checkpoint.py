@@ -5,6 +5,7 @@ Layout of ``RUN_DIR``::
     config.json               format tag, package version, image shape, TrainConfig, command
     checkpoint.safetensors    weights ("model.*"), Adam state ("optimizer.*") and, in the
                               safetensors metadata, the progress (epochs completed, step)
+                              and, z-dim 1, the training particles' z (posterior_z.TrainingZ)
     history.csv               epoch, split, elbo, recon, kl, kl_theta, kl_shift, kl_z, lr, seconds
 
 Weights and optimizer state share one file so a checkpoint is replaced in a single atomic
@@ -18,7 +19,7 @@ import csv
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from napari_spatial_vae._atomic import atomic_output
 from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.errors import CheckpointError, ConfigError
 from napari_spatial_vae.core.model import SpatialVAE
+from napari_spatial_vae.core.posterior_z import TrainingZ
 
 FORMAT = "napari-spatial-vae-run"
 FORMAT_VERSION = 1
@@ -132,6 +134,8 @@ def save_checkpoint(
     """Write weights, optimizer state and progress in one atomic file replace."""
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta: dict[str, Any] = {"progress": progress.__dict__}
+    if model.training_z is not None:
+        meta["training_z"] = asdict(model.training_z)
     if optimizer is not None:
         state = optimizer.state_dict()
         for index, slots in state["state"].items():
@@ -173,6 +177,12 @@ def load_model(
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{run_dir}: weights do not match config.json ({first})") from None
     progress = Progress(**meta.get("progress", {}))
+    # runs saved before 2026-12-05 have none: inference then refines z (core/infer.read_z)
+    if "training_z" in meta:
+        try:
+            model.training_z = TrainingZ(**meta["training_z"])
+        except TypeError as err:
+            raise CheckpointError(f"{run_dir}: unreadable training_z ({err})") from None
     return model.to(device).eval(), config, progress
 
 

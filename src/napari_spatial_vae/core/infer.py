@@ -24,6 +24,7 @@ from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.model import SpatialVAE
+from napari_spatial_vae.core.posterior_z import posterior_z
 from napari_spatial_vae.core.refine import refine_z
 
 
@@ -127,9 +128,10 @@ def iter_inference(
         inferred pose and filtered by its CTF (default: the CTF-free template at theta = 0,
         dx = 0).
     refine_steps
-        Gradient steps that move each particle's z towards the generator's mode at the
-        particle's pose (:func:`~napari_spatial_vae.core.refine.refine_z`); 0 reports the
-        encoder's posterior mean. The reported ``z_std`` stays the encoder's.
+        0 reports the encoder's posterior mean and std of z. Otherwise z is read against the
+        trained generator at each particle's pose (:func:`read_z`): with one latent, its
+        posterior mean and std on a grid; with more, this many gradient steps towards the
+        generator's mode (``z_std`` stays the encoder's).
 
     Yields
     ------
@@ -174,23 +176,15 @@ def iter_inference(
             indices = np.arange(start, min(start + batch_size, len(stack)))
             raw = torch.from_numpy(gather(stack, indices)).to(device)
             model_input = preprocess(raw, scale, config.normalize)
-            posterior = model.encode(
-                model_input, None if filters is None else filters.filters(indices)
-            )
+            batch_filters = None if filters is None else filters.filters(indices)
+            posterior = model.encode(model_input, batch_filters)
             theta, shift, z = model.split_latent(posterior.mu)
+            theta_std, shift_std, z_std = model.split_latent(torch.exp(posterior.logstd))
             if refines:
-                assert z is not None
-                z = refine_z(
-                    model,
-                    model_input,
-                    theta,
-                    shift,
-                    z,
-                    None if filters is None else filters.filters(indices),
-                    refine_steps,
+                assert z is not None and z_std is not None
+                z, z_std = read_z(
+                    model, model_input, theta, shift, z, z_std, batch_filters, refine_steps
                 )
-            std = torch.exp(posterior.logstd)
-            theta_std, shift_std, z_std = model.split_latent(std)
             poses = _poses(
                 theta, theta_std, shift, shift_std, z, z_std, len(indices), height, width
             )
@@ -205,9 +199,9 @@ def iter_inference(
                     )
                 )
             if reconstructions and with_ctf:
-                assert filters is not None
+                assert batch_filters is not None
                 mean, _ = model.decode(z, theta, shift, batch_size=len(indices))
-                images = model.expected_image(model.apply_ctf(mean, filters.filters(indices)))
+                images = model.expected_image(model.apply_ctf(mean, batch_filters))
             elif reconstructions:
                 mean, _ = model.decode(z, batch_size=len(indices))
                 images = model.expected_image(mean)
@@ -222,6 +216,30 @@ def iter_inference(
             yield out
     finally:
         model.train(was_training)
+
+
+def read_z(
+    model: SpatialVAE,
+    images: torch.Tensor,
+    theta: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    z: torch.Tensor,
+    z_std: torch.Tensor,
+    ctf: torch.Tensor | None = None,
+    refine_steps: int = REFINE_Z_STEPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z read against the trained generator at each particle's pose, as inference reports it.
+
+    With one latent, the posterior mean and std on the grid of the training particles' z
+    (:func:`~napari_spatial_vae.core.posterior_z.posterior_z`); with more, or a run saved
+    before the training particles' z was kept (2026-12-05), the encoder's ``z`` ``(B, Z)``
+    moved ``refine_steps`` gradient steps towards the generator's mode
+    (:func:`~napari_spatial_vae.core.refine.refine_z`) and the encoder's ``z_std``.
+    ``images`` ``(B, C, H, W)`` preprocessed; ``ctf`` ``(B, H, W // 2 + 1)`` or None.
+    """
+    if model.training_z is not None:
+        return posterior_z(model, images, theta, shift, model.training_z, ctf)
+    return refine_z(model, images, theta, shift, z, ctf, refine_steps), z_std
 
 
 def _ctf_filters(

@@ -142,22 +142,32 @@ def _nearest_to_trained_axes(rotation: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def latent_posteriors(
+    model: SpatialVAE, feed: ImageFeeder, filters: CtfBatches | None, limit: int, batch: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's z means and stds ``(n, Z)`` of the first ``limit`` images ``feed`` serves."""
+    was_training = model.training
+    model.eval()
+    positions = torch.arange(min(limit, len(feed)))
+    means, stds = [], []
+    groups = list(positions.split(batch))
+    for group, images in zip(groups, feed.batches_at(groups), strict=True):
+        ctf = None if filters is None else filters.filters(group)
+        posterior = model.encode(images, ctf)
+        _, _, z = model.split_latent(posterior.mu)
+        _, _, z_std = model.split_latent(torch.exp(posterior.logstd))
+        assert z is not None and z_std is not None
+        means.append(z.float().cpu())
+        stds.append(z_std.float().cpu())
+    model.train(was_training)
+    return torch.cat(means), torch.cat(stds)
+
+
 def latent_means(
     model: SpatialVAE, feed: ImageFeeder, filters: CtfBatches | None, limit: int, batch: int = 64
 ) -> torch.Tensor:
     """``(n, Z)`` the encoder's z means of the first ``limit`` images ``feed`` serves."""
-    was_training = model.training
-    model.eval()
-    positions = torch.arange(min(limit, len(feed)))
-    parts = []
-    groups = list(positions.split(batch))
-    for group, images in zip(groups, feed.batches_at(groups), strict=True):
-        ctf = None if filters is None else filters.filters(group)
-        _, _, z = model.split_latent(model.encode(images, ctf).mu)
-        assert z is not None
-        parts.append(z.float().cpu())
-    model.train(was_training)
-    return torch.cat(parts)
+    return latent_posteriors(model, feed, filters, limit, batch)[0]
 
 
 def align_latent_axes(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,9 @@ from napari_spatial_vae.core.losses import (
     normal_kl,
     standard_normal_kl,
 )
+
+if TYPE_CHECKING:  # posterior_z renders with this model: a runtime import would be circular
+    from napari_spatial_vae.core.posterior_z import TrainingZ
 
 _ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -647,6 +651,9 @@ class SpatialVAE(nn.Module):
         self.n_latent = self.n_pose + config.z_dim
         # translation prior std in coordinate units (the image spans 2 units)
         self.dx_scale = 2.0 * config.dx_prior
+        # z-dim 1: the training particles' z (core/posterior_z.TrainingZ), set at the end of
+        # training and kept in the checkpoint; inference reads z on its grid with its prior
+        self.training_z: TrainingZ | None = None
 
         # the full-resolution pixels; coarse-to-fine training asks for binned ones
         self.layout = PixelLayout(height, width, config.circular_mask, config.searches_rotation)

@@ -51,7 +51,12 @@ from napari_spatial_vae.core.distributed import (
     shutdown,
 )
 from napari_spatial_vae.core.errors import CheckpointError, ConfigError, DataError
-from napari_spatial_vae.core.latent_axes import align_latent_axes, describe_turn
+from napari_spatial_vae.core.latent_axes import (
+    LATENT_AXES_SAMPLE,
+    align_latent_axes,
+    describe_turn,
+    latent_posteriors,
+)
 from napari_spatial_vae.core.losses import LossTerms
 from napari_spatial_vae.core.memory import MemoryPlan, available_bytes, plan_batch_size
 from napari_spatial_vae.core.metrics import EpochMetrics, evaluate_elbo, switches_half_turn_check
@@ -63,6 +68,7 @@ from napari_spatial_vae.core.performance import (
     resolve_precision,
     retained_freed_memory,
 )
+from napari_spatial_vae.core.posterior_z import summarise_training_z
 from napari_spatial_vae.core.runlock import hold_run_lock
 from napari_spatial_vae.core.schedule import ScheduleClock, learning_rate
 from napari_spatial_vae.core.step import StepNoise, draw_noise, loss_terms, summed_terms
@@ -590,7 +596,7 @@ def _train(
         # keep what the interrupted epoch learned; the epoch itself is redone on resume
         write_history(run_dir, history)
         save_checkpoint(run_dir, model, optimizer, progress)
-    turned = ""
+    turned, rotation = "", None
     if stop_reason != "stopped":
         # z's prior is isotropic, so nothing in the ELBO ties its axes to the motions: turn
         # them towards independent factors (z-dim 2 or more; core/latent_axes.py). Every rank
@@ -598,8 +604,15 @@ def _train(
         # nothing. A run stopped by the user is left as it is (it may be resumed).
         rotation = align_latent_axes(model, train_feed, train_filters, config.batch_size)
         turned = describe_turn(rotation) or ""
-        if context.is_main and rotation is not None:
-            save_checkpoint(run_dir, model, optimizer, progress)
+    if model.config.z_dim == 1 and len(train_feed) > 0:
+        # the training particles' z: the grid and prior inference reads each particle's z
+        # with (core/posterior_z.py); also for a stopped run, which may be used as it is
+        mean, std = latent_posteriors(
+            model, train_feed, train_filters, LATENT_AXES_SAMPLE, config.batch_size
+        )
+        model.training_z = summarise_training_z(mean, std)
+    if context.is_main and (rotation is not None or model.training_z is not None):
+        save_checkpoint(run_dir, model, optimizer, progress)
     # nobody leaves (and tears down the group) before rank 0 has written the folder
     barrier(context)
     if config.compile:

@@ -1,0 +1,254 @@
+"""Each particle's posterior over a one-dimensional z, on a grid, at the encoder's pose.
+
+The encoder's z is an amortised guess, and :mod:`.refine` moves it to the generator's mode.
+With one latent the posterior itself is cheap to compute exactly: render the generator's
+template for every z of a fine grid once, resample the templates at each particle's pose
+(the rotation search resamples its candidates the same way), and weigh each z by the
+particle's likelihood under the generator times a prior. The posterior *mean* is what is
+reported: on noisy particles the likelihood in z is wide and often lopsided, and its mean
+follows the conformation better than its mode (docs/defaults.md, "z read from its
+posterior"). The posterior std is reported with it, in place of the encoder's.
+
+The grid and the prior are the training particles' own (:class:`TrainingZ`, computed at the
+end of training and kept in the checkpoint): z's distribution over them (the mixture of the
+encoder's posteriors, the aggregate posterior), on a grid spanning it. The model was trained
+to place particles there, so a grid over N(0, 1) would be too coarse where a run packed its
+conformations into a narrow range of z (a noise-free toy: 0.02 wide), and the aggregate
+posterior is a better prior for a new particle of the same population than N(0, 1).
+
+Two choices make the likelihood fit particles noisier than the training stack:
+
+* each template is scaled and offset to its particle before the comparison: per-image
+  standardisation gives a noisier particle less signal than the model was trained on;
+* the noise is white at each particle's own level, its residual variance at its
+  best-fitting z, so a model trained at SNR 0.5 applied to SNR 0.1 particles is not
+  over-confident. (The learned per-pixel noise is left out: it varies with z, and its
+  log-determinant then outweighs the data on noisy particles.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from napari_spatial_vae.core.coords import pixel_grid, rotation_matrices
+from napari_spatial_vae.core.losses import bernoulli_nll
+from napari_spatial_vae.core.model import SpatialVAE
+
+# grid values, and how far the grid reaches past the training particles' means (in their
+# posterior stds); a posterior as narrow as the grid's step is still averaged without bias
+Z_GRID_POINTS = 81
+Z_GRID_REACH = 4.0
+# memory bounds: the values (particles x grid values x pixels) compared at once (~32 MB per
+# temporary, 40 particles of 40 x 40 px), and the grid values rendered at once
+VALUES_PER_CHUNK = 8_000_000
+GRID_CHUNK = 16
+
+
+@dataclass
+class TrainingZ:
+    """The training particles' z (z-dim 1): the grid inference reads z on, and its prior.
+
+    Attributes
+    ----------
+    low, high
+        The grid's ends: the training particles' z means, reaching :data:`Z_GRID_REACH` of
+        their posterior stds further.
+    log_density
+        :data:`Z_GRID_POINTS` values: the log density of the mixture of the training
+        particles' posteriors (the aggregate posterior) at each grid value, up to a constant.
+    """
+
+    low: float
+    high: float
+    log_density: list[float]
+
+    def grid(self, device: torch.device | None = None) -> torch.Tensor:
+        """``(G, 1)`` the z values the posterior is computed on."""
+        return torch.linspace(self.low, self.high, len(self.log_density), device=device)[:, None]
+
+    def log_prior(self, device: torch.device | None = None) -> torch.Tensor:
+        """``(G,)`` the prior's log density at :meth:`grid`."""
+        return torch.tensor(self.log_density, device=device)
+
+
+def summarise_training_z(mean: torch.Tensor, std: torch.Tensor) -> TrainingZ:
+    """The :class:`TrainingZ` of training particles' encoder posteriors, ``(N, 1)`` each."""
+    mean, std = mean[:, 0].double().cpu(), std[:, 0].double().cpu().clamp_min(1e-6)
+    low = float((mean - Z_GRID_REACH * std).min())
+    high = float((mean + Z_GRID_REACH * std).max())
+    grid = torch.linspace(low, high, Z_GRID_POINTS, dtype=torch.float64)
+    # each posterior at least one grid step wide: a mixture of spikes narrower than the step
+    # would put its mass between the grid values
+    width = torch.clamp(std, min=(high - low) / (Z_GRID_POINTS - 1))
+    components = -0.5 * ((grid[:, None] - mean[None]) / width[None]) ** 2 - torch.log(width[None])
+    log_density = torch.logsumexp(components, dim=1)
+    return TrainingZ(low, high, [round(float(v - log_density.max()), 6) for v in log_density])
+
+
+@torch.no_grad()
+def posterior_z(
+    model: SpatialVAE,
+    images: torch.Tensor,
+    theta: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    training_z: TrainingZ,
+    ctf: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of z for particles at their inferred pose (z-dim 1).
+
+    Parameters
+    ----------
+    model
+        A trained model with ``z_dim`` 1.
+    images
+        ``(B, C, H, W)`` preprocessed particles (as the encoder saw them).
+    theta, shift
+        ``(B,)`` radians and ``(B, 2)`` coordinate units: each particle's pose, or None where
+        the model infers none.
+    training_z
+        The grid and the prior (the model's ``training_z``, :mod:`.checkpoint`).
+    ctf
+        ``(B, H, W // 2 + 1)`` each particle's CTF filter (rfft2 layout), or None.
+
+    Returns
+    -------
+    mean, std
+        ``(B, 1)`` each.
+    """
+    if model.config.z_dim != 1:
+        raise ValueError(f"the grid posterior is for z-dim 1, this model has {model.config.z_dim}")
+    grid = training_z.grid(images.device)
+    log_prior = training_z.log_prior(images.device)
+    targets = model.layout.targets(images)
+    sample_at = _pose_points(model, theta, shift)
+    canvas = None if sample_at is None else _TemplateCanvas(model, grid, sample_at)
+    shared = None
+    if sample_at is None:  # no pose (or the vanilla VAE): the templates as they are
+        shared, _ = model.decode(grid, None, None, len(grid))
+    means, stds = [], []
+    chunk = max(1, VALUES_PER_CHUNK // (len(grid) * targets[0].numel()))
+    for start in range(0, len(images), chunk):
+        rows = slice(start, start + chunk)
+        mean = shared if canvas is None or sample_at is None else canvas.at(sample_at[rows])
+        assert mean is not None
+        if ctf is not None:
+            mean = model.apply_ctf(_per_particle(mean, targets[rows], len(grid)), ctf[rows])
+        log_likelihood = _log_likelihood(model, targets[rows], mean, len(grid))
+        posterior = torch.softmax(log_likelihood.double() + log_prior.double(), dim=1)
+        first = posterior @ grid.double()
+        second = posterior @ grid.double() ** 2
+        means.append(first.float())
+        stds.append((second - first**2).clamp_min(0.0).sqrt().float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def _pose_points(
+    model: SpatialVAE, theta: torch.Tensor | None, shift: torch.Tensor | None
+) -> torch.Tensor | None:
+    """``(B, N, 2)`` where each particle's pose sends the modelled pixels, ``x R(theta) + shift``.
+
+    None without a pose: the templates are compared as rendered.
+    """
+    if theta is None and shift is None:
+        return None
+    batch = (theta if theta is not None else shift).shape[0]  # type: ignore[union-attr]
+    points = model.layout.grid.expand(batch, -1, -1)
+    if theta is not None:
+        points = torch.bmm(points, rotation_matrices(theta))
+    if shift is not None:
+        points = points + shift[:, None, :]
+    return points
+
+
+class _TemplateCanvas:
+    """Every grid value's template rendered once on a canvas that reaches every pose's pixels.
+
+    The generator runs once per grid value, on the image's pixel grid padded to hold every
+    sampled point (+1 pixel for the bilinear reads); a particle's templates are then one
+    resampling of the canvas, as :meth:`SpatialVAE.decode_candidates` turns its candidates.
+    """
+
+    def __init__(self, model: SpatialVAE, grid: torch.Tensor, points: torch.Tensor):
+        self.model, self.n_grid = model, len(grid)
+        _, height, width = model.image_shape
+        reach = float(points.abs().max())
+        pad = max(0, math.ceil((reach - 1.0) * (max(height, width) - 1) / 2.0)) + 1
+        rows, cols = height + 2 * pad, width + 2 * pad
+        self.scale = torch.tensor(
+            [(cols - 1) / (width - 1), (rows - 1) / (height - 1)], device=grid.device
+        )
+        canvas = pixel_grid(rows, cols, device=grid.device) * self.scale
+        # (G, Nc, n_out), a few grid values at a time: the generator's activations are per point
+        output = torch.cat(
+            [
+                model.generator(canvas.expand(len(values), -1, -1), values).float()
+                for values in grid.split(GRID_CHUNK)
+            ]
+        )
+        # (1, G * n_out, rows, cols): channel g * n_out + o
+        self.rendering = output.transpose(1, 2).reshape(1, -1, rows, cols)
+
+    def at(self, points: torch.Tensor) -> torch.Tensor:
+        """The templates' means at ``points`` ``(b, N, 2)``, ``(b * G, C, N)`` (row b * G + g)."""
+        batch, n_pixels = points.shape[:2]
+        sampled = F.grid_sample(
+            self.rendering,
+            (points / self.scale)[None],
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )  # (1, G * n_out, b, N)
+        sampled = sampled.reshape(self.n_grid, -1, batch, n_pixels).permute(2, 0, 1, 3)
+        return self.model._split_output(sampled.reshape(batch * self.n_grid, -1, n_pixels))[0]
+
+
+def _per_particle(templates: torch.Tensor, targets: torch.Tensor, n_grid: int) -> torch.Tensor:
+    """Templates ``(G, C, N)`` shared by every particle repeated to ``(b * G, C, N)``."""
+    if templates.shape[0] == targets.shape[0] * n_grid:
+        return templates
+    return templates.repeat(targets.shape[0], 1, 1)
+
+
+def _log_likelihood(
+    model: SpatialVAE,
+    targets: torch.Tensor,
+    mean: torch.Tensor,
+    n_grid: int,
+) -> torch.Tensor:
+    """``(b, G)`` log-likelihood of each particle under each grid value's template.
+
+    ``targets`` ``(b, C, N)``; ``mean`` ``(b * G, C, N)`` (row b * G + g), or ``(G, C, N)``
+    templates shared by every particle (no pose).
+    """
+    batch = targets.shape[0]
+    mean = _per_particle(mean, targets, n_grid)
+    expanded = targets.repeat_interleave(n_grid, dim=0)
+    if model.config.likelihood == "bernoulli":
+        return -bernoulli_nll(expanded, mean).reshape(batch, n_grid)
+    # white noise of the particle's own level: the learned per-pixel noise is left out, as it
+    # varies with z and its log-determinant then outweighs the data on noisy particles
+    # (tilted-hinge at SNR 0.1: |Pearson| 0.17 with it, 0.66 without; docs/defaults.md)
+    residual = expanded - _fitted(expanded, mean)
+    chi2 = residual.pow(2).flatten(1).sum(1).reshape(batch, n_grid)
+    # the particle's noise variance: its residual at the best-fitting z
+    pixels = mean[0].numel()
+    noise_var = (chi2.min(dim=1, keepdim=True).values / pixels).clamp_min(1e-12)
+    return -0.5 * chi2 / noise_var
+
+
+def _fitted(targets: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Each template scaled and offset to its particle (least squares), ``(B, C, N)``.
+
+    The scale is clamped at 0 (a template never fits turned negative); the offset takes up the
+    background level, which per-image standardisation moves with the particle's SNR.
+    """
+    target_level = targets.flatten(1).mean(1)[:, None, None]
+    centred = mean - mean.flatten(1).mean(1)[:, None, None]
+    scale = (centred * targets).flatten(1).sum(1) / centred.pow(2).flatten(1).sum(1).clamp_min(
+        1e-12
+    )
+    return scale.clamp_min(0.0)[:, None, None] * centred + target_level

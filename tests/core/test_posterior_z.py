@@ -1,0 +1,194 @@
+"""The posterior of a one-dimensional z on a grid at inference (core/posterior_z.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_spatial_vae.core import posterior_z as posterior_module
+from napari_spatial_vae.core.checkpoint import load_model
+from napari_spatial_vae.core.ctf import CtfBatches
+from napari_spatial_vae.core.data import input_scale, preprocess
+from napari_spatial_vae.core.infer import Poses, encode_stack, iter_inference
+from napari_spatial_vae.core.posterior_z import (
+    TrainingZ,
+    posterior_z,
+    summarise_training_z,
+)
+from napari_spatial_vae.core.refine import refine_z
+from napari_spatial_vae.core.simulate import CtfSimulation, simulate_particles
+from napari_spatial_vae.core.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_particles, make_config):
+    run = tmp_path_factory.mktemp("run")
+    train(make_config(epochs=4, z_dim=1), tiny_particles.images, run)
+    return load_model(run)
+
+
+# a grid over z's prior, for particles rendered by the model itself at chosen z
+WIDE = TrainingZ(-4.0, 4.0, [0.0] * 81)
+
+
+def _encoded(model, config, stack):
+    images = torch.from_numpy(stack)[:, None]
+    images = preprocess(images, input_scale("gaussian", np.dtype(np.float32)), config.normalize)
+    with torch.no_grad():
+        posterior = model.encode(images)
+    return images, *model.split_latent(posterior.mu)
+
+
+def _rendering(model, z, theta, shift):
+    """The generator's noise-free image ``(1, 1, H, W)`` at one z and pose."""
+    with torch.no_grad():
+        mean, _ = model.decode(torch.tensor([[z]]), torch.tensor([theta]), torch.tensor([shift]))
+    return model.expected_image(mean)
+
+
+def test_templates_on_the_canvas_are_the_renderings_at_each_pose(trained):
+    model, _, _ = trained
+    theta = torch.tensor([0.0, 1.1, -2.5])
+    shift = torch.tensor([[0.0, 0.0], [0.08, -0.05], [-0.1, 0.12]])
+    points = posterior_module._pose_points(model, theta, shift)
+    grid = model.training_z.grid()
+    with torch.no_grad():
+        sampled = posterior_module._TemplateCanvas(model, grid, points).at(points)
+        sampled = sampled.reshape(3, len(grid), *sampled.shape[1:])
+        for g in (0, 30, 50, len(grid) - 1):
+            exact, _ = model.decode(grid[[g]].expand(3, 1), theta, shift)
+            error = (sampled[:, g] - exact).norm() / exact.norm()
+            # one bilinear resampling of the pixel grid, as the rotation search makes
+            assert error < 0.05, (g, float(error))
+
+
+def test_the_posterior_finds_the_z_a_particle_was_rendered_with(trained):
+    model, _, _ = trained
+    generator = torch.Generator().manual_seed(0)
+    images, truth = [], [-1.5, -0.5, 0.5, 1.5]
+    for z in truth:
+        clean = _rendering(model, z, 0.7, [0.05, -0.03])
+        images.append(clean + 0.02 * clean.std() * torch.randn(clean.shape, generator=generator))
+    images = torch.cat(images)
+    theta, shift = torch.full((4,), 0.7), torch.tensor([[0.05, -0.03]]).expand(4, 2)
+    mean, std = posterior_z(model, images, theta, shift, WIDE)
+    assert mean.shape == std.shape == (4, 1)
+    np.testing.assert_allclose(mean[:, 0].numpy(), truth, atol=0.15)
+    assert (std < 0.3).all()
+
+
+def test_a_noisier_particle_has_a_wider_posterior(trained):
+    model, _, _ = trained
+    clean = _rendering(model, 0.5, -0.4, [0.0, 0.0])
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(clean.shape, generator=generator) * clean.std()
+    images = torch.cat([clean + 0.05 * noise, clean + 3.0 * noise])
+    mean, std = posterior_z(model, images, torch.full((2,), -0.4), torch.zeros(2, 2), WIDE)
+    # the noise level is the particle's own, not the one the model was trained at
+    assert std[1, 0] > 3 * std[0, 0]
+    assert abs(float(mean[0, 0]) - 0.5) < 0.15
+
+
+def test_each_particle_is_read_on_its_own(trained, tiny_particles, monkeypatch):
+    model, config, _ = trained
+    images, theta, shift, _ = _encoded(model, config, tiny_particles.images)
+    prior = model.training_z
+    whole = posterior_z(model, images, theta, shift, prior)
+    part = posterior_z(model, images[10:20], theta[10:20], shift[10:20], prior)
+    torch.testing.assert_close(part, tuple(t[10:20] for t in whole), rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(posterior_module, "VALUES_PER_CHUNK", 7 * len(prior.log_density) * 400)
+    torch.testing.assert_close(posterior_z(model, images, theta, shift, prior), whole)
+
+
+def test_inference_reports_the_posterior_and_no_steps_the_encoder(trained, tiny_particles):
+    model, config, _ = trained
+    plain = encode_stack(model, config, tiny_particles.images, refine_steps=0)
+    images, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    np.testing.assert_allclose(plain.z, z.numpy(), rtol=1e-5, atol=1e-6)
+    read = encode_stack(model, config, tiny_particles.images)
+    mean, std = posterior_z(model, images, theta, shift, model.training_z)
+    np.testing.assert_allclose(read.z, mean.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(read.z_std, std.numpy(), rtol=1e-4, atol=1e-4)
+    # the pose is the encoder's either way
+    np.testing.assert_array_equal(read.theta, plain.theta)
+
+
+def test_the_posterior_compares_with_the_particles_ctf(tmp_path, make_config):
+    particles = simulate_particles(
+        48, 24, snr=1.0, max_shift_px=0.7, blob_sigma_px=1.2, seed=5, ctf=CtfSimulation()
+    )
+    train(make_config(epochs=2), particles.images, tmp_path, ctf=particles.ctf)
+    model, config, _ = load_model(tmp_path)
+    images, theta, shift, _ = _encoded(model, config, particles.images)
+    filters = CtfBatches(particles.ctf, (24, 24), torch.device("cpu")).filters(
+        torch.arange(len(images))
+    )
+    with_ctf, _ = posterior_z(model, images, theta, shift, model.training_z, filters)
+    without, _ = posterior_z(model, images, theta, shift, model.training_z)
+    assert (with_ctf - without).abs().max() > 1e-3
+    # inference reads z with the stack's CTF
+    batches = iter_inference(model, config, particles.images, ctf=particles.ctf)
+    poses = Poses.concatenate([b.poses for b in batches])
+    np.testing.assert_allclose(poses.z, with_ctf.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_only_one_latent_is_read_on_a_grid(tmp_path, tiny_particles, make_config):
+    train(make_config(epochs=1, z_dim=2), tiny_particles.images[:32], tmp_path)
+    model, config, _ = load_model(tmp_path)
+    # two latents keep no training z: inference refines them (tests/core/test_refine.py)
+    assert model.training_z is None
+    images, theta, shift, _ = _encoded(model, config, tiny_particles.images[:4])
+    with pytest.raises(ValueError, match="z-dim 1"):
+        posterior_z(model, images, theta, shift, WIDE)
+
+
+def test_training_keeps_its_particles_z_in_the_checkpoint(trained, tiny_particles, tmp_path):
+    model, config, _ = trained
+    kept = model.training_z
+    assert isinstance(kept, TrainingZ) and len(kept.log_density) == 81
+    # the grid spans the training particles' z means
+    _, _, _, z = _encoded(model, config, tiny_particles.images[:72])
+    assert kept.low < float(z.min()) and float(z.max()) < kept.high
+    assert max(kept.log_density) == 0.0
+
+
+def test_a_run_saved_before_keeps_refining_z(trained, tiny_particles, monkeypatch):
+    model, config, _ = trained
+    monkeypatch.setattr(model, "training_z", None)
+    images, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    read = encode_stack(model, config, tiny_particles.images)
+    np.testing.assert_allclose(read.z, refine_z(model, images, theta, shift, z).numpy(), atol=1e-4)
+
+
+def test_the_prior_is_the_training_particles_z():
+    # two groups of particles, at -1 and at 2: the prior has its modes there
+    mean = torch.tensor([[-1.0]] * 30 + [[2.0]] * 10)
+    summary = summarise_training_z(mean, torch.full_like(mean, 0.1))
+    grid, prior = summary.grid()[:, 0], summary.log_prior()
+    assert summary.low == pytest.approx(-1.4) and summary.high == pytest.approx(2.4)
+    assert abs(float(grid[prior.argmax()]) + 1.0) < 0.05
+    at_two = int((grid - 2.0).abs().argmin())
+    # three times the particles, three times the density (log 3 apart)
+    assert float(prior.max() - prior[at_two]) == pytest.approx(np.log(3.0), abs=0.05)
+    assert float(prior[int((grid - 0.5).abs().argmin())]) < -20
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"vanilla": True, "encoder": "mlp"},  # no pose: the templates compared as rendered
+        {"likelihood": "bernoulli", "fit_noise": False, "normalize": False, "coarse_fraction": 0.0},
+    ],
+)
+def test_models_without_a_pose_or_with_binary_images_are_read_too(tmp_path, make_config, fields):
+    images = simulate_particles(
+        32, 20, snr=None, max_shift_px=0.0, blob_sigma_px=1.2, seed=2
+    ).images
+    if fields.get("likelihood") == "bernoulli":
+        images = (images > images.mean()).astype(np.float32)
+    train(make_config(epochs=1, **fields), images, tmp_path)
+    model, config, _ = load_model(tmp_path)
+    poses = encode_stack(model, config, images)
+    assert np.isfinite(poses.z).all() and (poses.z_std > 0).all()
+    assert model.training_z.low <= poses.z.min() and poses.z.max() <= model.training_z.high
