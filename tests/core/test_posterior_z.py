@@ -9,7 +9,6 @@ import torch
 from napari_spatial_vae.core import posterior_z as posterior_module
 from napari_spatial_vae.core.checkpoint import load_model
 from napari_spatial_vae.core.ctf import CtfBatches
-from napari_spatial_vae.core.data import input_scale, preprocess
 from napari_spatial_vae.core.infer import Poses, encode_stack, iter_inference
 from napari_spatial_vae.core.posterior_z import (
     TrainingZ,
@@ -19,6 +18,7 @@ from napari_spatial_vae.core.posterior_z import (
 from napari_spatial_vae.core.refine import refine_z
 from napari_spatial_vae.core.simulate import CtfSimulation, simulate_particles
 from napari_spatial_vae.core.train import train
+from tests.encoded import encode
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,6 @@ def trained(tmp_path_factory, tiny_particles, make_config):
 
 # a grid over z's prior, for particles rendered by the model itself at chosen z
 WIDE = TrainingZ(-4.0, 4.0, [0.0] * 81)
-
-
-def _encoded(model, config, stack):
-    images = torch.from_numpy(stack)[:, None]
-    images = preprocess(images, input_scale("gaussian", np.dtype(np.float32)), config.normalize)
-    with torch.no_grad():
-        posterior = model.encode(images)
-    return images, *model.split_latent(posterior.mu)
 
 
 def _rendering(model, z, theta, shift):
@@ -92,7 +84,7 @@ def test_a_noisier_particle_has_a_wider_posterior(trained):
 
 def test_each_particle_is_read_on_its_own(trained, tiny_particles, monkeypatch):
     model, config, _ = trained
-    images, theta, shift, _ = _encoded(model, config, tiny_particles.images)
+    images, theta, shift, _ = encode(model, config, tiny_particles.images)
     prior = model.training_z
     whole = posterior_z(model, images, theta, shift, prior)
     part = posterior_z(model, images[10:20], theta[10:20], shift[10:20], prior)
@@ -104,7 +96,7 @@ def test_each_particle_is_read_on_its_own(trained, tiny_particles, monkeypatch):
 def test_inference_reports_the_posterior_and_no_steps_the_encoder(trained, tiny_particles):
     model, config, _ = trained
     plain = encode_stack(model, config, tiny_particles.images, refine_steps=0)
-    images, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    images, theta, shift, z = encode(model, config, tiny_particles.images)
     np.testing.assert_allclose(plain.z, z.numpy(), rtol=1e-5, atol=1e-6)
     read = encode_stack(model, config, tiny_particles.images)
     mean, std = posterior_z(model, images, theta, shift, model.training_z)
@@ -120,7 +112,7 @@ def test_the_posterior_compares_with_the_particles_ctf(tmp_path, make_config):
     )
     train(make_config(epochs=2), particles.images, tmp_path, ctf=particles.ctf)
     model, config, _ = load_model(tmp_path)
-    images, theta, shift, _ = _encoded(model, config, particles.images)
+    images, theta, shift, _ = encode(model, config, particles.images)
     filters = CtfBatches(particles.ctf, (24, 24), torch.device("cpu")).filters(
         torch.arange(len(images))
     )
@@ -138,7 +130,7 @@ def test_only_one_latent_is_read_on_a_grid(tmp_path, tiny_particles, make_config
     model, config, _ = load_model(tmp_path)
     # two latents keep no training z: inference refines them (tests/core/test_refine.py)
     assert model.training_z is None
-    images, theta, shift, _ = _encoded(model, config, tiny_particles.images[:4])
+    images, theta, shift, _ = encode(model, config, tiny_particles.images[:4])
     with pytest.raises(ValueError, match="z-dim 1"):
         posterior_z(model, images, theta, shift, WIDE)
 
@@ -148,7 +140,7 @@ def test_training_keeps_its_particles_z_in_the_checkpoint(trained, tiny_particle
     kept = model.training_z
     assert isinstance(kept, TrainingZ) and len(kept.log_density) == 81
     # the grid spans the training particles' z means
-    _, _, _, z = _encoded(model, config, tiny_particles.images[:72])
+    _, _, _, z = encode(model, config, tiny_particles.images[:72])
     assert kept.low < float(z.min()) and float(z.max()) < kept.high
     assert max(kept.log_density) == 0.0
 
@@ -156,7 +148,7 @@ def test_training_keeps_its_particles_z_in_the_checkpoint(trained, tiny_particle
 def test_a_run_saved_before_keeps_refining_z(trained, tiny_particles, monkeypatch):
     model, config, _ = trained
     monkeypatch.setattr(model, "training_z", None)
-    images, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    images, theta, shift, z = encode(model, config, tiny_particles.images)
     read = encode_stack(model, config, tiny_particles.images)
     np.testing.assert_allclose(read.z, refine_z(model, images, theta, shift, z).numpy(), atol=1e-4)
 

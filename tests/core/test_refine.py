@@ -9,13 +9,13 @@ import torch
 from napari_spatial_vae.core import refine
 from napari_spatial_vae.core.checkpoint import load_model
 from napari_spatial_vae.core.ctf import CtfBatches
-from napari_spatial_vae.core.data import input_scale, preprocess
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.infer import Poses, encode_stack, iter_inference
 from napari_spatial_vae.core.losses import fitted_amplitude
 from napari_spatial_vae.core.refine import map_cost, refine_z
 from napari_spatial_vae.core.simulate import CtfSimulation, simulate_particles
 from napari_spatial_vae.core.train import train
+from tests.encoded import encode
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +25,9 @@ def trained(tmp_path_factory, tiny_particles, make_config):
     return load_model(run)
 
 
-def _encoded(model, config, stack):
-    images = torch.from_numpy(stack)[:, None]
-    images = preprocess(images, input_scale("gaussian", np.dtype(np.float32)), config.normalize)
-    with torch.no_grad():
-        posterior = model.encode(images)
-    return images, *model.split_latent(posterior.mu)
-
-
 def test_refinement_lowers_each_particles_cost_and_leaves_the_model_alone(trained, tiny_particles):
     model, config, _ = trained
-    images, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    images, theta, shift, z = encode(model, config, tiny_particles.images)
     # by default the cost is that of 2 x 2 bins
     assert model.coarse_binning == 2
     layout = model.binned_layout(2)
@@ -54,7 +46,7 @@ def test_refinement_lowers_each_particles_cost_and_leaves_the_model_alone(traine
 
 def test_each_particle_is_refined_on_its_own(trained, tiny_particles, monkeypatch):
     model, config, _ = trained
-    images, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    images, theta, shift, z = encode(model, config, tiny_particles.images)
     whole = refine_z(model, images, theta, shift, z, steps=5)
     part = refine_z(model, images[10:20], theta[10:20], shift[10:20], z[10:20], steps=5)
     torch.testing.assert_close(part, whole[10:20], rtol=1e-4, atol=1e-5)
@@ -66,7 +58,7 @@ def test_each_particle_is_refined_on_its_own(trained, tiny_particles, monkeypatc
 def test_no_steps_report_the_encoders_mean(trained, tiny_particles):
     model, config, _ = trained
     plain = encode_stack(model, config, tiny_particles.images, refine_steps=0)
-    *_, z = _encoded(model, config, tiny_particles.images)
+    *_, z = encode(model, config, tiny_particles.images)
     np.testing.assert_allclose(plain.z, z.numpy(), rtol=1e-5, atol=1e-6)
     refined = encode_stack(model, config, tiny_particles.images)
     assert np.abs(refined.z - plain.z).max() > 1e-3
@@ -84,7 +76,7 @@ def test_refinement_compares_with_the_particles_ctf(tmp_path, make_config):
     # two latents: inference refines them (one is read on a grid, test_posterior_z.py)
     train(make_config(epochs=2, z_dim=2), particles.images, tmp_path, ctf=particles.ctf)
     model, config, _ = load_model(tmp_path)
-    images, theta, shift, z = _encoded(model, config, particles.images)
+    images, theta, shift, z = encode(model, config, particles.images)
     filters = CtfBatches(particles.ctf, (24, 24), torch.device("cpu")).filters(
         torch.arange(len(images))
     )
@@ -124,7 +116,7 @@ def test_a_fainter_rendering_fits_its_own_z_as_well(trained, tiny_particles):
     # standardised, a noisier particle carries less signal than the model was trained on:
     # the cost compares the rendering scaled to the particle, so contrast alone moves nothing
     model, config, _ = trained
-    _, theta, shift, z = _encoded(model, config, tiny_particles.images)
+    _, theta, shift, z = encode(model, config, tiny_particles.images)
     layout = model.binned_layout(2)
     with torch.no_grad():
         rendering, _ = model.decode(z, theta, shift, len(z), layout)
