@@ -237,7 +237,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         if config.model.z_dim == 1 and model.training_z is None:
             # what training does at its end since 2026-12-05: keep the training particles' z,
             # which inference reads z with (a run saved before has none and would be refined)
-            mean, std = latent_posteriors(model, feed, None, LATENT_AXES_SAMPLE)
+            first = torch.arange(min(LATENT_AXES_SAMPLE, len(feed)))
+            mean, std = latent_posteriors(model, feed, None, first)
             model.training_z = summarise_training_z(mean, std)
         epochs = max((r["epoch"] for r in history), default=0)
     else:

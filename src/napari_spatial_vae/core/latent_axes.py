@@ -143,13 +143,16 @@ def _nearest_to_trained_axes(rotation: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def latent_posteriors(
-    model: SpatialVAE, feed: ImageFeeder, filters: CtfBatches | None, limit: int, batch: int = 64
+    model: SpatialVAE,
+    feed: ImageFeeder,
+    filters: CtfBatches | None,
+    positions: torch.Tensor,
+    batch: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The encoder's z means and stds ``(n, Z)`` of the first ``limit`` images ``feed`` serves."""
+    """The encoder's z means and stds ``(n, Z)`` of the images at ``positions`` of ``feed``."""
     was_training = model.training
     model.eval()
-    positions = torch.arange(min(limit, len(feed)))
-    means, stds = [], []
+    means, stds = [torch.zeros(0, model.config.z_dim)], [torch.zeros(0, model.config.z_dim)]
     groups = list(positions.split(batch))
     for group, images in zip(groups, feed.batches_at(groups), strict=True):
         ctf = None if filters is None else filters.filters(group)
@@ -167,7 +170,7 @@ def latent_means(
     model: SpatialVAE, feed: ImageFeeder, filters: CtfBatches | None, limit: int, batch: int = 64
 ) -> torch.Tensor:
     """``(n, Z)`` the encoder's z means of the first ``limit`` images ``feed`` serves."""
-    return latent_posteriors(model, feed, filters, limit, batch)[0]
+    return latent_posteriors(model, feed, filters, torch.arange(min(limit, len(feed))), batch)[0]
 
 
 def align_latent_axes(

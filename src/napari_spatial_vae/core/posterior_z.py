@@ -74,19 +74,49 @@ class TrainingZ:
         """``(G,)`` the prior's log density at :meth:`grid`."""
         return torch.tensor(self.log_density, device=device)
 
+    @classmethod
+    def from_density(cls, low: float, high: float, density: torch.Tensor) -> TrainingZ:
+        """From the summed density ``(G,)`` on the grid from ``low`` to ``high``."""
+        # floored far below the peak: a grid value no training particle came near is
+        # improbable, not impossible (and its log stays finite in the checkpoint's JSON)
+        log_density = torch.log(density.double().clamp_min(float(density.max()) * 1e-30))
+        log_density = log_density - log_density.max()
+        return cls(low, high, [round(float(v), 6) for v in log_density])
+
 
 def summarise_training_z(mean: torch.Tensor, std: torch.Tensor) -> TrainingZ:
     """The :class:`TrainingZ` of training particles' encoder posteriors, ``(N, 1)`` each."""
-    mean, std = mean[:, 0].double().cpu(), std[:, 0].double().cpu().clamp_min(1e-6)
-    low = float((mean - Z_GRID_REACH * std).min())
-    high = float((mean + Z_GRID_REACH * std).max())
+    low, high = training_z_range(mean, std)
+    return TrainingZ.from_density(low, high, training_z_density(mean, std, low, high))
+
+
+def training_z_range(mean: torch.Tensor, std: torch.Tensor) -> tuple[float, float]:
+    """The grid's ends for posteriors ``(N, 1)``: means -+ :data:`Z_GRID_REACH` stds.
+
+    ``(inf, -inf)`` for no particles (a rank without any in a distributed run).
+    """
+    if len(mean) == 0:
+        return math.inf, -math.inf
+    std = std.double().clamp_min(1e-6)
+    low = float((mean.double() - Z_GRID_REACH * std).min())
+    high = float((mean.double() + Z_GRID_REACH * std).max())
+    return low, high
+
+
+def training_z_density(
+    mean: torch.Tensor, std: torch.Tensor, low: float, high: float
+) -> torch.Tensor:
+    """``(G,)`` float64: the posteriors' ``(N, 1)`` summed density at each grid value.
+
+    A sum, so the parts of a distributed run add up to the whole. Each posterior is at
+    least one grid step wide: a mixture of spikes narrower than the step would put its
+    mass between the grid values.
+    """
     grid = torch.linspace(low, high, Z_GRID_POINTS, dtype=torch.float64)
-    # each posterior at least one grid step wide: a mixture of spikes narrower than the step
-    # would put its mass between the grid values
-    width = torch.clamp(std, min=(high - low) / (Z_GRID_POINTS - 1))
-    components = -0.5 * ((grid[:, None] - mean[None]) / width[None]) ** 2 - torch.log(width[None])
-    log_density = torch.logsumexp(components, dim=1)
-    return TrainingZ(low, high, [round(float(v - log_density.max()), 6) for v in log_density])
+    mean, std = mean[:, 0].double().cpu(), std[:, 0].double().cpu()
+    width = torch.clamp(std, min=max((high - low) / (Z_GRID_POINTS - 1), 1e-6))
+    scaled = (grid[:, None] - mean[None]) / width[None]
+    return (torch.exp(-0.5 * scaled**2) / width[None]).sum(dim=1)
 
 
 @torch.no_grad()

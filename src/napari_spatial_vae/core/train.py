@@ -68,7 +68,11 @@ from napari_spatial_vae.core.performance import (
     resolve_precision,
     retained_freed_memory,
 )
-from napari_spatial_vae.core.posterior_z import summarise_training_z
+from napari_spatial_vae.core.posterior_z import (
+    TrainingZ,
+    training_z_density,
+    training_z_range,
+)
 from napari_spatial_vae.core.runlock import hold_run_lock
 from napari_spatial_vae.core.schedule import ScheduleClock, learning_rate
 from napari_spatial_vae.core.step import StepNoise, draw_noise, loss_terms, summed_terms
@@ -607,10 +611,7 @@ def _train(
     if model.config.z_dim == 1 and len(train_feed) > 0:
         # the training particles' z: the grid and prior inference reads each particle's z
         # with (core/posterior_z.py); also for a stopped run, which may be used as it is
-        mean, std = latent_posteriors(
-            model, train_feed, train_filters, LATENT_AXES_SAMPLE, config.batch_size
-        )
-        model.training_z = summarise_training_z(mean, std)
+        model.training_z = _training_z(model, train_feed, train_filters, config, context)
     if context.is_main and (rotation is not None or model.training_z is not None):
         save_checkpoint(run_dir, model, optimizer, progress)
     # nobody leaves (and tears down the group) before rank 0 has written the folder
@@ -687,6 +688,29 @@ def _plan_memory(
         )
     config.batch_size = plan.batch_size
     return plan
+
+
+def _training_z(
+    model: SpatialVAE,
+    feed: ImageFeeder,
+    filters: CtfBatches | None,
+    config: TrainConfig,
+    context: DistributedContext,
+) -> TrainingZ:
+    """The training particles' z summarised, the same on every rank.
+
+    Each rank encodes its own stride of the first training images (as it reads only its
+    shard in training); the ranks' grid ends and summed densities are then combined.
+    """
+    positions = torch.arange(min(LATENT_AXES_SAMPLE, len(feed)))
+    positions = positions[context.rank :: context.world_size]
+    mean, std = latent_posteriors(model, feed, filters, positions, config.batch_size)
+    low, high = training_z_range(mean, std)
+    low, high = max_over_ranks([-low, high], context)
+    # summed where the collectives run (NCCL reduces device tensors only)
+    device = next(model.parameters()).device
+    density = all_reduce_sum(training_z_density(mean, std, -low, high).to(device), context)
+    return TrainingZ.from_density(-low, high, density.cpu())
 
 
 def _run_ctf(
