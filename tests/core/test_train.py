@@ -99,6 +99,8 @@ def test_stop_request_saves_a_usable_model_mid_epoch(tmp_path, tiny_particles, m
     assert progress.epochs_completed == 1 and not progress.finished
     for p, q in zip(model.parameters(), result.model.parameters(), strict=True):
         assert torch.equal(p, q.cpu())  # the saved model is the latest, not the epoch-1 one
+    # and it reads z as a finished one does (z-dim 1: the training particles' z is kept)
+    assert model.training_z is not None and model.training_z == result.model.training_z
 
 
 def test_time_budget_stops_cleanly_and_saves(tmp_path, tiny_particles, make_config):
