@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from napari_spatial_vae.core import posterior_z as posterior_module
 from napari_spatial_vae.core.checkpoint import load_model
 from napari_spatial_vae.core.ctf import CtfBatches
+from napari_spatial_vae.core.errors import CheckpointError
 from napari_spatial_vae.core.infer import Poses, encode_stack, iter_inference
 from napari_spatial_vae.core.posterior_z import (
     TrainingZ,
@@ -143,6 +148,32 @@ def test_training_keeps_its_particles_z_in_the_checkpoint(trained, tiny_particle
     _, _, _, z = encode(model, config, tiny_particles.images[:72])
     assert kept.low < float(z.min()) and float(z.max()) < kept.high
     assert max(kept.log_density) == 0.0
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"low": 0.0, "high": 1.0},  # no densities
+        {"low": "a", "high": 1.0, "log_density": [0.0, 0.0]},
+        {"low": 1.0, "high": 0.0, "log_density": [0.0, 0.0]},
+        {"low": 0.0, "high": 1.0, "log_density": [0.0, float("nan")]},
+        [0.0, 1.0],
+    ],
+)
+def test_a_damaged_training_z_is_a_one_line_checkpoint_error(
+    tmp_path, tiny_particles, make_config, stored
+):
+    train(make_config(epochs=1), tiny_particles.images[:32], tmp_path)
+    path = tmp_path / "checkpoint.safetensors"
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    meta = json.loads(metadata["spatial_vae"])
+    meta["training_z"] = stored
+    save_file(tensors, str(path), {**metadata, "spatial_vae": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match="unreadable checkpoint") as error:
+        load_model(tmp_path)
+    assert "\n" not in str(error.value)
 
 
 def test_a_run_saved_before_keeps_refining_z(trained, tiny_particles, monkeypatch):

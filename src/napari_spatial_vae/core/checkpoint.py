@@ -180,9 +180,9 @@ def load_model(
     # runs saved before 2026-12-05 have none: inference then refines z (core/infer.read_z)
     if "training_z" in meta:
         try:
-            model.training_z = TrainingZ(**meta["training_z"])
-        except TypeError as err:
-            raise CheckpointError(f"{run_dir}: unreadable training_z ({err})") from None
+            model.training_z = TrainingZ.from_dict(meta["training_z"])
+        except ValueError as err:
+            raise CheckpointError(f"{run_dir}: unreadable checkpoint ({err})") from None
     return model.to(device).eval(), config, progress
 
 
