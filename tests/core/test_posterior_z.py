@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from napari_spatial_vae.core import posterior_z as posterior_module
 from napari_spatial_vae.core.checkpoint import load_model
+from napari_spatial_vae.core.coords import rotation_matrices
 from napari_spatial_vae.core.ctf import CtfBatches
 from napari_spatial_vae.core.errors import CheckpointError
 from napari_spatial_vae.core.infer import Poses, encode_stack, iter_inference
@@ -73,6 +75,56 @@ def test_the_posterior_finds_the_z_a_particle_was_rendered_with(trained):
     assert mean.shape == std.shape == (4, 1)
     np.testing.assert_allclose(mean[:, 0].numpy(), truth, atol=0.15)
     assert (std < 0.3).all()
+
+
+def test_the_rotation_window_turns_each_template_about_the_particles_centre():
+    theta = torch.tensor([0.3, -2.0, 3.0])
+    shift = torch.tensor([[0.1, -0.2], [0.0, 0.15], [-0.3, 0.05]])
+    angles, shifts = posterior_module._rotation_window(theta, shift)
+    window = torch.deg2rad(torch.tensor(posterior_module.ROTATION_WINDOW_DEGREES))
+    assert angles.shape == (3, len(window)) and shifts.shape == (3, len(window), 2)
+    torch.testing.assert_close(angles - theta[:, None], window.expand(3, -1))
+    # the pixel the template's origin lands on at the encoder's pose, c R(theta) + shift = 0
+    centre = -torch.bmm(shift[:, None], rotation_matrices(theta).transpose(1, 2))
+    for p in range(len(window)):
+        landed = torch.bmm(centre, rotation_matrices(angles[:, p]))[:, 0] + shifts[:, p]
+        torch.testing.assert_close(landed, torch.zeros(3, 2), atol=1e-6, rtol=0)
+
+
+def test_a_particle_turned_off_the_encoders_angle_is_read_at_its_own(trained, monkeypatch):
+    model, _, _ = trained
+    off = math.radians(posterior_module.ROTATION_WINDOW_DEGREES[-1])
+    _, (turned_shift,) = posterior_module._rotation_window(
+        torch.tensor([0.7]), torch.tensor([[0.05, -0.03]])
+    )
+    truth = [-1.5, -0.5, 0.5, 1.5]
+    images = torch.cat([_rendering(model, z, 0.7 + off, turned_shift[-1].tolist()) for z in truth])
+    theta, shift = torch.full((4,), 0.7), torch.tensor([[0.05, -0.03]]).expand(4, 2)
+    windowed, _ = posterior_z(model, images, theta, shift, WIDE)
+    monkeypatch.setattr(posterior_module, "ROTATION_WINDOW_DEGREES", (0.0,))
+    fixed, _ = posterior_z(model, images, theta, shift, WIDE)
+    error_windowed = (windowed[:, 0] - torch.tensor(truth)).abs().max()
+    error_fixed = (fixed[:, 0] - torch.tensor(truth)).abs().max()
+    assert error_windowed < 0.15
+    assert error_windowed < error_fixed
+
+
+def test_the_fit_of_each_template_is_least_squares_with_the_scale_kept_positive():
+    generator = torch.Generator().manual_seed(5)
+    observed = torch.randn(3, 50, generator=generator)
+    templates = torch.randn(3, 4, 50, generator=generator)
+    templates[:, 0] = 2.0 * observed + 1.0  # fits exactly once scaled and offset
+    templates[:, 1] = -observed  # fits only turned negative: scale 0, the mean alone
+    chi2 = posterior_module._fitted_chi2(observed, templates)
+    for b in range(3):
+        for t in range(4):
+            design = torch.stack([templates[b, t], torch.ones(50)], 1).double()
+            solution = torch.linalg.lstsq(design, observed[b].double()[:, None]).solution
+            if solution[0] < 0:  # the best non-negative scale is then 0: the offset alone
+                solution = torch.tensor([[0.0], [observed[b].double().mean()]])
+            residual = observed[b].double() - (design @ solution)[:, 0]
+            assert float(chi2[b, t]) == pytest.approx(float(residual.pow(2).sum()), abs=1e-4)
+    assert (chi2[:, 0] < 1e-4).all()  # float32 sums: exact to ~1e-7 of the total (~50)
 
 
 def test_a_noisier_particle_has_a_wider_posterior(trained):
