@@ -6,8 +6,10 @@ are read nine ways, each scored by how much of the motion z holds (|Pearson| wit
 two motions the multiple correlation of both latents with the worse one, ``linear_z`` of
 ``design_family.py``, whichever way the axes are turned):
 
-* ``encoder``: the encoder's posterior mean, and ``refined``: as ``spatial-vae infer``
-  reports it (``core/refine.py``);
+* ``encoder``: the encoder's posterior mean; ``inferred``: as ``spatial-vae infer`` reports
+  it (``core/infer.read_z``: the posterior mean on a grid for one latent, for a run that kept
+  its training particles' z, else the refined z); ``refined``: the encoder's mean refined
+  against the generator (``core/refine.py``, what inference reported before 2026-12-05);
 * ``generator``: the posterior mean of z under the trained generator's own likelihood, on a
   grid of z (prior N(0, 1)), the particle aligned by the encoder's pose; ``+ pose``: the
   same with the pose marginalised over +-8 degrees and +-1 pixel around the encoder's;
@@ -76,10 +78,12 @@ from napari_spatial_vae.core.designs import (
     simulate_design,
 )
 from napari_spatial_vae.core.errors import SpatialVAEError
+from napari_spatial_vae.core.infer import read_z
 from napari_spatial_vae.core.refine import refine_z
 
-COLUMNS = ("encoder", "refined", "generator", "generator + pose", "generator, clean pose",
-           "clean: encoder", "clean: generator", "own renderings", "truth")  # fmt: skip
+COLUMNS = ("encoder", "inferred", "refined", "generator", "generator + pose",
+           "generator, clean pose", "clean: encoder", "clean: generator", "own renderings",
+           "truth")  # fmt: skip
 ANY_ROTATION = "generator + any rotation"
 
 
@@ -326,11 +330,14 @@ def gap_row(run_dir: str, snr: float | None, n: int, any_rotation: bool = False)
     clean = dataclasses.replace(particles, images=particles.clean)
     noisy_in, clean_in = _model_input(config, particles), _model_input(config, clean)
     with torch.no_grad():
-        theta, shift, z = model.split_latent(model.encode(noisy_in).mu)
+        posterior = model.encode(noisy_in)
+        theta, shift, z = model.split_latent(posterior.mu)
+        z_std = model.split_latent(torch.exp(posterior.logstd))[2]
         clean_theta, clean_shift, clean_z = model.split_latent(model.encode(clean_in).mu)
     noise_var = 1.0 / (1.0 + snr)  # of a standardised particle
     readings = {
         "encoder": z,
+        "inferred": read_z(model, noisy_in, theta, shift, z, z_std)[0],
         "refined": refine_z(model, noisy_in, theta, shift, z),
         "generator": generator_z(model, noisy_in, theta, shift, noise_var, z_dim),
         "generator + pose": generator_z(model, noisy_in, theta, shift, noise_var, z_dim, 8.0, 1.0),

@@ -162,11 +162,12 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
         assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "run folder not found" in done.stderr
     # where z loses the motion: on the particles --apply-snr scored, the encoder's and the
-    # refined z agree with design_family's own scores of them
+    # inferred z agree with design_family's own scores of them
     gap = json.loads(run("z_gap.py", kept, "--snr", "0.1", "--n", "16").splitlines()[0])
     assert gap["encoder"] == row["applied"]["linear_z_encoder"]
-    assert gap["refined"] == row["applied"]["linear_z"]
-    columns = ("generator", "generator + pose", "clean: generator", "own renderings", "truth")
+    assert gap["inferred"] == row["applied"]["linear_z"]
+    columns = ("refined", "generator", "generator + pose", "clean: generator", "own renderings")
+    columns = (*columns, "truth")
     assert all(0.0 <= gap[c] <= 1.0 for c in columns)
     assert 0.0 <= gap["frame turn share"] <= 1.0 and gap["frame turn (deg)"] >= 0.0
     done = run_script("z_gap.py", str(tmp_path / "runs"))

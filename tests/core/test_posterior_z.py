@@ -53,7 +53,8 @@ def test_templates_on_the_canvas_are_the_renderings_at_each_pose(trained):
     points = posterior_module._pose_points(model, theta, shift)
     grid = model.training_z.grid()
     with torch.no_grad():
-        sampled = posterior_module._TemplateCanvas(model, grid, points).at(points)
+        canvas = posterior_module._TemplateCanvas(model, grid, float(points.abs().max()))
+        sampled = canvas.at(points)
         sampled = sampled.reshape(3, len(grid), *sampled.shape[1:])
         for g in (0, 30, 50, len(grid) - 1):
             exact, _ = model.decode(grid[[g]].expand(3, 1), theta, shift)
@@ -148,6 +149,32 @@ def test_each_particle_is_read_on_its_own(trained, tiny_particles, monkeypatch):
     torch.testing.assert_close(part, tuple(t[10:20] for t in whole), rtol=1e-4, atol=1e-4)
     monkeypatch.setattr(posterior_module, "VALUES_PER_CHUNK", 7 * len(prior.log_density) * 400)
     torch.testing.assert_close(posterior_z(model, images, theta, shift, prior), whole)
+
+
+def test_one_rendering_of_the_templates_serves_every_batch_of_a_pass(
+    trained, tiny_particles, monkeypatch
+):
+    model, config, _ = trained
+    rendered = []
+    render = posterior_module._TemplateCanvas.__init__
+
+    def counted(self, *args, **kwargs):
+        rendered.append(args[2])  # the reach asked for
+        render(self, *args, **kwargs)
+
+    monkeypatch.setattr(posterior_module._TemplateCanvas, "__init__", counted)
+    batched = encode_stack(model, config, tiny_particles.images, batch_size=8)
+    # 12 batches: rendered once, again only where a batch reached past the margin
+    assert 1 <= len(rendered) <= 3 and rendered == sorted(rendered)
+    whole = encode_stack(model, config, tiny_particles.images, batch_size=96)
+    np.testing.assert_allclose(batched.z, whole.z, rtol=1e-4, atol=1e-4)
+    # a batch whose poses reach past the kept canvas gets a larger one
+    cache = posterior_module.TemplateCache()
+    grid = model.training_z.grid()
+    first = cache.canvas(model, grid, torch.full((1, 4, 2), 0.5))
+    assert cache.canvas(model, grid, torch.full((1, 4, 2), 0.9)) is first
+    farther = cache.canvas(model, grid, torch.full((1, 4, 2), first.reach + 0.1))
+    assert farther is not first and farther.reach >= first.reach + 0.1
 
 
 def test_inference_reports_the_posterior_and_no_steps_the_encoder(trained, tiny_particles):

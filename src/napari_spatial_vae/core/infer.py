@@ -24,7 +24,7 @@ from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.model import SpatialVAE
-from napari_spatial_vae.core.posterior_z import posterior_z
+from napari_spatial_vae.core.posterior_z import TemplateCache, posterior_z
 from napari_spatial_vae.core.refine import refine_z
 
 
@@ -172,6 +172,8 @@ def iter_inference(
                 config.model.likelihood,
             )
             filters = None if used is None else CtfBatches(used, image_shape[1:], device)
+        # the posterior's templates, rendered once for the whole pass (the model is fixed)
+        templates = TemplateCache()
         for start in range(0, len(stack), batch_size):
             indices = np.arange(start, min(start + batch_size, len(stack)))
             raw = torch.from_numpy(gather(stack, indices)).to(device)
@@ -183,8 +185,9 @@ def iter_inference(
             if refines:
                 assert z is not None and z_std is not None
                 z, z_std = read_z(
-                    model, model_input, theta, shift, z, z_std, batch_filters, refine_steps
-                )
+                    model, model_input, theta, shift, z, z_std, batch_filters, refine_steps,
+                    templates,
+                )  # fmt: skip
             poses = _poses(
                 theta, theta_std, shift, shift_std, z, z_std, len(indices), height, width
             )
@@ -227,6 +230,7 @@ def read_z(
     z_std: torch.Tensor,
     ctf: torch.Tensor | None = None,
     refine_steps: int = REFINE_Z_STEPS,
+    templates: TemplateCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """z read against the trained generator at each particle's pose, as inference reports it.
 
@@ -235,10 +239,11 @@ def read_z(
     before the training particles' z was kept (2026-12-05), the encoder's ``z`` ``(B, Z)``
     moved ``refine_steps`` gradient steps towards the generator's mode
     (:func:`~napari_spatial_vae.core.refine.refine_z`) and the encoder's ``z_std``.
-    ``images`` ``(B, C, H, W)`` preprocessed; ``ctf`` ``(B, H, W // 2 + 1)`` or None.
+    ``images`` ``(B, C, H, W)`` preprocessed; ``ctf`` ``(B, H, W // 2 + 1)`` or None;
+    ``templates`` keeps the posterior's templates from one batch of a pass to the next.
     """
     if model.training_z is not None:
-        return posterior_z(model, images, theta, shift, model.training_z, ctf)
+        return posterior_z(model, images, theta, shift, model.training_z, ctf, templates)
     return refine_z(model, images, theta, shift, z, ctf, refine_steps), z_std
 
 

@@ -56,6 +56,9 @@ GRID_CHUNK = 16
 # finer window, or +-0.5 px of shift as well, gained no more (docs/defaults.md, "z read from
 # its posterior")
 ROTATION_WINDOW_DEGREES = (-4.0, 0.0, 4.0)
+# pixels the kept canvas reaches past the poses of the batch it was rendered for, so the next
+# batches' (a little further out) need no new rendering
+CANVAS_MARGIN = 4
 
 
 @dataclass
@@ -151,6 +154,7 @@ def posterior_z(
     shift: torch.Tensor | None,
     training_z: TrainingZ,
     ctf: torch.Tensor | None = None,
+    templates: TemplateCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of z for particles near their inferred pose (z-dim 1).
 
@@ -170,6 +174,9 @@ def posterior_z(
         The grid and the prior (the model's ``training_z``, :mod:`.checkpoint`).
     ctf
         ``(B, H, W // 2 + 1)`` each particle's CTF filter (rfft2 layout), or None.
+    templates
+        Keeps the rendered templates for the next batch of the same model and training z
+        (inference makes one per pass over a stack); default: rendered for this call only.
 
     Returns
     -------
@@ -191,7 +198,7 @@ def posterior_z(
     if sample_at is None:  # no pose (or the vanilla VAE): the same templates for every particle
         shared, _ = model.decode(grid, None, None, len(grid))
     else:
-        canvas = _TemplateCanvas(model, grid, sample_at)
+        canvas = (templates or TemplateCache()).canvas(model, grid, sample_at)
     means, stds = [], []
     chunk = max(1, VALUES_PER_CHUNK // (poses * len(grid) * targets[0].numel()))
     for start in range(0, len(images), chunk):
@@ -254,6 +261,27 @@ def _pose_points(
     return points
 
 
+class TemplateCache:
+    """The templates of one model's grid, rendered once for every batch of an inference pass.
+
+    The canvas is rendered again only when a batch's poses reach past it (then with a margin
+    of :data:`CANVAS_MARGIN` pixels). The model and its training z must not change while it
+    is used: make one per pass.
+    """
+
+    def __init__(self) -> None:
+        self._canvas: _TemplateCanvas | None = None
+
+    def canvas(
+        self, model: SpatialVAE, grid: torch.Tensor, points: torch.Tensor
+    ) -> _TemplateCanvas:
+        """A canvas of ``grid`` ``(G, 1)``'s templates that holds ``points`` ``(B, N, 2)``."""
+        reach = float(points.abs().max())
+        if self._canvas is None or reach > self._canvas.reach:
+            self._canvas = _TemplateCanvas(model, grid, reach, CANVAS_MARGIN)
+        return self._canvas
+
+
 class _TemplateCanvas:
     """Every grid value's template rendered once on a canvas that reaches every pose's pixels.
 
@@ -262,12 +290,16 @@ class _TemplateCanvas:
     resampling of the canvas, as :meth:`SpatialVAE.decode_candidates` turns its candidates.
     """
 
-    def __init__(self, model: SpatialVAE, grid: torch.Tensor, points: torch.Tensor):
+    def __init__(self, model: SpatialVAE, grid: torch.Tensor, reach: float, margin: int = 0):
+        """Templates of ``grid`` ``(G, 1)`` for points up to ``reach`` from the centre
+        (coordinate units), and ``margin`` pixels further."""
         self.model, self.n_grid = model, len(grid)
         _, height, width = model.image_shape
-        reach = float(points.abs().max())
-        pad = max(0, math.ceil((reach - 1.0) * (max(height, width) - 1) / 2.0)) + 1
+        pad = max(0, math.ceil((reach - 1.0) * (max(height, width) - 1) / 2.0)) + 1 + margin
         rows, cols = height + 2 * pad, width + 2 * pad
+        # the farthest point it holds (in x and y, coordinate units), one pixel kept for the
+        # bilinear reads
+        self.reach = 1.0 + 2.0 * (pad - 1) / (max(height, width) - 1)
         self.scale = torch.tensor(
             [(cols - 1) / (width - 1), (rows - 1) / (height - 1)], device=grid.device
         )
