@@ -96,7 +96,9 @@ def test_refinement_compares_with_the_particles_ctf(tmp_path, make_config):
 
 
 def test_fitted_amplitude_is_the_renderings_scale():
-    mean = torch.randn(3, 1, 50)
+    # seeded: on about 1 % of draws the float32 grid search below, flat near its minimum,
+    # lands up to 3e-4 from the exact scale
+    mean = torch.randn(3, 1, 50, generator=torch.Generator().manual_seed(1))
     target = torch.stack([0.3 * mean[0], mean[1], -2.0 * mean[2]])
     logstd = torch.full_like(mean, -0.5)
     np.testing.assert_allclose(

@@ -1,4 +1,4 @@
-"""Each particle's posterior over a one-dimensional z, on a grid, at the encoder's pose.
+"""Each particle's posterior over a one-dimensional z, on a grid, near the encoder's pose.
 
 The encoder's z is an amortised guess, and :mod:`.refine` moves it to the generator's mode.
 With one latent the posterior itself is cheap to compute exactly: render the generator's
@@ -24,7 +24,7 @@ Two choices make the likelihood fit particles noisier than the training stack:
 * each template is scaled and offset to its particle before the comparison: per-image
   standardisation gives a noisier particle less signal than the model was trained on;
 * the noise is white at each particle's own level, its residual variance at its
-  best-fitting z, so a model trained at SNR 0.5 applied to SNR 0.1 particles is not
+  best-fitting z and rotation, so a model trained at SNR 0.5 applied to SNR 0.1 particles is not
   over-confident. (The learned per-pixel noise is left out: it varies with z, and its
   log-determinant then outweighs the data on noisy particles.)
 """
@@ -45,8 +45,8 @@ from napari_spatial_vae.core.model import SpatialVAE
 # posterior stds); a posterior as narrow as the grid's step is still averaged without bias
 Z_GRID_POINTS = 81
 Z_GRID_REACH = 4.0
-# memory bounds: the values (particles x grid values x pixels) compared at once (~32 MB per
-# temporary, 40 particles of 40 x 40 px), and the grid values rendered at once
+# memory bounds: the values (particles x rotations x grid values x pixels) compared at once
+# (~32 MB per temporary, 13 particles of 40 x 40 px), and the grid values rendered at once
 VALUES_PER_CHUNK = 8_000_000
 GRID_CHUNK = 16
 # rotations (relative to the encoder's) z's likelihood is summed over, a uniform prior on
@@ -277,7 +277,15 @@ class TemplateCache:
     ) -> _TemplateCanvas:
         """A canvas of ``grid`` ``(G, 1)``'s templates that holds ``points`` ``(B, N, 2)``."""
         reach = float(points.abs().max())
-        if self._canvas is None or reach > self._canvas.reach:
+        kept = self._canvas
+        if (
+            kept is None
+            or reach > kept.reach
+            # another model or grid (a cache handed on by mistake) is rendered afresh
+            or kept.model is not model
+            or kept.grid.shape != grid.shape
+            or not torch.equal(kept.grid, grid)
+        ):
             self._canvas = _TemplateCanvas(model, grid, reach, CANVAS_MARGIN)
         return self._canvas
 
@@ -286,14 +294,15 @@ class _TemplateCanvas:
     """Every grid value's template rendered once on a canvas that reaches every pose's pixels.
 
     The generator runs once per grid value, on the image's pixel grid padded to hold every
-    sampled point (+1 pixel for the bilinear reads); a particle's templates are then one
-    resampling of the canvas, as :meth:`SpatialVAE.decode_candidates` turns its candidates.
+    point within a given reach of the centre (+1 pixel for the bilinear reads, and a margin);
+    a particle's templates are then one resampling of the canvas, as
+    :meth:`SpatialVAE.decode_candidates` turns its candidates.
     """
 
     def __init__(self, model: SpatialVAE, grid: torch.Tensor, reach: float, margin: int = 0):
         """Templates of ``grid`` ``(G, 1)`` for points up to ``reach`` from the centre
         (coordinate units), and ``margin`` pixels further."""
-        self.model, self.n_grid = model, len(grid)
+        self.model, self.grid, self.n_grid = model, grid, len(grid)
         _, height, width = model.image_shape
         pad = max(0, math.ceil((reach - 1.0) * (max(height, width) - 1) / 2.0)) + 1 + margin
         rows, cols = height + 2 * pad, width + 2 * pad
@@ -358,18 +367,15 @@ def _fitted_chi2(observed: torch.Tensor, templates: torch.Tensor) -> torch.Tenso
 
     The scale is clamped at 0 (a template never fits turned negative); the offset takes up the
     background level, which per-image standardisation moves with the particle's SNR. Computed
-    from sums over the pixels (the particle's centred values against each template, each
-    template's sum and sum of squares), so no fitted template is ever formed: the templates
-    are read twice, not six times.
+    from sums over the pixels (each centred template against the centred particle, and its
+    sum of squares), so no fitted template or residual is ever formed.
     """
-    n_pixels = observed.shape[-1]
     centred = observed - observed.mean(-1, keepdim=True)  # (b, M)
-    # the cross term: with the particle centred, the template's own mean drops out
+    # each template about its own mean: sums of raw values would lose float32 precision to
+    # the templates' common level (an unnormalised stack's background)
+    templates = templates - templates.mean(-1, keepdim=True)  # (b, T, M)
     cross = torch.bmm(templates, centred[:, :, None])[:, :, 0].double()  # (b, T)
-    spread = (
-        torch.linalg.vector_norm(templates, dim=-1).double() ** 2
-        - templates.sum(-1).double() ** 2 / n_pixels
-    ).clamp_min(1e-12)  # each template's sum of squares about its mean
+    spread = (torch.linalg.vector_norm(templates, dim=-1).double() ** 2).clamp_min(1e-12)
     scale = (cross / spread).clamp_min(0.0)
     total = centred.double().pow(2).sum(-1, keepdim=True)  # (b, 1)
     return (total - 2.0 * scale * cross + scale**2 * spread).clamp_min(0.0)
