@@ -286,8 +286,8 @@ class TemplateCache:
             or kept.grid.shape != grid.shape
             or not torch.equal(kept.grid, grid)
         ):
-            self._canvas = _TemplateCanvas(model, grid, reach, CANVAS_MARGIN)
-        return self._canvas
+            kept = self._canvas = _TemplateCanvas(model, grid, reach, CANVAS_MARGIN)
+        return kept
 
 
 class _TemplateCanvas:
