@@ -69,6 +69,10 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="folder for the temporary files")
     parser.add_argument("--model", choices=("tiny", "defaults"), default="tiny")
     parser.add_argument("--refine-steps", type=int, default=REFINE_Z_STEPS)
+    parser.add_argument(
+        "--search-rotation", action="store_true",
+        help="each particle's rotation searched on the whole circle (--model defaults)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -114,6 +118,7 @@ def main() -> None:
                 aligned=True,
                 reconstructions=True,
                 refine_steps=args.refine_steps,
+                search_rotation=args.search_rotation,
             ):
                 take = min(len(batch.poses.theta), total - done)
                 poses.append(batch.poses)  # small: ~12 numbers per image, as the CLI keeps
@@ -129,6 +134,8 @@ def main() -> None:
             reading = "z read from its posterior"
         else:
             reading = f"z refined in {args.refine_steps} steps"
+        if args.search_rotation:
+            reading += ", the rotation searched on the whole circle"
         print(
             f"inferred {done} images in {seconds:.1f} s: {done / seconds:,.0f} images/s "
             f"({args.model} model, {reading}; encode + aligned particles + reconstructions, "

@@ -16,6 +16,8 @@ import pytest
 
 from napari_spatial_vae.cli import main
 from napari_spatial_vae.cli.train import _Progress
+from napari_spatial_vae.core.checkpoint import load_model
+from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.metrics import EpochMetrics
 from napari_spatial_vae.core.train import TrainUpdate
 
@@ -255,6 +257,26 @@ def test_infer_refines_z_unless_told_not_to(trained_run, npy_stack, tmp_path, ca
                         "--refine-steps", "-2")  # fmt: skip
     assert code == 2 and err.strip().endswith("--refine-steps must be 0 or more, got -2")
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_infer_searches_the_rotation_of_a_one_latent_run(trained_run, npy_stack, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    code, err = run_cli(capsys, "infer", trained_run, npy_stack, "-o", out, "--search-rotation")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "one latent z that infers the rotation; this one has z-dim 2" in err
+    assert not out.exists()
+    run = tmp_path / "one"
+    code, err = run_cli(
+        capsys, "train", npy_stack, "-o", run, "--epochs", "2", "--z-dim", "1", *TINY
+    )
+    assert code == 0, err
+    code, err = run_cli(capsys, "infer", run, npy_stack, "-o", out, "--search-rotation", "-q")
+    assert code == 0, err
+    searched = pd.read_csv(out)
+    model, config, _ = load_model(run)
+    expected = encode_stack(model, config, np.load(npy_stack), search_rotation=True)
+    np.testing.assert_allclose(searched["theta"], expected.theta, atol=1e-5)
+    np.testing.assert_allclose(searched["z1"], expected.z[:, 0], atol=1e-4)
 
 
 def test_infer_rejects_images_of_another_size(trained_run, tmp_path, capsys):

@@ -48,6 +48,7 @@ def infer(
     batch_size: int = 256,
     device: str = "cpu",
     refine_steps: int = REFINE_Z_STEPS,
+    search_rotation: bool = False,
 ) -> pd.DataFrame:
     """Poses and latents of every particle: the table ``spatial-vae infer`` writes as CSV.
 
@@ -67,6 +68,10 @@ def infer(
         generator at each particle's inferred pose: with one latent its posterior mean and
         std on a grid, with more this many gradient steps towards the generator's best fit
         (``spatial-vae infer --refine-steps``).
+    search_rotation
+        Search the whole circle of rotations against the generator for each particle
+        (``spatial-vae infer --search-rotation``; one latent z, about three times slower): for
+        noisy particles, whose rotation the encoder sometimes places far off.
 
     Returns
     -------
@@ -77,5 +82,5 @@ def infer(
     if isinstance(particles, (str, os.PathLike)):
         particles = read_stack(Path(particles))
     model, config = load_model(run_dir, device)
-    poses = encode_stack(model, config, particles, batch_size, refine_steps)
+    poses = encode_stack(model, config, particles, batch_size, refine_steps, search_rotation)
     return pd.DataFrame(poses.columns())

@@ -24,7 +24,7 @@ from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.model import SpatialVAE
-from napari_spatial_vae.core.posterior_z import TemplateCache, posterior_z
+from napari_spatial_vae.core.posterior_z import TemplateCache, likeliest_rotation, posterior_z
 from napari_spatial_vae.core.refine import refine_z
 
 
@@ -102,6 +102,7 @@ def iter_inference(
     ctf: Any | None = None,
     with_ctf: bool = False,
     refine_steps: int = REFINE_Z_STEPS,
+    search_rotation: bool = False,
 ) -> Iterator[InferenceBatch]:
     """Encode a stack batch by batch.
 
@@ -132,6 +133,12 @@ def iter_inference(
         trained generator at each particle's pose (:func:`read_z`): with one latent, its
         posterior mean and std on a grid; with more, this many gradient steps towards the
         generator's mode (``z_std`` stays the encoder's).
+    search_rotation
+        Replace the encoder's rotation by the likeliest under the generator on the whole
+        circle (:func:`~napari_spatial_vae.core.posterior_z.likeliest_rotation`; the shift
+        turned with it, ``theta_std`` still the encoder's): for noisy particles the encoder
+        places far off. Needs a model with one latent z that infers the rotation, trained
+        since 2026-12-05; about three times slower.
 
     Yields
     ------
@@ -160,8 +167,10 @@ def iter_inference(
         if refine_steps < 0:
             raise DataError(f"refinement steps must be 0 or more, got {refine_steps}")
         refines = refine_steps > 0 and model.config.z_dim > 0
+        if search_rotation:
+            check_rotation_search(model)
         filters = _ctf_filters(model, stack, ctf, device, needed=reconstructions and with_ctf)
-        if filters is None and (model.checks_half_turns or refines):
+        if filters is None and (model.checks_half_turns or refines or search_rotation):
             # the half-turn check and the refinement of z compare renderings with the
             # particles: with the CTF the run's setting uses for them, as in training
             used = resolve_ctf(
@@ -182,6 +191,11 @@ def iter_inference(
             posterior = model.encode(model_input, batch_filters)
             theta, shift, z = model.split_latent(posterior.mu)
             theta_std, shift_std, z_std = model.split_latent(torch.exp(posterior.logstd))
+            if search_rotation:
+                assert theta is not None and model.training_z is not None
+                theta, shift = likeliest_rotation(
+                    model, model_input, theta, shift, model.training_z, batch_filters, templates
+                )
             if refines:
                 assert z is not None and z_std is not None
                 z, z_std = read_z(
@@ -219,6 +233,21 @@ def iter_inference(
             yield out
     finally:
         model.train(was_training)
+
+
+def check_rotation_search(model: SpatialVAE) -> None:
+    """DataError in one line unless ``model`` can search rotations (:func:`likeliest_rotation`)."""
+    if model.config.z_dim != 1:
+        reason = f"this one has z-dim {model.config.z_dim}"
+    elif not model.config.infers_rotation:
+        reason = "this one infers none"
+    elif model.training_z is None:
+        reason = "this one was trained before 2026-12-05 and keeps no summary of its z"
+    else:
+        return
+    raise DataError(
+        f"the rotation search needs a model with one latent z that infers the rotation; {reason}"
+    )
 
 
 def read_z(
@@ -316,9 +345,13 @@ def encode_stack(
     stack: Any,
     batch_size: int = 256,
     refine_steps: int = REFINE_Z_STEPS,
+    search_rotation: bool = False,
 ) -> Poses:
     """Poses and latents of every image, in input order (see :func:`iter_inference`)."""
-    batches = iter_inference(model, config, stack, batch_size, refine_steps=refine_steps)
+    batches = iter_inference(
+        model, config, stack, batch_size, refine_steps=refine_steps,
+        search_rotation=search_rotation,
+    )  # fmt: skip
     return Poses.concatenate([b.poses for b in batches])
 
 

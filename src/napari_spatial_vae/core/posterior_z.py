@@ -10,7 +10,9 @@ follows the conformation better than its mode (docs/defaults.md, "z read from it
 posterior"). The posterior std is reported with it, in place of the encoder's. The
 encoder's rotation is itself a guess: z's likelihood is summed over rotations a few degrees
 either side of it (:data:`ROTATION_WINDOW_DEGREES`), each template turned about the
-particle's centre.
+particle's centre. On request (``spatial-vae infer --search-rotation``) the rotation itself
+is first searched on the whole circle, by the same likelihood summed over z
+(:func:`likeliest_rotation`), for noisy particles the encoder places far off.
 
 The grid and the prior are the training particles' own (:class:`TrainingZ`, computed at the
 end of training and kept in the checkpoint): z's distribution over them (the mixture of the
@@ -32,12 +34,14 @@ Two choices make the likelihood fit particles noisier than the training stack:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from napari_spatial_vae.core.coords import pixel_grid, rotation_matrices
+from napari_spatial_vae.core.layout import PixelLayout
 from napari_spatial_vae.core.losses import bernoulli_nll
 from napari_spatial_vae.core.model import SpatialVAE
 
@@ -59,6 +63,17 @@ ROTATION_WINDOW_DEGREES = (-4.0, 0.0, 4.0)
 # pixels the kept canvas reaches past the poses of the batch it was rendered for, so the next
 # batches' (a little further out) need no new rendering
 CANVAS_MARGIN = 4
+# the rotation search (``spatial-vae infer --search-rotation``): the whole circle about the
+# encoder's angle (a half turn either side) in steps of 7.5 degrees; z is then read over the
+# rotation window about the angle found, which spans the step (3.75-degree steps found the
+# same angles on out-of-plane s2 at twice the cost; docs/defaults.md)
+SEARCH_STEP_DEGREES = 7.5
+SEARCH_DEGREES = tuple(
+    SEARCH_STEP_DEGREES * k
+    for k in range(1 - round(180 / SEARCH_STEP_DEGREES), round(180 / SEARCH_STEP_DEGREES) + 1)
+)
+# the second, full-resolution look about the angle the binned search found, in search steps
+FINE_STEPS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 
 
 @dataclass
@@ -183,23 +198,116 @@ def posterior_z(
     mean, std
         ``(B, 1)`` each.
     """
+    grid = training_z.grid(images.device)
+    log_prior = training_z.log_prior(images.device).double()
+    means, stds = [], []
+    for log_likelihood in _window_log_likelihoods(
+        model, images, theta, shift, ROTATION_WINDOW_DEGREES, grid, ctf, templates
+    ):
+        # summed over the rotations: (b, G)
+        posterior = torch.softmax(torch.logsumexp(log_likelihood, dim=1) + log_prior, dim=1)
+        first = posterior @ grid.double()
+        second = posterior @ grid.double() ** 2
+        means.append(first.float())
+        stds.append((second - first**2).clamp_min(0.0).sqrt().float())
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def likeliest_rotation(
+    model: SpatialVAE,
+    images: torch.Tensor,
+    theta: torch.Tensor,
+    shift: torch.Tensor | None,
+    training_z: TrainingZ,
+    ctf: torch.Tensor | None = None,
+    templates: TemplateCache | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each particle's rotation on the whole circle that the generator finds likeliest (z-dim 1).
+
+    The angles are the encoder's plus every multiple of :data:`SEARCH_STEP_DEGREES`, each
+    shift turned with its angle about the particle's centre (as in the rotation window);
+    each angle is scored by the particle's likelihood summed over z (the posterior's grid
+    and prior). The encoder's own angle is one of them, so a particle whose angle it found
+    is kept; one it placed far off (a half turn, say, on a noisy particle) is moved to the
+    angle that fits.
+
+    Parameters
+    ----------
+    model, images, training_z, ctf, templates
+        As for :func:`posterior_z`.
+    theta, shift
+        ``(B,)`` radians and ``(B, 2)`` coordinate units (or None): the encoder's pose.
+
+    Returns
+    -------
+    theta, shift
+        ``(B,)`` and ``(B, 2)`` (None where ``shift`` was): the best angle and its shift.
+    """
+    grid = training_z.grid(images.device)
+    log_prior = training_z.log_prior(images.device).double()
+
+    def likeliest(window: torch.Tensor, layout: PixelLayout) -> torch.Tensor:
+        """``(B,)`` the index of the likeliest of each particle's ``window`` ``(B, P)``."""
+        return torch.cat(
+            [
+                # (b, P): each angle's likelihood summed over z with its prior
+                torch.logsumexp(log_likelihood + log_prior, dim=2).argmax(dim=1)
+                for log_likelihood in _window_log_likelihoods(
+                    model, images, theta, shift, window, grid, ctf, templates, layout
+                )
+            ]
+        )
+
+    rows = torch.arange(len(images), device=images.device)
+    circle = torch.tensor(SEARCH_DEGREES, device=images.device).expand(len(images), -1)
+    # the whole circle compared in 2 x 2 bins where the model allows (as its half-turn check
+    # is): a quarter of the comparisons
+    found = circle[rows, likeliest(circle, model.binned_layout(model.coarse_binning))]
+    # then every pixel: the encoder's angle against the one found and its neighbours, a half
+    # and a whole step either side (the bins blur a turn of one step)
+    steps = torch.tensor(FINE_STEPS, device=images.device) * SEARCH_STEP_DEGREES
+    fine = torch.cat([torch.zeros_like(found)[:, None], found[:, None] + steps], dim=1)
+    best = fine[rows, likeliest(fine, model.layout)]
+    angles, shifts = _rotation_window(theta, shift, best[:, None])
+    assert angles is not None
+    return angles[:, 0], None if shifts is None else shifts[:, 0]
+
+
+def _window_log_likelihoods(
+    model: SpatialVAE,
+    images: torch.Tensor,
+    theta: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    window: tuple[float, ...] | torch.Tensor,
+    grid: torch.Tensor,
+    ctf: torch.Tensor | None,
+    templates: TemplateCache | None,
+    layout: PixelLayout | None = None,
+) -> Iterator[torch.Tensor]:
+    """Each particle's log-likelihood at every rotation of ``window`` and every grid value.
+
+    Yields float64 ``(b, P, G)`` for consecutive chunks of the particles, P the window's
+    rotations about each particle's pose (the same for all, or ``(B, P)`` each its own; one
+    without a rotation), G the grid's values
+    ``(G, 1)``; compared at the pixels of ``layout`` (:meth:`SpatialVAE.binned_layout`,
+    default the full-resolution ones); the other arguments as for :func:`posterior_z`.
+    """
     if model.config.z_dim != 1:
         raise ValueError(f"the grid posterior is for z-dim 1, this model has {model.config.z_dim}")
-    grid = training_z.grid(images.device)
-    log_prior = training_z.log_prior(images.device)
-    targets = model.layout.targets(images)
-    theta, shift = _rotation_window(theta, shift)  # (B, P), (B, P, 2)
+    layout = layout if layout is not None else model.layout
+    targets = layout.targets(images)
+    theta, shift = _rotation_window(theta, shift, window)  # (B, P), (B, P, 2)
     poses = 1 if theta is None else theta.shape[1]
     sample_at = _pose_points(
-        model,
+        layout,
         None if theta is None else theta.flatten(),
         None if shift is None else shift.flatten(0, 1),
     )  # (B * P, N, 2)
     if sample_at is None:  # no pose (or the vanilla VAE): the same templates for every particle
-        shared, _ = model.decode(grid, None, None, len(grid))
+        shared, _ = model.decode(grid, None, None, len(grid), layout)
     else:
         canvas = (templates or TemplateCache()).canvas(model, grid, sample_at)
-    means, stds = [], []
     chunk = max(1, VALUES_PER_CHUNK // (poses * len(grid) * targets[0].numel()))
     for start in range(0, len(images), chunk):
         rows = slice(start, start + chunk)
@@ -208,52 +316,48 @@ def posterior_z(
         else:  # (b * P * G, C, N)
             mean = canvas.at(sample_at[start * poses : (start + chunk) * poses])
         if ctf is not None:
-            mean = model.apply_ctf(mean, ctf[rows])
+            mean = model.apply_ctf(mean, ctf[rows], layout)
         log_likelihood = _log_likelihood(model, targets[rows], mean)  # (b, P * G)
-        # summed over the rotations: (b, G)
-        log_likelihood = torch.logsumexp(
-            log_likelihood.double().reshape(len(log_likelihood), poses, len(grid)), dim=1
-        )
-        posterior = torch.softmax(log_likelihood + log_prior.double(), dim=1)
-        first = posterior @ grid.double()
-        second = posterior @ grid.double() ** 2
-        means.append(first.float())
-        stds.append((second - first**2).clamp_min(0.0).sqrt().float())
-    return torch.cat(means), torch.cat(stds)
+        yield log_likelihood.double().reshape(len(log_likelihood), poses, len(grid))
 
 
 def _rotation_window(
-    theta: torch.Tensor | None, shift: torch.Tensor | None
+    theta: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    window: tuple[float, ...] | torch.Tensor = ROTATION_WINDOW_DEGREES,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The poses z's likelihood is summed over: ``(B, P)`` angles and ``(B, P, 2)`` shifts.
+    """The poses near each particle's: ``(B, P)`` angles and ``(B, P, 2)`` shifts.
 
-    Each of :data:`ROTATION_WINDOW_DEGREES` added to ``theta`` ``(B,)``, the shift ``(B, 2)``
+    Each of ``window``'s angles (degrees; the same P for every particle, or ``(B, P)`` each
+    particle its own) added to ``theta`` ``(B,)``, the shift ``(B, 2)``
     turned with it so the particle's centre stays put (the pixel ``c`` the template's origin
     lands on solves ``c R(theta) + shift = 0``; for ``theta + delta`` the shift is then
     ``shift R(delta)``). Without a rotation, the pose as given (``P = 1``).
     """
     if theta is None:
         return None, None if shift is None else shift[:, None, :]
-    delta = torch.deg2rad(torch.tensor(ROTATION_WINDOW_DEGREES, device=theta.device))
-    angles = theta[:, None] + delta[None, :].to(theta.dtype)
+    delta = torch.deg2rad(torch.as_tensor(window, dtype=torch.float64, device=theta.device))
+    delta = delta.expand(len(theta), -1)  # (B, P)
+    angles = theta[:, None] + delta.to(theta.dtype)
     if shift is None:
         return angles, None
-    # (P, 2, 2) turns, applied to every particle's shift: (B, P, 2)
-    turned = torch.einsum("bi,pij->bpj", shift, rotation_matrices(delta).to(shift.dtype))
+    # each particle's shift turned by each of its angles: (B, P, 2)
+    turns = rotation_matrices(delta.flatten()).reshape(*delta.shape, 2, 2).to(shift.dtype)
+    turned = torch.einsum("bi,bpij->bpj", shift, turns)
     return angles, turned
 
 
 def _pose_points(
-    model: SpatialVAE, theta: torch.Tensor | None, shift: torch.Tensor | None
+    layout: PixelLayout, theta: torch.Tensor | None, shift: torch.Tensor | None
 ) -> torch.Tensor | None:
-    """``(B, N, 2)`` where each particle's pose sends the modelled pixels, ``x R(theta) + shift``.
+    """``(B, N, 2)``: where each pose sends ``layout``'s pixels, ``x R(theta) + shift``.
 
     None without a pose: the templates are compared as rendered.
     """
     if theta is None and shift is None:
         return None
     batch = (theta if theta is not None else shift).shape[0]  # type: ignore[union-attr]
-    points = model.layout.grid.expand(batch, -1, -1)
+    points = layout.grid.expand(batch, -1, -1)
     if theta is not None:
         points = torch.bmm(points, rotation_matrices(theta))
     if shift is not None:
