@@ -73,7 +73,11 @@ from napari_spatial_vae.core.latent_axes import (
     align_latent_axes,
     latent_posteriors,
 )
-from napari_spatial_vae.core.posterior_z import likeliest_rotation, summarise_training_z
+from napari_spatial_vae.core.posterior_z import (
+    TemplateCache,
+    likeliest_rotation,
+    summarise_training_z,
+)
 from napari_spatial_vae.core.train import train
 
 COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z", "circ_fl",
@@ -128,12 +132,17 @@ def score(
     posterior = _posterior(model, model_input)
     theta, shift, z = model.split_latent(posterior.mu)
     encoder_z = z
+    # one canvas of templates for the search and the reading of z, as inference keeps
+    templates = TemplateCache()
     if search_rotation:
-        theta, shift = likeliest_rotation(model, model_input, theta, shift, model.training_z)
+        theta, shift = likeliest_rotation(
+            model, model_input, theta, shift, model.training_z, templates=templates
+        )
     if z is not None and refine_steps:
         z_std = model.split_latent(torch.exp(posterior.logstd))[2]
         assert z_std is not None
-        z, _ = read_z(model, model_input, theta, shift, z, z_std, refine_steps=refine_steps)
+        z, _ = read_z(model, model_input, theta, shift, z, z_std, refine_steps=refine_steps,
+                      templates=templates)  # fmt: skip
     zeros = images.new_zeros(len(images))
     theta = theta if theta is not None else zeros
     shift = shift if shift is not None else images.new_zeros(len(images), 2)
@@ -199,6 +208,13 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _config(name: str, seed: int, overrides: list[str]) -> TrainConfig:
+    """The defaults with z-dim = the design's number of motions, then ``overrides``."""
+    config = TrainConfig(model=ModelConfig(z_dim=len(DESIGNS[name].motions)), seed=seed)
+    apply_overrides(config, overrides)
+    return config
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     design = DESIGNS[name]
     data = simulate_design(
@@ -206,8 +222,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     )
     train_part = _rows(data, slice(None, args.n_train))
     test_part = _rows(data, slice(args.n_train, None))
-    config = TrainConfig(model=ModelConfig(z_dim=len(design.motions)), seed=seed)
-    apply_overrides(config, args.overrides)
+    config = _config(name, seed, args.overrides)
     config.max_minutes = args.minutes
     if args.epochs is not None:
         config.epochs = args.epochs
@@ -345,6 +360,12 @@ def main() -> None:
     unknown = sorted(set(names) - set(DESIGNS))
     if unknown:
         parser.error(f"unknown design(s) {', '.join(unknown)}; choose from {', '.join(DESIGNS)}")
+    if args.search_rotation:
+        # refused before anything trains: the search reads one latent z
+        dims = {n: _config(n, 0, args.overrides).model.z_dim for n in names}
+        other = [f"{n} has z-dim {z}" for n, z in dims.items() if z != 1]
+        if other:
+            parser.error(f"--search-rotation reads one latent z; {', '.join(other)}")
     rows = []
     for name in names:
         for seed in seeds:

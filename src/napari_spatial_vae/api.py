@@ -70,7 +70,7 @@ def infer(
         (``spatial-vae infer --refine-steps``).
     search_rotation
         Search the whole circle of rotations against the generator for each particle
-        (``spatial-vae infer --search-rotation``; one latent z, about three times slower): for
+        (``spatial-vae infer --search-rotation``; one latent z, about five times slower): for
         noisy particles, whose rotation the encoder sometimes places far off.
 
     Returns

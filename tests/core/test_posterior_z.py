@@ -135,7 +135,8 @@ def test_the_search_finds_the_rotation_of_a_particle_the_encoder_placed_far_off(
     # within half a search step (its finest look): these smooth random templates change less
     # under a turn of a few degrees than under the canvas's bilinear resampling
     half_step = math.radians(posterior_module.SEARCH_STEP_DEGREES / 2) + 1e-5
-    torch.testing.assert_close(theta, true_theta, atol=half_step, rtol=0)  # no angle wrapped
+    assert ((theta >= -math.pi) & (theta < math.pi)).all()  # as the encoder reports angles
+    assert _circular_distance(theta, true_theta).max() < half_step
     torch.testing.assert_close(shift, true_shift, atol=0.02, rtol=0)
     # the particle whose angle the encoder found keeps it
     assert float(theta[0]) == pytest.approx(float(true_theta[0]), abs=1e-6)
@@ -143,6 +144,16 @@ def test_the_search_finds_the_rotation_of_a_particle_the_encoder_placed_far_off(
     monkeypatch.setattr(posterior_module, "VALUES_PER_CHUNK", 1)
     again, _ = likeliest_rotation(model, images, encoder_theta, encoder_shift, prior)
     torch.testing.assert_close(again, theta)
+    # a first look that misses (here: it sees only angles far from the truth) cannot move a
+    # particle whose angle the encoder found: the encoder's angle is in the second look
+    monkeypatch.setattr(posterior_module, "SEARCH_DEGREES", (120.0, 240.0))
+    kept, _ = likeliest_rotation(model, images[:1], true_theta[:1], true_shift[:1], prior)
+    assert float(kept[0]) == pytest.approx(float(true_theta[0]), abs=1e-6)
+
+
+def _circular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``|a - b|`` in radians, the short way round the circle."""
+    return torch.remainder(a - b + math.pi, 2 * math.pi).sub(math.pi).abs()
 
 
 def test_inference_searches_the_rotation_only_when_asked(trained, tiny_particles, make_config):
@@ -163,6 +174,9 @@ def test_inference_searches_the_rotation_only_when_asked(trained, tiny_particles
     assert metrics.circular_correlation_fl(read.theta, truth) > encoder_fl + 0.05
     plain = encode_stack(model, config, tiny_particles.images)
     np.testing.assert_array_equal(plain.theta, theta.numpy())
+    # each particle turned about its centre: the centre reported stays the encoder's
+    np.testing.assert_allclose(read.dx, plain.dx, atol=1e-3)
+    np.testing.assert_allclose(read.dy, plain.dy, atol=1e-3)
     two = SpatialVAE(make_config(z_dim=2).model, model.image_shape)
     with pytest.raises(
         DataError, match="one latent z that infers the rotation; this one has z-dim 2"
@@ -322,6 +336,15 @@ def test_the_posterior_compares_with_the_particles_ctf(tmp_path, make_config):
     batches = iter_inference(model, config, particles.images, ctf=particles.ctf)
     poses = Poses.concatenate([b.poses for b in batches])
     np.testing.assert_allclose(poses.z, with_ctf.numpy(), rtol=1e-4, atol=1e-4)
+    # and searches the rotation with it
+    searched, _ = likeliest_rotation(model, images, theta, shift, model.training_z, filters)
+    blind, _ = likeliest_rotation(model, images, theta, shift, model.training_z)
+    assert (searched - blind).abs().max() > 1e-3
+    batches = iter_inference(
+        model, config, particles.images, ctf=particles.ctf, search_rotation=True
+    )
+    poses = Poses.concatenate([b.poses for b in batches])
+    np.testing.assert_allclose(poses.theta, searched.numpy(), atol=1e-5)
 
 
 def test_only_one_latent_is_read_on_a_grid(tmp_path, tiny_particles, make_config):

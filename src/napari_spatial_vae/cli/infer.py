@@ -156,7 +156,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="one latent z: search the whole circle of rotations against the generator for "
         "each particle instead of taking the encoder's (noisy particles, about SNR 0.1; about "
-        "three times slower)",
+        "five times slower)",
     )
     infer_p.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (default auto)")
     infer_p.add_argument("-q", "--quiet", action="store_true")

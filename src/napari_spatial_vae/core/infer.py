@@ -136,9 +136,11 @@ def iter_inference(
     search_rotation
         Replace the encoder's rotation by the likeliest under the generator on the whole
         circle (:func:`~napari_spatial_vae.core.posterior_z.likeliest_rotation`; the shift
-        turned with it, ``theta_std`` still the encoder's): for noisy particles the encoder
-        places far off. Needs a model with one latent z that infers the rotation, trained
-        since 2026-12-05; about three times slower.
+        turned with it about the particle's centre, ``theta_std`` still the encoder's): for
+        noisy particles the encoder places far off. z is then read about the new angle (with
+        ``refine_steps`` 0 it stays the encoder's, read at the encoder's angle). Needs a model
+        with one latent z that infers the rotation, trained since 2026-12-05; about five
+        times slower.
 
     Yields
     ------

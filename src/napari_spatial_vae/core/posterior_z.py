@@ -65,14 +65,16 @@ ROTATION_WINDOW_DEGREES = (-4.0, 0.0, 4.0)
 CANVAS_MARGIN = 4
 # the rotation search (``spatial-vae infer --search-rotation``): the whole circle about the
 # encoder's angle (a half turn either side) in steps of 7.5 degrees; z is then read over the
-# rotation window about the angle found, which spans the step (3.75-degree steps found the
-# same angles on out-of-plane s2 at twice the cost; docs/defaults.md)
+# rotation window about the angle found, which spans the step (3.75-degree steps gave the
+# same scores on out-of-plane s2 at twice the cost; docs/defaults.md)
 SEARCH_STEP_DEGREES = 7.5
 SEARCH_DEGREES = tuple(
     SEARCH_STEP_DEGREES * k
     for k in range(1 - round(180 / SEARCH_STEP_DEGREES), round(180 / SEARCH_STEP_DEGREES) + 1)
 )
-# the second, full-resolution look about the angle the binned search found, in search steps
+# the second, full-resolution look: about each of the binned look's best separate angles
+# (peaks), these offsets in search steps
+SEARCH_PEAKS = 2
 FINE_STEPS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 
 
@@ -225,12 +227,17 @@ def likeliest_rotation(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Each particle's rotation on the whole circle that the generator finds likeliest (z-dim 1).
 
-    The angles are the encoder's plus every multiple of :data:`SEARCH_STEP_DEGREES`, each
-    shift turned with its angle about the particle's centre (as in the rotation window);
-    each angle is scored by the particle's likelihood summed over z (the posterior's grid
-    and prior). The encoder's own angle is one of them, so a particle whose angle it found
-    is kept; one it placed far off (a half turn, say, on a noisy particle) is moved to the
-    angle that fits.
+    Not the training-time search over the encoder's bins (``rotation_search``): a search at
+    inference, over the whole circle, scored by the particle's likelihood summed over z (the
+    posterior's grid and prior), each angle's shift turned with it about the particle's
+    centre (as in the rotation window). First the encoder's angle plus every multiple of
+    :data:`SEARCH_STEP_DEGREES`, compared in 2 x 2 bins where the model allows (a quarter of
+    the comparisons); then, at full resolution, the encoder's own angle against the
+    :data:`SEARCH_PEAKS` best separate angles of the first look, each with the
+    :data:`FINE_STEPS` about it (the bins blur a turn of one step, and templates read
+    bilinearly off the canvas at bin centres only approximate the bins' means). A particle
+    whose angle the encoder found keeps it; one it placed far off (a half turn, say, on a
+    noisy particle) is moved to the angle that fits.
 
     Parameters
     ----------
@@ -242,17 +249,18 @@ def likeliest_rotation(
     Returns
     -------
     theta, shift
-        ``(B,)`` and ``(B, 2)`` (None where ``shift`` was): the best angle and its shift.
+        ``(B,)`` in [-pi, pi), as the encoder reports it, and ``(B, 2)`` (None where
+        ``shift`` was): the likeliest angle and its shift.
     """
     grid = training_z.grid(images.device)
     log_prior = training_z.log_prior(images.device).double()
+    templates = templates if templates is not None else TemplateCache()  # one canvas for both
 
-    def likeliest(window: torch.Tensor, layout: PixelLayout) -> torch.Tensor:
-        """``(B,)`` the index of the likeliest of each particle's ``window`` ``(B, P)``."""
+    def summed(window: torch.Tensor, layout: PixelLayout) -> torch.Tensor:
+        """``(B, P)``: each of the particles' ``window`` angles' likelihood summed over z."""
         return torch.cat(
             [
-                # (b, P): each angle's likelihood summed over z with its prior
-                torch.logsumexp(log_likelihood + log_prior, dim=2).argmax(dim=1)
+                torch.logsumexp(log_likelihood + log_prior, dim=2)
                 for log_likelihood in _window_log_likelihoods(
                     model, images, theta, shift, window, grid, ctf, templates, layout
                 )
@@ -261,17 +269,21 @@ def likeliest_rotation(
 
     rows = torch.arange(len(images), device=images.device)
     circle = torch.tensor(SEARCH_DEGREES, device=images.device).expand(len(images), -1)
-    # the whole circle compared in 2 x 2 bins where the model allows (as its half-turn check
-    # is): a quarter of the comparisons
-    found = circle[rows, likeliest(circle, model.binned_layout(model.coarse_binning))]
-    # then every pixel: the encoder's angle against the one found and its neighbours, a half
-    # and a whole step either side (the bins blur a turn of one step)
+    coarse = summed(circle, model.binned_layout(model.coarse_binning))
     steps = torch.tensor(FINE_STEPS, device=images.device) * SEARCH_STEP_DEGREES
-    fine = torch.cat([torch.zeros_like(found)[:, None], found[:, None] + steps], dim=1)
-    best = fine[rows, likeliest(fine, model.layout)]
+    fine = [torch.zeros(len(images), 1, device=images.device)]  # the encoder's own angle
+    for _ in range(SEARCH_PEAKS):
+        peak = coarse.argmax(dim=1)
+        fine.append(circle[rows, peak][:, None] + steps)
+        # the next peak a separate one: this one and its neighbours left out
+        for neighbour in (-1, 0, 1):
+            coarse[rows, (peak + neighbour) % circle.shape[1]] = -math.inf
+    window = torch.cat(fine, dim=1)  # (B, 1 + peaks * steps)
+    best = window[rows, summed(window, model.layout).argmax(dim=1)]
     angles, shifts = _rotation_window(theta, shift, best[:, None])
     assert angles is not None
-    return angles[:, 0], None if shifts is None else shifts[:, 0]
+    wrapped = torch.remainder(angles[:, 0] + math.pi, 2.0 * math.pi) - math.pi
+    return wrapped, None if shifts is None else shifts[:, 0]
 
 
 def _window_log_likelihoods(
@@ -287,11 +299,23 @@ def _window_log_likelihoods(
 ) -> Iterator[torch.Tensor]:
     """Each particle's log-likelihood at every rotation of ``window`` and every grid value.
 
-    Yields float64 ``(b, P, G)`` for consecutive chunks of the particles, P the window's
-    rotations about each particle's pose (the same for all, or ``(B, P)`` each its own; one
-    without a rotation), G the grid's values
-    ``(G, 1)``; compared at the pixels of ``layout`` (:meth:`SpatialVAE.binned_layout`,
-    default the full-resolution ones); the other arguments as for :func:`posterior_z`.
+    Parameters
+    ----------
+    window
+        The rotations about each particle's pose, in degrees: ``P`` for all, or ``(B, P)``
+        each particle its own (one, the pose itself, for a model without a rotation).
+    grid
+        ``(G, 1)`` the z values.
+    layout
+        The pixels compared (:meth:`SpatialVAE.binned_layout`), default the full-resolution
+        ones.
+    model, images, theta, shift, ctf, templates
+        As for :func:`posterior_z`.
+
+    Yields
+    ------
+    torch.Tensor
+        float64 ``(b, P, G)`` for consecutive chunks of the particles.
     """
     if model.config.z_dim != 1:
         raise ValueError(f"the grid posterior is for z-dim 1, this model has {model.config.z_dim}")
