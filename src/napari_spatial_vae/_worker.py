@@ -253,14 +253,18 @@ def infer_results(
     batch_size: int = 256,
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    search_rotation: bool = False,
 ) -> InferenceResults:
     """Poses of every particle, aligned images and reconstructions of the first
     ``result_limit``, and the latent traversal, as plain arrays.
 
+    ``search_rotation`` searches each particle's rotation on the whole circle
+    (:func:`~napari_spatial_vae.core.infer.iter_inference`; one latent z).
+
     Raises
     ------
     DataError
-        When the images do not match the model.
+        When the images do not match the model, or it cannot search rotations.
     InterruptedError
         When ``should_stop`` returns True between batches.
     """
@@ -271,8 +275,9 @@ def infer_results(
     recon = np.empty((m, *image_tail), dtype=np.float32)
     parts: list[Poses] = []
     for batch in iter_inference(
-        model, config, images, batch_size, aligned=m > 0, reconstructions=m > 0
-    ):
+        model, config, images, batch_size, aligned=m > 0, reconstructions=m > 0,
+        search_rotation=search_rotation,
+    ):  # fmt: skip
         parts.append(batch.poses)
         stop = min(batch.start + len(batch.poses.theta), m)
         if batch.start < m:
@@ -313,6 +318,8 @@ class ApplyJob:
     pixel_size: float | None = None
     source: str = ""
     source_path: str | None = None
+    # each particle's rotation searched on the whole circle (spatial-vae infer --search-rotation)
+    search_rotation: bool = False
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
@@ -336,6 +343,7 @@ def run_inference(job: ApplyJob) -> Generator[tuple[int, int], None, InferenceRe
                 source_path=job.source_path,
                 should_stop=job.stop.is_set,
                 on_progress=lambda done, total: emit((done, total)),
+                search_rotation=job.search_rotation,
             )
         finally:
             with contextlib.suppress(Exception):

@@ -218,9 +218,23 @@ def test_save_load_apply_round_trip(make_napari_viewer, qtbot, tmp_path, small_p
     assert poses.data.shape == (40, 3)
     assert viewer2.layers[L.TRAVERSAL].data.shape == (20, 9 * 20 + 8)
     np.testing.assert_allclose(poses.features["theta"], trained_theta[:40], atol=1e-5)
+    # the rotation searched on the whole circle when asked (spatial-vae infer --search-rotation)
+    fresh.search_rotation.setChecked(True)
+    assert fresh.apply_to_layer(viewer2.layers["more particles"])
+    wait_idle(qtbot, fresh)
+    searched = encode_stack(fresh.model, fresh.model_config, small_particles[:40],
+                            search_rotation=True)  # fmt: skip
+    theta = viewer2.layers[L.POSES].features["theta"].to_numpy()
+    np.testing.assert_allclose(theta, searched.theta, atol=1e-5)
+    assert np.abs(theta - trained_theta[:40]).max() > 1e-3  # this 2-epoch model's encoder
+    # a model that cannot search: one line, no job
+    fresh.model.training_z = None
+    assert not fresh.apply_to_layer(viewer2.layers["more particles"])
+    assert "rotation search needs a model with one latent z" in errors[-1]
+    assert len(errors[-1].splitlines()) == 1
     assert not fresh.load_model(tmp_path / "nowhere")
     assert "nowhere" in errors[-1]
-    assert errors[:-2] == []
+    assert errors[:-3] == []
 
 
 def test_latent_map_selection_moves_to_the_particle(
