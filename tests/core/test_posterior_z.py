@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from napari_spatial_vae.core import metrics
 from napari_spatial_vae.core import posterior_z as posterior_module
 from napari_spatial_vae.core.checkpoint import load_model
-from napari_spatial_vae.core.coords import rotation_matrices
+from napari_spatial_vae.core.coords import rotation_matrices, wrap_angle
 from napari_spatial_vae.core.ctf import CtfBatches
 from napari_spatial_vae.core.errors import CheckpointError, DataError
 from napari_spatial_vae.core.infer import Poses, encode_stack, iter_inference
@@ -153,7 +153,7 @@ def test_the_search_finds_the_rotation_of_a_particle_the_encoder_placed_far_off(
 
 def _circular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``|a - b|`` in radians, the short way round the circle."""
-    return torch.remainder(a - b + math.pi, 2 * math.pi).sub(math.pi).abs()
+    return wrap_angle(a - b).abs()
 
 
 def test_inference_searches_the_rotation_only_when_asked(trained, tiny_particles, make_config):

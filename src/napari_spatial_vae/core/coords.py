@@ -14,6 +14,8 @@ Conventions (used everywhere in the package, see docs/conventions.md):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +48,11 @@ def inside_unit_disk(coords: torch.Tensor) -> torch.Tensor:
 def circular_mask(height: int, width: int, device=None) -> torch.Tensor:
     """Boolean ``(height * width,)`` mask of the pixels inside the inscribed circle (radius 1)."""
     return inside_unit_disk(pixel_grid(height, width, device=device))
+
+
+def wrap_angle(theta: torch.Tensor) -> torch.Tensor:
+    """Angles in radians, any shape, into ``[-pi, pi)``: the range theta is reported in."""
+    return torch.remainder(theta + math.pi, 2.0 * math.pi) - math.pi
 
 
 def rotation_matrices(theta: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from napari_spatial_vae.core.coords import (
     rotation_matrices,
     transform_coordinates,
     warp_images,
+    wrap_angle,
 )
 from napari_spatial_vae.core.ctf import apply_filter, crop_filter
 from napari_spatial_vae.core.layout import PixelLayout
@@ -459,7 +460,7 @@ class EquivariantEncoder(nn.Module):
         """
         theta = self._theta(attention, posterior.mu[:, 0])
         if self.search:
-            theta = torch.remainder(theta + math.pi, 2.0 * math.pi) - math.pi  # into [-pi, pi)
+            theta = wrap_angle(theta)
             # circular std of the bin distribution, sqrt(-2 ln R), combined with the offset's
             spread = -2.0 * torch.log(self._resultant(attention).abs().clamp(1e-6, 1.0))
             variance = torch.exp(2.0 * posterior.logstd[:, 0]) + spread

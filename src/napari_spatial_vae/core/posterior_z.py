@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from napari_spatial_vae.core.coords import pixel_grid, rotation_matrices
+from napari_spatial_vae.core.coords import pixel_grid, rotation_matrices, wrap_angle
 from napari_spatial_vae.core.layout import PixelLayout
 from napari_spatial_vae.core.losses import bernoulli_nll
 from napari_spatial_vae.core.model import SpatialVAE
@@ -282,8 +282,7 @@ def likeliest_rotation(
     best = window[rows, summed(window, model.layout).argmax(dim=1)]
     angles, shifts = _rotation_window(theta, shift, best[:, None])
     assert angles is not None
-    wrapped = torch.remainder(angles[:, 0] + math.pi, 2.0 * math.pi) - math.pi
-    return wrapped, None if shifts is None else shifts[:, 0]
+    return wrap_angle(angles[:, 0]), None if shifts is None else shifts[:, 0]
 
 
 def _window_log_likelihoods(
