@@ -25,7 +25,6 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
     QApplication,
-    QCheckBox,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
@@ -63,7 +62,7 @@ from napari_spatial_vae._worker import (
 )
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import TrainConfig
-from napari_spatial_vae.core.infer import check_rotation_search
+from napari_spatial_vae.core.infer import check_rotation_search, check_rotation_search_settings
 from napari_spatial_vae.core.metrics import (
     EpochMetrics,
     collapse_warning,
@@ -177,14 +176,6 @@ class SpatialVAEWidget(QWidget):
         )
         self.apply_button = QPushButton("Apply to layer")
         self.apply_button.clicked.connect(self._on_apply_clicked)
-        self.search_rotation = QCheckBox("search rotation (noisy particles)")
-        self.search_rotation.setToolTip(
-            "One latent z: search each particle's rotation on the whole circle against the "
-            "generator instead of taking the encoder's (spatial-vae infer --search-rotation). "
-            "Helps particles at SNR ~0.1 that the encoder turns far off; about five times "
-            "slower."
-        )
-
         model_box = QGroupBox("Model")
         model_layout = QVBoxLayout(model_box)
         model_layout.addWidget(self.model_label)
@@ -196,7 +187,6 @@ class SpatialVAEWidget(QWidget):
         apply_row.addWidget(widgets.Container(widgets=[self.apply_layer], labels=True).native)
         apply_row.addWidget(self.apply_button)
         model_layout.addLayout(apply_row)
-        model_layout.addWidget(self.search_rotation)
 
         content = QWidget()
         layout = QVBoxLayout(content)
@@ -306,6 +296,8 @@ class SpatialVAEWidget(QWidget):
         try:
             height, width = layer.data.shape[1:3]
             config = self.form.to_config(max(height, width))
+            if self.form.search_rotation.value:
+                check_rotation_search_settings(config.model)
             images, pixel_size, source_path = self._input_stack(layer)
         except Exception as err:  # ConfigError, StackError: one-line messages
             show_error(f"spatial-VAE: {err}")
@@ -323,6 +315,7 @@ class SpatialVAEWidget(QWidget):
             preview_indices=np.linspace(0, len(images) - 1, count).round().astype(np.int64),
             preview_every=self.form.preview_every.value,
             result_limit=self.form.result_limit.value,
+            search_rotation=self.form.search_rotation.value,
             pixel_size=pixel_size,
             source=layer.name,
             source_path=source_path,
@@ -601,7 +594,7 @@ class SpatialVAEWidget(QWidget):
         if layer is None:
             show_error("spatial-VAE: choose an Image layer to apply the model to")
             return False
-        search_rotation = self.search_rotation.isChecked()
+        search_rotation = self.form.search_rotation.value
         try:
             if search_rotation:
                 check_rotation_search(self.model)

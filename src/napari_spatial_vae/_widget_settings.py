@@ -30,7 +30,8 @@ class SettingsForm:
 
     Every training setting is an attribute named like its config field (``form.z_dim``,
     ``form.theta_prior`` in degrees, ``form.dx_prior`` in pixels), plus two display
-    settings that are not part of a run: ``preview_every`` and ``result_limit``.
+    settings that are not part of a run: ``preview_every`` and ``result_limit``, and one for
+    the results of training and of **Apply to layer**: ``search_rotation``.
 
     Attributes
     ----------
@@ -57,6 +58,13 @@ class SettingsForm:
             tooltip="Aligned particles and reconstructions are made for at most this many "
             "particles (poses for all of them); bounds the memory the result layers take.",
         )  # fmt: skip
+        self.search_rotation = widgets.CheckBox(
+            value=False, label="search rotation (noisy particles)",
+            tooltip="One latent z: in the results (after training and Apply to layer), search "
+            "each particle's rotation on the whole circle against the generator instead of "
+            "taking the encoder's (spatial-vae infer --search-rotation). Helps particles at "
+            "SNR ~0.1 that the encoder turns far off; inference about five times slower.",
+        )  # fmt: skip
         section = {name: spec.setting.gui for name, spec in self._specs.items()}
         self.main = widgets.Container(
             widgets=[w for name, w in self.inputs.items() if section[name] == "main"],
@@ -67,6 +75,7 @@ class SettingsForm:
                 *(w for name, w in self.inputs.items() if section[name] == "advanced"),
                 self.preview_every,
                 self.result_limit,
+                self.search_rotation,
             ],
             labels=True,
         )

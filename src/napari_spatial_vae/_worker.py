@@ -80,6 +80,9 @@ class TrainJob:
         all), bounding the memory the result layers take.
     traversal_steps
         Steps of the latent traversal layer.
+    search_rotation
+        The results' rotations searched on the whole circle (``spatial-vae infer
+        --search-rotation``; one latent z).
     pixel_size, source, source_path
         Carried into the result layers.
     resume
@@ -101,6 +104,7 @@ class TrainJob:
     preview_every: int = 2
     result_limit: int = 5000
     traversal_steps: int = 9
+    search_rotation: bool = False
     pixel_size: float | None = None
     source: str = ""
     source_path: str | None = None
@@ -228,6 +232,7 @@ def _finish(result: TrainResult, job: TrainJob) -> TrainOutcome:
         source=job.source,
         source_path=job.source_path,
         should_stop=job.abort.is_set,
+        search_rotation=job.search_rotation,
     )
     return TrainOutcome(
         run_dir=result.run_dir,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_spatial_vae.core import infer
 from napari_spatial_vae.core.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, load_model
 from napari_spatial_vae.core.errors import CheckpointError, DataError
 from napari_spatial_vae.core.infer import (
@@ -60,6 +61,34 @@ def test_aligned_and_reconstructions_have_the_stack_shape(trained, tiny_particle
     assert aligned.shape == recon.shape == tiny_particles.images.shape
     # reconstructions come back in the input's intensity units
     assert abs(recon.mean() - tiny_particles.images.mean()) < 0.5 * tiny_particles.images.std()
+
+
+def test_large_boxes_are_computed_in_parts_with_the_same_results(
+    trained, tiny_particles, monkeypatch
+):
+    """A batch of large images is encoded and rendered a few at a time (bounded memory)."""
+    model, config, _ = load_model(trained)
+    images = tiny_particles.images[:24]
+
+    def run() -> list:
+        return list(iter_inference(
+            model, config, images, batch_size=10, aligned=True, reconstructions=True
+        ))  # fmt: skip
+
+    whole = run()
+    seen: list[int] = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda x, *a: seen.append(len(x)) or encode(x, *a))
+    # parts of three images: as a batch of 10 would be split at 4x the pixels of COMPUTE_PIXELS
+    monkeypatch.setattr(infer, "COMPUTE_PIXELS", 3 * images.shape[1] * images.shape[2] + 5)
+    parted = run()
+    assert seen == [3, 3, 3, 1, 3, 3, 3, 1, 3, 1]
+    assert [b.start for b in parted] == [b.start for b in whole] == [0, 10, 20]
+    for a, b in zip(whole, parted, strict=True):
+        for name, column in a.poses.columns().items():
+            np.testing.assert_allclose(b.poses.columns()[name], column, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.aligned, a.aligned, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.reconstructions, a.reconstructions, rtol=1e-4, atol=1e-4)
 
 
 def test_aligned_particles_undo_the_true_pose(tiny_particles):

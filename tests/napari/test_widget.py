@@ -148,6 +148,29 @@ def test_train_two_epochs_adds_every_result_layer(
     assert warnings_shown == [refused, *(f"spatial-VAE: {w}" for w in expected if w)]
 
 
+def test_training_searches_the_rotation_of_its_results_when_asked(
+    make_napari_viewer, qtbot, tmp_path, small_particles, errors
+):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, small_particles, tmp_path, z_dim=2, search_rotation=True)
+    # a model that could not search is refused before anything trains, in one line
+    assert not widget.start_training()
+    assert "rotation search needs a model with one latent z" in errors[-1]
+    assert len(errors[-1].splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+    widget.form.z_dim.value = 1
+    assert widget.start_training()
+    wait_idle(qtbot, widget)
+    assert errors[1:] == []
+    model, config, _ = load_model(tmp_path / "run")
+    searched = encode_stack(model, config, small_particles, search_rotation=True)
+    plain = encode_stack(model, config, small_particles)
+    theta = viewer.layers[L.POSES].features["theta"].to_numpy()
+    np.testing.assert_allclose(theta, searched.theta, atol=1e-5)
+    assert np.abs(theta - plain.theta).max() > 1e-3  # the search moved some (a 2-epoch model)
+
+
 def test_stop_keeps_a_usable_model(make_napari_viewer, qtbot, tmp_path, small_particles, errors):
     viewer = make_napari_viewer()
     widget = dock(viewer, small_particles, tmp_path, epochs=500)
@@ -219,7 +242,7 @@ def test_save_load_apply_round_trip(make_napari_viewer, qtbot, tmp_path, small_p
     assert viewer2.layers[L.TRAVERSAL].data.shape == (20, 9 * 20 + 8)
     np.testing.assert_allclose(poses.features["theta"], trained_theta[:40], atol=1e-5)
     # the rotation searched on the whole circle when asked (spatial-vae infer --search-rotation)
-    fresh.search_rotation.setChecked(True)
+    fresh.form.search_rotation.value = True
     assert fresh.apply_to_layer(viewer2.layers["more particles"])
     wait_idle(qtbot, fresh)
     searched = encode_stack(fresh.model, fresh.model_config, small_particles[:40],

@@ -1,8 +1,9 @@
 """Using a trained model: poses and latents, aligned particles, reconstructions, traversals.
 
-Everything runs in batches read from the (possibly memory-mapped) stack, so memory is bounded
-by the batch size; :func:`iter_inference` yields results batch by batch for callers that write
-them incrementally.
+Everything runs in batches read from the (possibly memory-mapped) stack, each computed in parts
+of at most :data:`COMPUTE_PIXELS` pixels, so memory is bounded by the batch size and not by the
+box size; :func:`iter_inference` yields results batch by batch for callers that write them
+incrementally.
 
 Reported pose (see docs/conventions.md): in the displayed image (x right, y down) the particle
 is its pose-free reconstruction rotated by ``theta`` radians counter-clockwise on screen, with
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_spatial_vae.core.config import REFINE_Z_STEPS, TrainConfig
+from napari_spatial_vae.core.config import REFINE_Z_STEPS, ModelConfig, TrainConfig
 from napari_spatial_vae.core.coords import align_images, particle_centre, shift_to_pixels
 from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
@@ -26,6 +27,11 @@ from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.posterior_z import TemplateCache, likeliest_rotation, posterior_z
 from napari_spatial_vae.core.refine import refine_z
+
+# pixels encoded and rendered at once (a batch's images, split into parts of at most this
+# many pixels): 256 images of 64 px, whose inference peaks at ~1.2 GB with the default model
+# (benchmarks/infer_large.py); 256 images of 128 px at once peaked at 3.8 GB
+COMPUTE_PIXELS = 256 * 64 * 64
 
 
 @dataclass
@@ -115,7 +121,8 @@ def iter_inference(
     stack
         Array-like ``(N, H, W)`` or ``(N, H, W, C)``, same image size as training.
     batch_size
-        Images per batch; bounds memory.
+        Images read and yielded at once; bounds memory. Large images are computed a part of
+        the batch at a time (at most :data:`COMPUTE_PIXELS` pixels), with the same results.
     aligned
         Also return each input image rotated and shifted back by its inferred pose.
     reconstructions
@@ -185,66 +192,115 @@ def iter_inference(
             filters = None if used is None else CtfBatches(used, image_shape[1:], device)
         # the posterior's templates, rendered once for the whole pass (the model is fixed)
         templates = TemplateCache()
+        # images computed at once: the encoder's rotated copies and the generator's per-pixel
+        # activations grow with the pixels, so large boxes go in smaller parts
+        part_size = max(1, COMPUTE_PIXELS // (height * width))
         for start in range(0, len(stack), batch_size):
             indices = np.arange(start, min(start + batch_size, len(stack)))
             raw = torch.from_numpy(gather(stack, indices)).to(device)
-            model_input = preprocess(raw, scale, config.normalize)
-            batch_filters = None if filters is None else filters.filters(indices)
-            posterior = model.encode(model_input, batch_filters)
-            theta, shift, z = model.split_latent(posterior.mu)
-            theta_std, shift_std, z_std = model.split_latent(torch.exp(posterior.logstd))
-            if search_rotation:
-                assert theta is not None and model.training_z is not None
-                theta, shift = likeliest_rotation(
-                    model, model_input, theta, shift, model.training_z, batch_filters, templates
-                )
-            if refines:
-                assert z is not None and z_std is not None
-                z, z_std = read_z(
-                    model, model_input, theta, shift, z, z_std, batch_filters, refine_steps,
-                    templates,
+            parts = []
+            for first in range(0, len(indices), part_size):
+                rows = slice(first, first + part_size)
+                part_filters = None if filters is None else filters.filters(indices[rows])
+                part = _infer_part(
+                    model, config, raw[rows], scale, part_filters, aligned, reconstructions,
+                    with_ctf, refine_steps if refines else 0, search_rotation, templates,
                 )  # fmt: skip
-            poses = _poses(
-                theta, theta_std, shift, shift_std, z, z_std, len(indices), height, width
+                parts.append(part)
+            yield InferenceBatch(
+                start,
+                Poses.concatenate([part.poses for part in parts]),
+                np.concatenate([part.aligned for part in parts]) if aligned else None,
+                np.concatenate([part.reconstructions for part in parts])
+                if reconstructions
+                else None,
             )
-            out = InferenceBatch(start, poses)
-            if aligned:
-                zeros = raw.new_zeros(len(indices))
-                out.aligned = _to_stack_layout(
-                    align_images(
-                        raw,
-                        theta if theta is not None else zeros,
-                        shift if shift is not None else raw.new_zeros(len(indices), 2),
-                    )
-                )
-            if reconstructions and with_ctf:
-                assert batch_filters is not None
-                mean, _ = model.decode(z, theta, shift, batch_size=len(indices))
-                images = model.expected_image(model.apply_ctf(mean, batch_filters))
-            elif reconstructions:
-                mean, _ = model.decode(z, batch_size=len(indices))
-                images = model.expected_image(mean)
-            if reconstructions:
-                if config.normalize:
-                    flat = (raw * scale).flatten(1)
-                    images = (
-                        images * flat.std(1).clamp_min(1e-8)[:, None, None, None]
-                        + flat.mean(1)[:, None, None, None]
-                    )
-                out.reconstructions = _to_stack_layout(images)
-            yield out
     finally:
         model.train(was_training)
 
 
+def _infer_part(
+    model: SpatialVAE,
+    config: TrainConfig,
+    raw: torch.Tensor,
+    scale: float,
+    batch_filters: torch.Tensor | None,
+    aligned: bool,
+    reconstructions: bool,
+    with_ctf: bool,
+    refine_steps: int,
+    search_rotation: bool,
+    templates: TemplateCache,
+) -> InferenceBatch:
+    """One part of a batch, ``raw`` ``(b, C, H, W)`` as read: :func:`iter_inference`'s work.
+
+    ``batch_filters`` ``(b, H, W // 2 + 1)`` or None; ``refine_steps`` 0 keeps the encoder's z.
+    The result's ``start`` is 0 (the caller places the part).
+    """
+    model_input = preprocess(raw, scale, config.normalize)
+    posterior = model.encode(model_input, batch_filters)
+    theta, shift, z = model.split_latent(posterior.mu)
+    theta_std, shift_std, z_std = model.split_latent(torch.exp(posterior.logstd))
+    if search_rotation:
+        assert theta is not None and model.training_z is not None
+        theta, shift = likeliest_rotation(
+            model, model_input, theta, shift, model.training_z, batch_filters, templates
+        )
+    if refine_steps:
+        assert z is not None and z_std is not None
+        z, z_std = read_z(
+            model, model_input, theta, shift, z, z_std, batch_filters, refine_steps, templates
+        )
+    count, _, height, width = raw.shape
+    out = InferenceBatch(
+        0, _poses(theta, theta_std, shift, shift_std, z, z_std, count, height, width)
+    )
+    if aligned:
+        zeros = raw.new_zeros(count)
+        out.aligned = _to_stack_layout(
+            align_images(
+                raw,
+                theta if theta is not None else zeros,
+                shift if shift is not None else raw.new_zeros(count, 2),
+            )
+        )
+    if reconstructions and with_ctf:
+        assert batch_filters is not None
+        mean, _ = model.decode(z, theta, shift, batch_size=count)
+        images = model.expected_image(model.apply_ctf(mean, batch_filters))
+    elif reconstructions:
+        mean, _ = model.decode(z, batch_size=count)
+        images = model.expected_image(mean)
+    if reconstructions:
+        if config.normalize:
+            flat = (raw * scale).flatten(1)
+            images = (
+                images * flat.std(1).clamp_min(1e-8)[:, None, None, None]
+                + flat.mean(1)[:, None, None, None]
+            )
+        out.reconstructions = _to_stack_layout(images)
+    return out
+
+
 def check_rotation_search(model: SpatialVAE) -> None:
     """DataError in one line unless ``model`` can search rotations (:func:`likeliest_rotation`)."""
-    if model.config.z_dim != 1:
-        reason = f"this one has z-dim {model.config.z_dim}"
-    elif not model.config.infers_rotation:
+    check_rotation_search_settings(model.config)
+    if model.training_z is None:
+        raise DataError(
+            "the rotation search needs a model with one latent z that infers the rotation; "
+            "this one was trained before 2026-12-05 and keeps no summary of its z"
+        )
+
+
+def check_rotation_search_settings(config: ModelConfig) -> None:
+    """DataError in one line unless a model of ``config`` could search rotations.
+
+    For a training that is to search them in its results: refused before it starts.
+    """
+    if config.z_dim != 1:
+        reason = f"this one has z-dim {config.z_dim}"
+    elif not config.infers_rotation:
         reason = "this one infers none"
-    elif model.training_z is None:
-        reason = "this one was trained before 2026-12-05 and keeps no summary of its z"
     else:
         return
     raise DataError(
