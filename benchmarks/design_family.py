@@ -20,6 +20,9 @@ unless overridden) under a time budget, then score the held-out particles:
 * ``half_turn_better``: the share of held-out particles the half turn of their inferred pose
   fits better, the model's own signal of the same fault without the truth (training's last
   held-out evaluation; what ``spatial-vae train`` warns about);
+* ``z_outliers`` (one motion, z-dim 1): the share of particles whose z lies far (3 robust
+  standard deviations) from a cubic in the motion, |Pearson| without them, and the share of
+  them turned more than 45 degrees off or tilted beyond two thirds of the design's range;
 * ``recon_corr``: mean correlation, inside the circular mask, between each particle's
   reconstruction (pose removed) and its noise-free image aligned by the same inferred pose;
 * ``test_elbo`` (nats per image);
@@ -112,6 +115,36 @@ def _motion_scores(latents: np.ndarray, particles: DesignParticles) -> tuple[lis
     return best, linear
 
 
+def _z_outliers(
+    z: np.ndarray, particles: DesignParticles, theta: np.ndarray
+) -> dict[str, float] | None:
+    """Where z's Pearson is lost, for one motion read by one latent (else None).
+
+    Outliers: particles whose z lies more than 3 robust standard deviations (1.4826 x the
+    median absolute deviation) from a cubic in the motion fitted to all. Reported: their
+    share, |Pearson| without them, and the share of them whose rotation is more than 45
+    degrees off (``far_turned``) or whose out-of-plane tilt is beyond two thirds of the
+    design's range (``tilted``).
+    """
+    if z.shape[1] != 1 or particles.conformation.shape[1] != 1:
+        return None
+    latent, motion = z[:, 0].astype(np.float64), particles.conformation[:, 0]
+    residual = latent - np.polyval(np.polyfit(motion, latent, 3), motion)
+    spread = 1.4826 * np.median(np.abs(residual - np.median(residual)))
+    outlier = np.abs(residual) > 3.0 * spread
+    if not outlier.any():
+        return {"share": 0.0, "pearson_without": round(abs(metrics.pearson(latent, motion)), 3)}
+    error = np.abs(metrics.aligned_angle_errors(theta, particles.theta))[outlier]
+    tilt_range = np.abs(particles.tilt).max()
+    tilted = np.abs(particles.tilt[outlier]) > 2.0 / 3.0 * tilt_range if tilt_range > 0 else None
+    return {
+        "share": round(float(outlier.mean()), 3),
+        "pearson_without": round(abs(metrics.pearson(latent[~outlier], motion[~outlier])), 3),
+        "far_turned": round(float(np.mean(error > np.radians(45.0))), 2),
+        "tilted": None if tilted is None else round(float(tilted.mean()), 2),
+    }
+
+
 @torch.no_grad()
 def score(
     model,
@@ -178,6 +211,7 @@ def score(
         # particles aligned upside down (docs/defaults.md, "Known limitation: 180-degree flips")
         "half_turned": round(metrics.half_turn_fraction(theta.numpy(), particles.theta), 3),
         "recon_corr": round(float(per_image.mean()), 3),
+        "z_outliers": _z_outliers(latents, particles, theta.numpy()),
     }
 
 
