@@ -59,7 +59,7 @@ class SettingsForm:
             "particles (poses for all of them); bounds the memory the result layers take.",
         )  # fmt: skip
         self.search_rotation = widgets.CheckBox(
-            value=False, label="search rotation (noisy particles)",
+            value=False, label="search rotation in results (noisy particles)",
             tooltip="One latent z: in the results (after training and Apply to layer), search "
             "each particle's rotation on the whole circle against the generator instead of "
             "taking the encoder's (spatial-vae infer --search-rotation). Helps particles at "
