@@ -86,6 +86,11 @@ def main() -> None:
     parser.add_argument("--tilt", type=float, default=0.0, help="max out-of-plane tilt, degrees")
     parser.add_argument("--figure", type=Path, default=None, help="write the traversal PNG here")
     parser.add_argument(
+        "--run-dir", type=Path, default=None,
+        help="train into this folder and keep it (the checkpoint, to look at the model after); "
+        "default a temporary folder",
+    )  # fmt: skip
+    parser.add_argument(
         "--search-rotation", action="store_true",
         help="also score the same model with each rotation searched on the whole circle "
         "(spatial-vae infer --search-rotation; z-dim 1)",
@@ -116,8 +121,9 @@ def main() -> None:
         config.epochs = args.epochs
     config.max_minutes = args.minutes
 
-    with tempfile.TemporaryDirectory() as run_dir:
+    with tempfile.TemporaryDirectory() as scratch_run:
         started = time.perf_counter()
+        run_dir = args.run_dir if args.run_dir is not None else scratch_run
         result = train(config, train_images, run_dir, test_images=test_images)
         wall = time.perf_counter() - started
     poses = encode_stack(result.model, config, test_images)

@@ -185,28 +185,40 @@ def test_inference_searches_the_rotation_only_when_asked(trained, tiny_particles
 
 
 @pytest.mark.parametrize("level", [0.0, 1000.0])  # 1000: an unnormalised stack's background
-def test_the_fit_of_each_template_is_least_squares_with_the_scale_kept_positive(level):
+def test_the_fit_of_each_template_and_blend_is_least_squares_with_the_scale_kept_positive(level):
     generator = torch.Generator().manual_seed(5)
     observed = torch.randn(3, 50, generator=generator) + level
-    templates = torch.randn(3, 4, 50, generator=generator) + level
-    templates[:, 0] = 2.0 * observed + 1.0  # fits exactly once scaled and offset
-    templates[:, 1] = -observed  # fits only turned negative: scale 0, the mean alone
+    templates = torch.randn(3, 2, 4, 50, generator=generator) + level  # (b, P, G, M)
+    templates[:, 0, 0] = 2.0 * observed + 1.0  # fits exactly once scaled and offset
+    templates[:, 0, 1] = -observed  # fits only turned negative: scale 0, the mean alone
     chi2 = posterior_module._fitted_chi2(observed, templates)
+    steps = posterior_module.BLENDS_PER_STEP
+    assert chi2.shape == (3, 2, 3 * steps + 1)
     for b in range(3):
-        for t in range(4):
-            design = torch.stack([templates[b, t].double(), torch.ones(50).double()], 1)
-            solution = torch.linalg.lstsq(design, observed[b].double()[:, None]).solution
-            if solution[0] < 0:  # the best non-negative scale is then 0: the offset alone
-                solution = torch.tensor([[0.0], [observed[b].double().mean()]])
-            residual = observed[b].double() - (design @ solution)[:, 0]
-            assert float(chi2[b, t]) == pytest.approx(float(residual.pow(2).sum()), abs=1e-3)
-    assert (chi2[:, 0] < 1e-4).all()  # float32 sums: exact to ~1e-7 of the total (~50)
+        for p in range(2):
+            for f in range(chi2.shape[2]):
+                g, t = divmod(f, steps)
+                t = t / steps
+                # the fine grid's template: a grid value's, or the blend of two neighbours'
+                blend = templates[b, p, g].double() * (1 - t)
+                if t:
+                    blend = blend + templates[b, p, g + 1].double() * t
+                design = torch.stack([blend, torch.ones(50).double()], 1)
+                solution = torch.linalg.lstsq(design, observed[b].double()[:, None]).solution
+                if solution[0] < 0:  # the best non-negative scale is then 0: the offset alone
+                    solution = torch.tensor([[0.0], [observed[b].double().mean()]])
+                residual = observed[b].double() - (design @ solution)[:, 0]
+                expected = float(residual.pow(2).sum())
+                assert float(chi2[b, p, f]) == pytest.approx(expected, abs=1e-3), (b, p, f)
+    assert (chi2[:, 0, 0] < 1e-4).all()  # float32 sums: exact to ~1e-7 of the total (~50)
 
 
 def _explicit_posterior(model, images, theta, shift, training_z):
     """The posterior mean and std ``(B,)`` the slow way: every rotation of the window and every
     grid value rendered by the generator at that pose, each fitted to its particle."""
-    grid, log_prior = training_z.grid()[:, 0].double(), training_z.log_prior().double()
+    grid, log_prior = training_z.fine_grid(), training_z.fine_log_prior()
+    n_grid = len(training_z.log_density)
+    steps = posterior_module.BLENDS_PER_STEP
     targets = model.layout.targets(images).flatten(1).double()
     means, stds = [], []
     for b in range(len(images)):
@@ -217,9 +229,15 @@ def _explicit_posterior(model, images, theta, shift, training_z):
             turned = -centre @ rotation_matrices(angle[None])[0]  # the same centre
             with torch.no_grad():
                 rendered, _ = model.decode(
-                    training_z.grid(), angle.expand(len(grid)), turned.expand(len(grid), 2)
+                    training_z.grid(), angle.expand(n_grid), turned.expand(n_grid, 2)
                 )
-            t = rendered.flatten(1).double()
+            rendered = rendered.flatten(1).double()
+            # between grid values, the blends of the two neighbours' renderings
+            t = torch.arange(steps, dtype=torch.float64)[:, None] / steps
+            t = torch.cat(
+                [(rendered[:-1, None] * (1 - t) + rendered[1:, None] * t).flatten(0, 1),
+                 rendered[-1:]]
+            )  # fmt: skip
             t = t - t.mean(-1, keepdim=True)
             o = targets[b] - targets[b].mean()
             scale = ((t @ o) / t.pow(2).sum(-1)).clamp_min(0.0)
@@ -399,6 +417,28 @@ def test_a_run_saved_before_keeps_refining_z(trained, tiny_particles, monkeypatc
     images, theta, shift, z = encode(model, config, tiny_particles.images)
     read = encode_stack(model, config, tiny_particles.images)
     np.testing.assert_allclose(read.z, refine_z(model, images, theta, shift, z).numpy(), atol=1e-4)
+
+
+def test_a_posterior_narrower_than_the_grids_step_is_read_between_grid_values(trained):
+    model, _, _ = trained
+    coarse = TrainingZ(-4.0, 4.0, [0.0] * 33)  # a step of 0.25
+    truth = [-0.625, 0.125, 1.125]  # half-way between grid values
+    images = torch.cat([_rendering(model, z, 0.3, [0.0, 0.0]) for z in truth])
+    images = images + 0.01 * images.std() * torch.randn(images.shape)
+    theta, shift = torch.full((3,), 0.3), torch.zeros(3, 2)
+    mean, std = posterior_z(model, images, theta, shift, coarse)
+    # read at the nearest grid value, each would be 0.125 off
+    np.testing.assert_allclose(mean[:, 0].numpy(), truth, atol=0.06)
+    assert (std < 0.1).all()
+
+
+def test_a_particle_the_encoder_could_not_place_does_not_stretch_the_grid():
+    mean = torch.linspace(-1.0, 2.0, 100)[:, None]
+    std = torch.full_like(mean, 0.05)
+    std[10] = 5.0  # junk: a posterior wider than the prior
+    summary = summarise_training_z(mean, std)
+    # the extreme means and four typical stds past them
+    assert summary.low == pytest.approx(-1.2) and summary.high == pytest.approx(2.2)
 
 
 def test_the_prior_is_the_training_particles_z():

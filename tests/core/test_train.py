@@ -104,6 +104,9 @@ def test_stop_request_saves_a_usable_model_mid_epoch(tmp_path, tiny_particles, m
 
 
 def test_time_budget_stops_cleanly_and_saves(tmp_path, tiny_particles, make_config):
+    # the process's first Adam imports torch._dynamo (1.2-2 s on the 2-core VM): run alone,
+    # that would eat the whole budget before a step
+    train(make_config(epochs=1), tiny_particles.images, tmp_path / "warm-up")
     result = train(
         make_config(epochs=1000, max_minutes=0.02), tiny_particles.images, tmp_path / "run"
     )

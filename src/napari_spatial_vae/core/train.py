@@ -68,11 +68,7 @@ from napari_spatial_vae.core.performance import (
     resolve_precision,
     retained_freed_memory,
 )
-from napari_spatial_vae.core.posterior_z import (
-    TrainingZ,
-    training_z_density,
-    training_z_range,
-)
+from napari_spatial_vae.core.posterior_z import TrainingZ, summarise_training_z
 from napari_spatial_vae.core.runlock import hold_run_lock
 from napari_spatial_vae.core.schedule import ScheduleClock, learning_rate
 from napari_spatial_vae.core.step import StepNoise, draw_noise, loss_terms, summed_terms
@@ -700,17 +696,19 @@ def _training_z(
     """The training particles' z summarised, the same on every rank.
 
     Each rank encodes its own stride of the first training images (as it reads only its
-    shard in training); the ranks' grid ends and summed densities are then combined.
+    shard in training); the posteriors are then shared, so every rank summarises all of them
+    (the grid's reach is their median std, which parts of them cannot combine).
     """
     positions = torch.arange(min(LATENT_AXES_SAMPLE, len(feed)))
-    positions = positions[context.rank :: context.world_size]
-    mean, std = latent_posteriors(model, feed, filters, positions, config.batch_size)
-    low, high = training_z_range(mean, std)
-    low, high = max_over_ranks([-low, high], context)
-    # summed where the collectives run (NCCL reduces device tensors only)
+    mine = positions[context.rank :: context.world_size]
+    mean, std = latent_posteriors(model, feed, filters, mine, config.batch_size)
+    # each rank fills its own rows of a zero table, and the sum is every rank's rows
+    # (summed where the collectives run: NCCL reduces device tensors only)
     device = next(model.parameters()).device
-    density = all_reduce_sum(training_z_density(mean, std, -low, high).to(device), context)
-    return TrainingZ.from_density(-low, high, density.cpu())
+    table = torch.zeros(len(positions), 2, device=device)
+    table[mine.to(device)] = torch.cat([mean, std], dim=1).to(device)
+    table = all_reduce_sum(table, context).cpu()
+    return summarise_training_z(table[:, :1], table[:, 1:])
 
 
 def _run_ctf(
