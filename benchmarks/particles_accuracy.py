@@ -23,8 +23,10 @@ particles, the CTF-free reconstructions and the traversal.
     python benchmarks/particles_accuracy.py --ctf --minutes 10 ctf=off
 
 ``pearson_z`` scores z as ``spatial-vae infer`` reports it, ``pearson_z_encoder`` the
-encoder's mean; ``--search-rotation`` adds the same model's scores with each rotation searched
-on the whole circle (``searched``).
+encoder's mean; ``circ_fl_state`` is Fisher-Lee once the part of the angle error that
+follows z is taken out (``metrics.circular_correlation_fl_within_state``: the frame a
+flexible particle is measured in); ``--search-rotation`` adds the same model's scores with
+each rotation searched on the whole circle (``searched``).
 """
 
 from __future__ import annotations
@@ -152,6 +154,13 @@ def main() -> None:
         "pearson_z": round(max((abs(c) for c in correlations), default=0.0), 3),
         "pearson_z_encoder": round(max((abs(c) for c in encoder_correlations), default=0.0), 3),
         "circ_fl": round(abs(metrics.circular_correlation_fl(poses.theta, truth)), 3),
+        # without the angle's drift along z (docs/results.md "Which frame the angle is
+        # measured in")
+        "circ_fl_state": round(
+            abs(metrics.circular_correlation_fl_within_state(poses.theta, truth, poses.z)), 3
+        )
+        if poses.z.shape[1]
+        else None,
         "circ_js": round(abs(metrics.circular_correlation_js(poses.theta, truth)), 3),
         "angle_align": round(metrics.angle_alignment(poses.theta, truth), 3),
         # particles aligned upside down (docs/defaults.md, "Known limitation: 180-degree flips")

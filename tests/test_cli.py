@@ -13,10 +13,12 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from napari_spatial_vae.cli import main
 from napari_spatial_vae.cli.train import _Progress
 from napari_spatial_vae.core.checkpoint import load_model
+from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.metrics import EpochMetrics
 from napari_spatial_vae.core.train import TrainUpdate
@@ -334,3 +336,50 @@ def test_train_warns_when_held_out_particles_fit_better_turned(capsys, mode):
     else:
         assert len(lines) == 1
         assert lines[0].startswith("warning: 20.0 % of the held-out particles fit better")
+
+
+def test_infer_traverse_and_movie_hold_a_masked_part_still(npy_stack, tmp_path, capsys):
+    # one latent: the frame's grid is 1-D (quick to fit)
+    run = tmp_path / "one"
+    code, err = run_cli(
+        capsys, "train", npy_stack, "-o", run, "--epochs", "2", "--z-dim", "1", *TINY
+    )
+    assert code == 0, err
+    mask_path = tmp_path / "mask.mrc"
+    rows, columns = np.mgrid[:20, :20]
+    mask = ((rows - 8) ** 2 + (columns - 7) ** 2 < 25).astype(np.float32)
+    with mrcfile.new(mask_path) as handle:
+        handle.set_data(mask)
+    plain, held = tmp_path / "plain.csv", tmp_path / "held.csv"
+    code, err = run_cli(capsys, "infer", run, npy_stack, "-o", plain, "-q")
+    assert code == 0, err
+    code, err = run_cli(
+        capsys, "infer", run, npy_stack, "-o", held, "--hold-still", mask_path, "-q"
+    )
+    assert code == 0, err
+    assert "holding" in err and "masked pixels still" in err
+    # the same particles and z, each angle turned by the frame at its z
+    model, _, _ = load_model(run)
+    frame = fit_pose_frame(model, mask)
+    before, after = pd.read_csv(plain), pd.read_csv(held)
+    np.testing.assert_allclose(after[["z1"]], before[["z1"]], atol=1e-6)
+    turn, _ = frame.offsets(torch.tensor(before[["z1"]].to_numpy(), dtype=torch.float32))
+    expected = np.angle(np.exp(1j * (before["theta"] - turn.numpy())))
+    np.testing.assert_allclose(np.angle(np.exp(1j * (after["theta"] - expected))), 0, atol=1e-4)
+    code, err = run_cli(
+        capsys, "traverse", run, "-o", tmp_path / "t.mrcs", "--hold-still", mask_path
+    )
+    assert code == 0 and "masked pixels still" in err, err
+    code, err = run_cli(capsys, "movie", run, "-o", tmp_path / "m.gif", "--steps", "3",
+                        "--hold-still", mask_path)  # fmt: skip
+    assert code == 0 and (tmp_path / "m.gif").is_file(), err
+    # one-line refusals, nothing written
+    code, err = run_cli(capsys, "movie", npy_stack, "-o", tmp_path / "n.gif",
+                        "--hold-still", mask_path)  # fmt: skip
+    assert code == 2 and "applies to a RUN_DIR" in err and not (tmp_path / "n.gif").exists()
+    small = tmp_path / "small.npy"
+    np.save(small, np.ones((12, 12), np.float32))
+    code, err = run_cli(capsys, "infer", run, npy_stack, "-o", tmp_path / "x.csv",
+                        "--hold-still", small, "-q")  # fmt: skip
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "must be one 20 x 20 image" in err and not (tmp_path / "x.csv").exists()

@@ -31,6 +31,8 @@ ORIENTATIONS = "orientations"
 TRAVERSAL = "latent traversal"
 LATENT_MAP = "latent map"
 PREVIEW = "preview (training)"
+REFERENCE = "reference template (z = 0)"
+HOLD_STILL = "hold still"
 
 #: Key under which every layer made here stores facts about its source in ``metadata``.
 META_KEY = "spatial_vae"
@@ -45,6 +47,8 @@ GAP_FRACTION = 0.15
 COLUMN_INPUT, COLUMN_ALIGNED, COLUMN_RECONSTRUCTIONS, COLUMN_LATENT_MAP = 0, 1, 2, 3
 #: The traversal montage starts this many panels down: below the latent map (two panels tall).
 TRAVERSAL_ROW = 2
+#: The reference template and its hold-still mask: one panel left of the input.
+COLUMN_REFERENCE = -1
 
 
 def panel_translate(
@@ -97,6 +101,9 @@ class InferenceResults:
     source_path
         File the input stack was read from, when there is one (the STAR writer reopens it
         to carry the particles' RELION metadata over).
+    frame_note
+        How the poses' frame holds a masked part still (:meth:`core.frame.PoseFrame.describe`),
+        or empty in the model's own frame.
     """
 
     columns: Mapping[str, np.ndarray]
@@ -107,6 +114,7 @@ class InferenceResults:
     traversal: np.ndarray | None = None
     source: str = ""
     source_path: str | None = None
+    frame_note: str = ""
 
     @property
     def n_particles(self) -> int:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets
 from magicgui.types import FileDialogMode
-from napari.layers import Image, Layer, Points
+from napari.layers import Image, Labels, Layer, Points
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
@@ -38,14 +38,18 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_spatial_vae._layers import (
+    COLUMN_REFERENCE,
+    HOLD_STILL,
     LATENT_MAP,
     META_KEY,
     POSES,
     PREVIEW,
+    REFERENCE,
     TRAVERSAL_ROW,
     InferenceResults,
     LayerData,
     panel_translate,
+    pixel_scale,
     preview_layer,
     result_layers,
 )
@@ -62,7 +66,12 @@ from napari_spatial_vae._worker import (
 )
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import TrainConfig
-from napari_spatial_vae.core.infer import check_rotation_search, check_rotation_search_settings
+from napari_spatial_vae.core.frame import mask_weights
+from napari_spatial_vae.core.infer import (
+    check_rotation_search,
+    check_rotation_search_settings,
+    reference_template,
+)
 from napari_spatial_vae.core.metrics import (
     EpochMetrics,
     collapse_warning,
@@ -176,6 +185,20 @@ class SpatialVAEWidget(QWidget):
         )
         self.apply_button = QPushButton("Apply to layer")
         self.apply_button.clicked.connect(self._on_apply_clicked)
+        self.hold_still = widgets.ComboBox(
+            label="hold still",
+            choices=self._mask_layers,
+            nullable=True,
+            value=None,
+            tooltip="Labels painted on the reference template (Draw mask…): the results "
+            "hold that part of the particle still along z. Empty: the model's own frame.",
+        )
+        self.mask_button = QPushButton("Draw mask…")
+        self.mask_button.setToolTip(
+            "Show the reference template (z = 0) and a Labels layer over it: paint the part "
+            "that should hold still (e.g. the rigid body), then Apply to layer."
+        )
+        self.mask_button.clicked.connect(self.draw_mask)
         model_box = QGroupBox("Model")
         model_layout = QVBoxLayout(model_box)
         model_layout.addWidget(self.model_label)
@@ -187,6 +210,10 @@ class SpatialVAEWidget(QWidget):
         apply_row.addWidget(widgets.Container(widgets=[self.apply_layer], labels=True).native)
         apply_row.addWidget(self.apply_button)
         model_layout.addLayout(apply_row)
+        mask_row = QHBoxLayout()
+        mask_row.addWidget(widgets.Container(widgets=[self.hold_still], labels=True).native)
+        mask_row.addWidget(self.mask_button)
+        model_layout.addLayout(mask_row)
 
         content = QWidget()
         layout = QVBoxLayout(content)
@@ -219,6 +246,10 @@ class SpatialVAEWidget(QWidget):
             and not layer.metadata.get(META_KEY, {}).get("preview")
         ]
 
+    def _mask_layers(self, _widget: Any = None) -> list[Labels]:
+        """Labels layers of one image a hold-still mask can come from."""
+        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
+
     def _connect_viewer(self) -> None:
         events = self.viewer.layers.events
         events.inserted.connect(self._reset_choices)
@@ -249,6 +280,7 @@ class SpatialVAEWidget(QWidget):
     def _reset_choices(self, _event: Any = None) -> None:
         self.input_layer.reset_choices()
         self.apply_layer.reset_choices()
+        self.hold_still.reset_choices()
 
     def _on_input_changed(self, layer: Image | None) -> None:
         if layer is not None:
@@ -598,6 +630,7 @@ class SpatialVAEWidget(QWidget):
         try:
             if search_rotation:
                 check_rotation_search(self.model)
+            mask = self._hold_still_mask()
             images, pixel_size, source_path = self._input_stack(layer)
         except Exception as err:
             show_error(f"spatial-VAE: {err}")
@@ -612,6 +645,7 @@ class SpatialVAEWidget(QWidget):
             source=layer.name,
             source_path=source_path,
             search_rotation=search_rotation,
+            hold_still=mask,
         )
         self._apply_job = job
         self.progress.setValue(0)
@@ -627,6 +661,52 @@ class SpatialVAEWidget(QWidget):
         worker.start()
         return True
 
+    def _hold_still_mask(self) -> np.ndarray | None:
+        """The chosen Labels layer as an ``(H, W)`` mask (None: none chosen).
+
+        Raises
+        ------
+        DataError
+            When it is not one image of the model's box, or covers too little of it.
+        """
+        layer = self.hold_still.value
+        if layer is None or self.model is None:
+            return None
+        mask = np.asarray(layer.data) != 0
+        mask_weights(self.model, mask)  # refuse here, in one line, before any job starts
+        return mask
+
+    def draw_mask(self) -> Labels | None:
+        """Add the reference template and an empty Labels layer over it, ready to paint."""
+        if self.model is None:
+            show_error("spatial-VAE: train or load a model first")
+            return None
+        if self.model.config.z_dim == 0:
+            show_error("spatial-VAE: a model without z has nothing to hold still along z")
+            return None
+        template = reference_template(self.model)
+        pixel_size = self.last_results.pixel_size if self.last_results is not None else None
+        placed = {
+            "translate": panel_translate(template.shape[:2], pixel_size, 2, COLUMN_REFERENCE),
+            "scale": pixel_scale(pixel_size, 2),
+        }
+        self._put_layer((template, {"name": REFERENCE, **placed}, "image"))
+        labels = next((layer for layer in self.viewer.layers if layer.name == HOLD_STILL), None)
+        if not isinstance(labels, Labels) or labels.data.shape != template.shape[:2]:
+            if labels is not None:
+                self.viewer.layers.remove(labels)
+            labels = self.viewer.add_labels(
+                np.zeros(template.shape[:2], dtype=np.uint8), name=HOLD_STILL
+            )
+        labels.translate, labels.scale = placed["translate"], placed["scale"]
+        labels.brush_size = max(1, template.shape[0] // 6)
+        labels.mode = "paint"
+        self.viewer.layers.selection.active = labels
+        self.viewer.reset_view()  # the template sits left of the particles: show it
+        self.hold_still.reset_choices()
+        self.hold_still.value = labels
+        return labels
+
     def _on_apply_progress(self, progress: tuple[int, int]) -> None:
         done, total = progress
         self.progress.setValue(round(1000 * done / max(total, 1)))
@@ -636,6 +716,8 @@ class SpatialVAEWidget(QWidget):
         self.progress.setFormat(
             f"applied to {results.source} in {format_seconds(time.monotonic() - started)}"
         )
+        if results.frame_note:
+            self.status.setText(results.frame_note)
         self.show_results(results)
 
     # ------------------------------------------------------------------ shutdown

@@ -29,6 +29,7 @@ import torch
 
 from napari_spatial_vae._layers import InferenceResults
 from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import Poses, iter_inference, latent_traversal
 from napari_spatial_vae.core.train import TrainResult, TrainUpdate, train
 
@@ -259,12 +260,15 @@ def infer_results(
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     search_rotation: bool = False,
+    hold_still: np.ndarray | None = None,
 ) -> InferenceResults:
     """Poses of every particle, aligned images and reconstructions of the first
     ``result_limit``, and the latent traversal, as plain arrays.
 
     ``search_rotation`` searches each particle's rotation on the whole circle
-    (:func:`~napari_spatial_vae.core.infer.iter_inference`; one latent z).
+    (:func:`~napari_spatial_vae.core.infer.iter_inference`; one latent z). ``hold_still``
+    ``(H, W)``: a mask on the reference template whose part the results hold still
+    (:func:`~napari_spatial_vae.core.frame.fit_pose_frame`).
 
     Raises
     ------
@@ -279,9 +283,10 @@ def infer_results(
     aligned = np.empty((m, *image_tail), dtype=np.float32)
     recon = np.empty((m, *image_tail), dtype=np.float32)
     parts: list[Poses] = []
+    frame = fit_pose_frame(model, hold_still) if hold_still is not None else None
     for batch in iter_inference(
         model, config, images, batch_size, aligned=m > 0, reconstructions=m > 0,
-        search_rotation=search_rotation,
+        search_rotation=search_rotation, frame=frame,
     ):  # fmt: skip
         parts.append(batch.poses)
         stop = min(batch.start + len(batch.poses.theta), m)
@@ -297,7 +302,7 @@ def infer_results(
             raise InterruptedError("inference stopped")
     traversal = None
     if model.config.z_dim > 0:
-        traversal = latent_traversal(model, traversal_steps)
+        traversal = latent_traversal(model, traversal_steps, frame=frame)
     columns = Poses.concatenate(parts).columns()
     return InferenceResults(
         columns=columns,
@@ -308,6 +313,7 @@ def infer_results(
         traversal=traversal,
         source=source,
         source_path=source_path,
+        frame_note=frame.describe() if frame is not None else "",
     )
 
 
@@ -325,6 +331,8 @@ class ApplyJob:
     source_path: str | None = None
     # each particle's rotation searched on the whole circle (spatial-vae infer --search-rotation)
     search_rotation: bool = False
+    # (H, W) mask of the part of the reference template the results hold still, or None
+    hold_still: np.ndarray | None = None
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
@@ -349,6 +357,7 @@ def run_inference(job: ApplyJob) -> Generator[tuple[int, int], None, InferenceRe
                 should_stop=job.stop.is_set,
                 on_progress=lambda done, total: emit((done, total)),
                 search_rotation=job.search_rotation,
+                hold_still=job.hold_still,
             )
         finally:
             with contextlib.suppress(Exception):

@@ -129,7 +129,7 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     assert row["design"] == "two-motions" and len(row["pearson_each"]) == 2
     # the multiple correlation of both latents is at least the best single latent's
     assert all(r >= p - 1e-9 for r, p in zip(row["linear_each"], row["pearson_each"], strict=True))
-    assert {"circ_fl", "recon_corr", "test_elbo", "applied"} <= set(row)
+    assert {"circ_fl", "circ_fl_state", "recon_corr", "test_elbo", "applied"} <= set(row)
     assert lines[-1].startswith("| two-motions | 0 |")
     # --save-latents: the held-out posterior means next to the ground truth (folder made)
     saved = np.load(tmp_path / "latents" / "two-motions_s0.npz")
@@ -152,6 +152,16 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     assert signal["signal_reported"] == pytest.approx(row["half_turn_better"])
     assert 0.0 <= signal["flipped"] <= 0.5  # of the encoder's own poses (the check off)
     assert 0.0 <= signal["signal_all"] <= 1.0
+    # the rotation with a disk of the reference template held still (a 2-D frame)
+    reference, figure = tmp_path / "reference.png", tmp_path / "held.png"
+    held = json.loads(run("hold_still.py", kept, *args, "--disk", "20,20,8",
+                          "--reference-png", str(reference), "--figure", str(figure),
+                          ).splitlines()[-1])  # fmt: skip
+    # the same poses design_family scored (up to rounding)
+    assert held["circ_fl"] == pytest.approx(row["circ_fl"], abs=0.002)
+    assert held["circ_fl_state"] == pytest.approx(row["circ_fl_state"], abs=0.002)
+    assert 0.0 <= held["circ_fl_held"] <= 1.0 and "masked pixels still" in held["frame"]
+    assert reference.read_bytes()[:4] == figure.read_bytes()[:4] == b"\x89PNG"
     # the kept run's z1 traversal as a figure
     figure = tmp_path / "traversal.png"
     run("traversal_figure.py", str(tmp_path / "runs" / "two-motions_s0"), "-o", str(figure))

@@ -89,3 +89,37 @@ def test_multiple_correlation_sees_motions_mixed_over_two_axes():
     assert metrics.multiple_correlation(x[:, None], 2 - x) == pytest.approx(1.0)
     assert metrics.multiple_correlation(RNG.normal(size=(100, 2)), x) < 0.35
     assert metrics.multiple_correlation(np.zeros((100, 1)), x) == 0.0
+
+
+def _drifting_angles(z, drift, noise=0.03, seed=1):
+    """True angles, and estimates off by ``drift`` (a function of z) plus a little noise."""
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(-np.pi, np.pi, len(z))
+    return true, true + drift + rng.normal(0.0, noise, len(z))
+
+
+def test_frame_drift_along_z_is_removed_but_particle_errors_are_kept():
+    z = np.random.default_rng(0).normal(size=(1000, 1))
+    true, estimated = _drifting_angles(z, 0.5 * np.tanh(z[:, 0]))
+    assert metrics.circular_correlation_fl(estimated, true) < 0.95
+    assert metrics.circular_correlation_fl_within_state(estimated, true, z) > 0.995
+    # mirrored angles: the drift enters the estimate with the same sign
+    assert metrics.circular_correlation_fl_within_state(-estimated, -true + 1.0, z) > 0.995
+    # errors that do not follow z are left as they are
+    rng = np.random.default_rng(2)
+    noisy = true + rng.normal(0.0, 0.3, len(z))
+    plain = metrics.circular_correlation_fl(noisy, true)
+    assert metrics.circular_correlation_fl_within_state(noisy, true, z) == pytest.approx(
+        plain, abs=0.01
+    )
+
+
+def test_frame_drift_in_two_latents_and_with_half_turned_particles():
+    z = np.random.default_rng(3).normal(size=(2000, 2))
+    true, estimated = _drifting_angles(z, 0.3 * z[:, 0] - 0.15 * z[:, 0] * z[:, 1], seed=4)
+    assert metrics.circular_correlation_fl_within_state(estimated, true, z) > 0.995
+    # a few particles a half turn off are wrong poses, not a frame: the fit leaves them out
+    turned = estimated.copy()
+    turned[::20] += np.pi
+    drift = metrics.frame_drift(turned, true, z)
+    assert np.abs(drift - metrics.frame_drift(estimated, true, z)).max() < 0.02

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from qtpy.QtCore import QTimer
 
 from napari_spatial_vae import _layers as L
@@ -14,6 +15,7 @@ from napari_spatial_vae import _widget
 from napari_spatial_vae._loss_plot import LossPlot
 from napari_spatial_vae._widget import SpatialVAEWidget
 from napari_spatial_vae.core.checkpoint import load_model, read_history, write_history
+from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.metrics import collapse_warning, half_turn_warning
 
@@ -341,3 +343,46 @@ def test_the_loss_plot_leaves_binned_epochs_train_elbo_out(qtbot, tmp_path):
     assert list(plot.train_curve.getData()[0]) == [2]
     plot.set_history([{"epoch": 1, "split": "train", "elbo": -250.0}])
     assert list(plot.train_curve.getData()[0]) == [1]
+
+
+def test_a_painted_mask_holds_its_part_still_in_the_results(
+    make_napari_viewer, qtbot, tmp_path, small_particles, errors
+):
+    trainer = dock(make_napari_viewer(), small_particles, tmp_path, z_dim=1)
+    trainer.start_training()
+    wait_idle(qtbot, trainer)
+    # applied in a fresh viewer, as a user opens a saved run
+    viewer = make_napari_viewer()
+    viewer.add_image(small_particles, name="particles")
+    widget = SpatialVAEWidget(viewer)
+    assert widget.load_model(tmp_path / "run")
+    assert widget.apply_to_layer(viewer.layers["particles"])
+    wait_idle(qtbot, widget)
+    plain = viewer.layers[L.POSES].features
+    labels = widget.draw_mask()
+    assert labels is not None and labels.mode == "paint"
+    assert viewer.layers[L.REFERENCE].data.shape == labels.data.shape == (20, 20)
+    assert widget.hold_still.value.name == L.HOLD_STILL
+    # nothing painted yet: refused in one line, no job
+    assert not widget.apply_to_layer(viewer.layers["particles"])
+    assert "covers 0 of the model's pixels" in errors[-1] and len(errors[-1].splitlines()) == 1
+    painted = np.zeros((20, 20), np.uint8)
+    painted[5:13, 4:11] = 1
+    labels.data = painted
+    del labels
+    assert widget.apply_to_layer(viewer.layers["particles"])
+    wait_idle(qtbot, widget)
+    assert "masked pixels still" in widget.status.text()
+    # every particle turned by the frame at its z, z itself unchanged
+    frame = fit_pose_frame(widget.model, painted != 0)
+    held = viewer.layers[L.POSES].features
+    np.testing.assert_allclose(held["z1"], plain["z1"], atol=1e-5)
+    turn, _ = frame.offsets(torch.tensor(plain[["z1"]].to_numpy(), dtype=torch.float32))
+    expected = plain["theta"].to_numpy() - turn.numpy()
+    np.testing.assert_allclose(np.angle(np.exp(1j * (held["theta"] - expected))), 0, atol=1e-4)
+    # back to the model's own frame
+    widget.hold_still.value = None
+    assert widget.apply_to_layer(viewer.layers["particles"])
+    wait_idle(qtbot, widget)
+    np.testing.assert_allclose(viewer.layers[L.POSES].features["theta"], plain["theta"], atol=1e-5)
+    assert len(errors) == 1

@@ -45,3 +45,29 @@ def check_suffix(path: str, allowed: Sequence[str], what: str) -> Path:
         raise UsageError(f"{what} {path!r} is a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
+
+
+HOLD_STILL_HELP = (
+    "an image of the model's box size (MRC, TIFF, PNG, .npy): its nonzero pixels mark the "
+    "part of the particle that should hold still, drawn on the middle image of an "
+    "odd-numbered 'spatial-vae traverse' (z = 0); poses, aligned particles, reconstructions "
+    "and traversals are then measured in that part's frame"
+)
+
+
+def hold_still_frame(path: str | None, model: Any) -> Any:
+    """The frame that holds the mask at ``path`` still (None without a path), said in a line."""
+    if path is None:
+        return None
+    import numpy as np
+
+    from napari_spatial_vae.core.frame import fit_pose_frame
+
+    stack = open_stack(path, None)
+    images = np.asarray(stack.read_batch(np.arange(len(stack))))
+    # a mask saved as several frames (a painted traversal) or in colour counts anywhere
+    channels = images.ndim == 4
+    mask = (images != 0).any(axis=(0, 3) if channels else 0)
+    frame = fit_pose_frame(model, mask)
+    say(frame.describe())
+    return frame

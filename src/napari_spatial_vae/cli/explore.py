@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from napari_spatial_vae.cli._common import UsageError, check_suffix, open_stack, say
+from napari_spatial_vae.cli._common import (
+    HOLD_STILL_HELP,
+    UsageError,
+    check_suffix,
+    hold_still_frame,
+    open_stack,
+    say,
+)
 
 _POSE_COLUMNS = ("theta", "dx", "dy")
 
@@ -180,12 +187,15 @@ def cmd_movie(args: argparse.Namespace) -> int:
     if not args.fps > 0:
         raise UsageError(f"--fps must be positive, got {args.fps}")
     source = Path(args.source)
+    if args.hold_still is not None and not source.is_dir():
+        raise UsageError("--hold-still applies to a RUN_DIR's traversal, not to a stack")
     if source.is_dir():
         from napari_spatial_vae.core.checkpoint import load_model
         from napari_spatial_vae.core.infer import latent_traversal
 
         model, _, _ = load_model(source, "cpu")
-        images = latent_traversal(model, args.steps)
+        frame = hold_still_frame(args.hold_still, model)
+        images = latent_traversal(model, args.steps, frame=frame)
         if images.ndim == 5:  # colour: a greyscale movie of the channel mean
             images = images.mean(-1)
         what = f"traversal of {images.shape[0]} latent dimension(s) x {args.steps} steps"
@@ -289,4 +299,5 @@ def register(sub: Any) -> None:
     movie.add_argument("-o", "--output", required=True, metavar="TRAVERSAL.gif|.mp4")
     movie.add_argument("--steps", type=int, default=9, help="traversal steps (default 9)")
     movie.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
+    movie.add_argument("--hold-still", metavar="MASK", help=HOLD_STILL_HELP)
     movie.set_defaults(run=cmd_movie)

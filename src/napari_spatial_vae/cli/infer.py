@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_spatial_vae.cli._common import UsageError, check_suffix, open_stack, say
+from napari_spatial_vae.cli._common import (
+    HOLD_STILL_HELP,
+    UsageError,
+    check_suffix,
+    hold_still_frame,
+    open_stack,
+    say,
+)
 from napari_spatial_vae.core.config import REFINE_Z_STEPS
 
 
@@ -38,6 +45,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.search_rotation:
         check_rotation_search(model)  # before any output is started
     stack = open_stack(args.particles, args.datadir)
+    frame = hold_still_frame(args.hold_still, model)
     height, width = stack.shape[1], stack.shape[2]
     from tqdm import tqdm
 
@@ -76,6 +84,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             with_ctf=args.with_ctf,
             refine_steps=REFINE_Z_STEPS if args.refine_steps is None else args.refine_steps,
             search_rotation=args.search_rotation,
+            frame=frame,
         ):
             parts.append(batch.poses)
             if aligned_writer is not None and batch.aligned is not None:
@@ -103,7 +112,12 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise UsageError(f"--steps must be at least 2, got {args.steps}")
     model, _, _ = load_model(Path(args.run_dir), "cpu")
-    images = latent_grid(model, args.steps) if args.grid else latent_traversal(model, args.steps)
+    frame = hold_still_frame(args.hold_still, model)
+    images = (
+        latent_grid(model, args.steps, frame=frame)
+        if args.grid
+        else latent_traversal(model, args.steps, frame=frame)
+    )
     flat = images.reshape(-1, *images.shape[2:])
     write_mrcs(out, flat, None)
     layout = (
@@ -158,6 +172,7 @@ def register(sub: Any) -> None:
         "each particle instead of taking the encoder's (noisy particles, about SNR 0.1; about "
         "five times slower)",
     )
+    infer_p.add_argument("--hold-still", metavar="MASK", help=HOLD_STILL_HELP)
     infer_p.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (default auto)")
     infer_p.add_argument("-q", "--quiet", action="store_true")
     infer_p.set_defaults(run=cmd_infer)
@@ -175,4 +190,5 @@ def register(sub: Any) -> None:
         action="store_true",
         help="a steps x steps grid over z1 and z2 instead (the paper's Fig. 3)",
     )
+    trav_p.add_argument("--hold-still", metavar="MASK", help=HOLD_STILL_HELP)
     trav_p.set_defaults(run=cmd_traverse)

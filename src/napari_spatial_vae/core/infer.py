@@ -24,6 +24,7 @@ from napari_spatial_vae.core.coords import align_images, particle_centre, shift_
 from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
+from napari_spatial_vae.core.frame import PoseFrame, to_frame
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.posterior_z import TemplateCache, likeliest_rotation, posterior_z
 from napari_spatial_vae.core.refine import refine_z
@@ -109,6 +110,7 @@ def iter_inference(
     with_ctf: bool = False,
     refine_steps: int = REFINE_Z_STEPS,
     search_rotation: bool = False,
+    frame: PoseFrame | None = None,
 ) -> Iterator[InferenceBatch]:
     """Encode a stack batch by batch.
 
@@ -148,6 +150,10 @@ def iter_inference(
         ``refine_steps`` 0 it stays the encoder's, read at the encoder's angle). Needs a model
         with one latent z that infers the rotation, trained since 2026-12-05; about five
         times slower.
+    frame
+        Report poses, aligned particles and reconstructions in the frame that holds a masked
+        region of the particle still (:func:`~napari_spatial_vae.core.frame.fit_pose_frame`);
+        None: the model's own frame.
 
     Yields
     ------
@@ -205,6 +211,7 @@ def iter_inference(
                 part = _infer_part(
                     model, config, raw[rows], scale, part_filters, aligned, reconstructions,
                     with_ctf, refine_steps if refines else 0, search_rotation, templates,
+                    frame,
                 )  # fmt: skip
                 parts.append(part)
             yield InferenceBatch(
@@ -231,6 +238,7 @@ def _infer_part(
     refine_steps: int,
     search_rotation: bool,
     templates: TemplateCache,
+    frame: PoseFrame | None = None,
 ) -> InferenceBatch:
     """One part of a batch, ``raw`` ``(b, C, H, W)`` as read: :func:`iter_inference`'s work.
 
@@ -252,6 +260,13 @@ def _infer_part(
             model, model_input, theta, shift, z, z_std, batch_filters, refine_steps, templates
         )
     count, _, height, width = raw.shape
+    # the pose as the model measures it renders the particle (with its CTF) either way
+    model_theta, model_shift = theta, shift
+    turn = offset = None
+    if frame is not None:
+        assert theta is not None and z is not None  # fit_pose_frame refuses other models
+        turn, offset = frame.offsets(z)
+        theta, shift = to_frame(theta, shift, turn, offset)
     out = InferenceBatch(
         0, _poses(theta, theta_std, shift, shift_std, z, z_std, count, height, width)
     )
@@ -266,10 +281,11 @@ def _infer_part(
         )
     if reconstructions and with_ctf:
         assert batch_filters is not None
-        mean, _ = model.decode(z, theta, shift, batch_size=count)
+        mean, _ = model.decode(z, model_theta, model_shift, batch_size=count)
         images = model.expected_image(model.apply_ctf(mean, batch_filters))
     elif reconstructions:
-        mean, _ = model.decode(z, batch_size=count)
+        # in the frame, the template T_z(x R(phi) + t) (no rotation or shift otherwise)
+        mean, _ = model.decode(z, turn, offset if shift is not None else None, batch_size=count)
         images = model.expected_image(mean)
     if reconstructions:
         if config.normalize:
@@ -404,11 +420,12 @@ def encode_stack(
     batch_size: int = 256,
     refine_steps: int = REFINE_Z_STEPS,
     search_rotation: bool = False,
+    frame: PoseFrame | None = None,
 ) -> Poses:
     """Poses and latents of every image, in input order (see :func:`iter_inference`)."""
     batches = iter_inference(
         model, config, stack, batch_size, refine_steps=refine_steps,
-        search_rotation=search_rotation,
+        search_rotation=search_rotation, frame=frame,
     )  # fmt: skip
     return Poses.concatenate([b.poses for b in batches])
 
@@ -420,9 +437,35 @@ def traversal_values(steps: int) -> np.ndarray:
     return torch.special.ndtri(torch.linspace(0.05, 0.95, steps, dtype=torch.float64)).numpy()
 
 
+def _render_templates(model: SpatialVAE, z: torch.Tensor, frame: PoseFrame | None) -> np.ndarray:
+    """``(B, H, W[, C])`` templates of ``(B, Z)`` z: theta = 0, dx = 0, or in ``frame``."""
+    turn = offset = None
+    if frame is not None:
+        turn, offset = frame.offsets(z)
+        offset = offset if model.config.infers_translation else None
+    mean, _ = model.decode(z, turn, offset)
+    return _to_stack_layout(model.expected_image(mean))
+
+
 @torch.no_grad()
-def latent_traversal(model: SpatialVAE, steps: int = 9) -> np.ndarray:
+def reference_template(model: SpatialVAE) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)``: the template at z = 0, theta = 0, dx = 0.
+
+    The image a hold-still mask is drawn on (:func:`~napari_spatial_vae.core.frame.fit_pose_frame`
+    matches every z's template to it); the middle image of an odd-numbered traversal.
+    """
+    device = next(model.parameters()).device
+    return _render_templates(model, torch.zeros(1, model.config.z_dim, device=device), None)[0]
+
+
+@torch.no_grad()
+def latent_traversal(
+    model: SpatialVAE, steps: int = 9, frame: PoseFrame | None = None
+) -> np.ndarray:
     """Images along each latent axis (others at 0), theta = 0, dx = 0 (the paper's Fig. 4).
+
+    With ``frame`` (:func:`~napari_spatial_vae.core.frame.fit_pose_frame`) each image is the
+    template in that frame: the masked region stands still along the walk.
 
     Returns
     -------
@@ -438,14 +481,20 @@ def latent_traversal(model: SpatialVAE, steps: int = 9) -> np.ndarray:
     z = torch.zeros(z_dim, steps, z_dim, device=device)
     for k in range(z_dim):  # Z is tiny; this builds the (Z * steps, Z) query, not a data loop
         z[k, :, k] = values
-    mean, _ = model.decode(z.reshape(-1, z_dim))
-    images = _to_stack_layout(model.expected_image(mean))
+    images = _render_templates(model, z.reshape(-1, z_dim), frame)
     return images.reshape(z_dim, steps, *images.shape[1:])
 
 
 @torch.no_grad()
-def latent_grid(model: SpatialVAE, steps: int = 9, dims: tuple[int, int] = (0, 1)) -> np.ndarray:
+def latent_grid(
+    model: SpatialVAE,
+    steps: int = 9,
+    dims: tuple[int, int] = (0, 1),
+    frame: PoseFrame | None = None,
+) -> np.ndarray:
     """Images on a grid over two latent dimensions (the paper's Fig. 3 manifold).
+
+    ``frame``: as :func:`latent_traversal`.
 
     Returns
     -------
@@ -462,6 +511,5 @@ def latent_grid(model: SpatialVAE, steps: int = 9, dims: tuple[int, int] = (0, 1
     z = torch.zeros(steps * steps, z_dim, device=device)
     z[:, dims[0]] = cols.reshape(-1)
     z[:, dims[1]] = rows.reshape(-1)
-    mean, _ = model.decode(z)
-    images = _to_stack_layout(model.expected_image(mean))
+    images = _render_templates(model, z, frame)
     return images.reshape(steps, steps, *images.shape[1:])
