@@ -370,6 +370,18 @@ class ExploreWidget(QWidget):
             self._model_dir = run_dir
         return self._model
 
+    def _pose_frame(self) -> Any:
+        """The frame the poses hold a painted part still in, when they are this model's.
+
+        Set by the spatial-VAE dock's *hold still* (kept in the poses layer's metadata);
+        None for poses in the model's own frame or from another run folder.
+        """
+        info = self.poses.metadata.get(META_KEY, {}) if self.poses is not None else {}
+        frame, run_dir = info.get("frame"), info.get("run_dir")
+        if frame is None or run_dir is None or self._model_dir != Path(run_dir):
+            return None
+        return frame
+
     def average_selection(self) -> Any:
         """Average the selected particles (a worker; the layers appear when it returns)."""
         if len(self.selection) == 0:
@@ -402,6 +414,7 @@ class ExploreWidget(QWidget):
         names = z_columns(features)
         if model is not None and model.config.z_dim != len(names):
             model = None  # another model's latent space: no decoder images
+        frame = self._pose_frame()
         z = features[names].to_numpy(dtype=np.float32) if names else None
 
         def compute() -> tuple[list, np.ndarray | None]:
@@ -416,7 +429,8 @@ class ExploreWidget(QWidget):
             ]
             decoded = None
             if model is not None and z is not None:
-                decoded = render_latents(model, np.stack([z[rows].mean(0) for _, rows in groups]))
+                means = np.stack([z[rows].mean(0) for _, rows in groups])
+                decoded = render_latents(model, means, frame=frame)
             return results, decoded
 
         worker = create_worker(compute, _ignore_errors=True)
@@ -537,7 +551,7 @@ class ExploreWidget(QWidget):
                 model = self.model()
                 if model is None:
                     raise ValueError("choose the model's run folder for a traversal movie")
-                frames = movie_frames(latent_traversal(model, steps))
+                frames = movie_frames(latent_traversal(model, steps, frame=self._pose_frame()))
             write_movie(path, frames)
         except Exception as err:
             show_error(f"spatial-VAE: {err}")

@@ -101,9 +101,10 @@ class InferenceResults:
     source_path
         File the input stack was read from, when there is one (the STAR writer reopens it
         to carry the particles' RELION metadata over).
-    frame_note
-        How the poses' frame holds a masked part still (:meth:`core.frame.PoseFrame.describe`),
-        or empty in the model's own frame.
+    frame
+        The :class:`~napari_spatial_vae.core.frame.PoseFrame` the results hold a painted part
+        still in, or None (the model's own frame). Kept in the poses layer's metadata, so the
+        explore dock renders the decoder's images and the traversal in it too.
     """
 
     columns: Mapping[str, np.ndarray]
@@ -114,7 +115,7 @@ class InferenceResults:
     traversal: np.ndarray | None = None
     source: str = ""
     source_path: str | None = None
-    frame_note: str = ""
+    frame: Any = None
 
     @property
     def n_particles(self) -> int:
@@ -333,6 +334,7 @@ def poses_layer(
                 "path": results.source_path,
                 "image_shape": tuple(results.image_shape),
                 "pixel_size": results.pixel_size,
+                "frame": results.frame,
             }
         },
     }

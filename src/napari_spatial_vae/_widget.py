@@ -66,7 +66,8 @@ from napari_spatial_vae._worker import (
 )
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import TrainConfig
-from napari_spatial_vae.core.frame import mask_weights
+from napari_spatial_vae.core.errors import DataError
+from napari_spatial_vae.core.frame import check_frame_model, mask_weights
 from napari_spatial_vae.core.infer import (
     check_rotation_search,
     check_rotation_search_settings,
@@ -673,7 +674,9 @@ class SpatialVAEWidget(QWidget):
         if layer is None or self.model is None:
             return None
         mask = np.asarray(layer.data) != 0
-        mask_weights(self.model, mask)  # refuse here, in one line, before any job starts
+        # refuse here, in one line, before any job starts
+        check_frame_model(self.model)
+        mask_weights(self.model, mask)
         return mask
 
     def draw_mask(self) -> Labels | None:
@@ -681,8 +684,10 @@ class SpatialVAEWidget(QWidget):
         if self.model is None:
             show_error("spatial-VAE: train or load a model first")
             return None
-        if self.model.config.z_dim == 0:
-            show_error("spatial-VAE: a model without z has nothing to hold still along z")
+        try:
+            check_frame_model(self.model)
+        except DataError as err:
+            show_error(f"spatial-VAE: {err}")
             return None
         template = reference_template(self.model)
         pixel_size = self.last_results.pixel_size if self.last_results is not None else None
@@ -716,8 +721,8 @@ class SpatialVAEWidget(QWidget):
         self.progress.setFormat(
             f"applied to {results.source} in {format_seconds(time.monotonic() - started)}"
         )
-        if results.frame_note:
-            self.status.setText(results.frame_note)
+        if results.frame is not None:
+            self.status.setText(results.frame.describe())
         self.show_results(results)
 
     # ------------------------------------------------------------------ shutdown

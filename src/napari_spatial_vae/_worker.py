@@ -313,7 +313,7 @@ def infer_results(
         traversal=traversal,
         source=source,
         source_path=source_path,
-        frame_note=frame.describe() if frame is not None else "",
+        frame=frame,
     )
 
 

@@ -154,7 +154,7 @@ def test_masks_and_models_the_frame_refuses(make_config, z_dim, mask, message):
 
 def test_a_model_without_rotation_is_refused(make_config):
     model = SpatialVAE(make_config(rotate=False, encoder="mlp").model, (1, SIZE, SIZE))
-    with pytest.raises(DataError, match="infers the rotation"):
+    with pytest.raises(DataError, match="needs a model that infers the rotation"):
         fit_pose_frame(model, np.ones((SIZE, SIZE)))
 
 

@@ -12,9 +12,11 @@ from qtpy.QtCore import QTimer
 
 from napari_spatial_vae import _layers as L
 from napari_spatial_vae import _widget
+from napari_spatial_vae._explore_widget import ExploreWidget
 from napari_spatial_vae._loss_plot import LossPlot
 from napari_spatial_vae._widget import SpatialVAEWidget
 from napari_spatial_vae.core.checkpoint import load_model, read_history, write_history
+from napari_spatial_vae.core.explore import render_latents
 from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.metrics import collapse_warning, half_turn_warning
@@ -380,6 +382,17 @@ def test_a_painted_mask_holds_its_part_still_in_the_results(
     turn, _ = frame.offsets(torch.tensor(plain[["z1"]].to_numpy(), dtype=torch.float32))
     expected = plain["theta"].to_numpy() - turn.numpy()
     np.testing.assert_allclose(np.angle(np.exp(1j * (held["theta"] - expected))), 0, atol=1e-4)
+    # the explore dock renders the decoder and the traversal in the same frame
+    explore = ExploreWidget(viewer)
+    explore.poses_choice.value = viewer.layers[L.POSES]
+    assert explore.model() is not None and explore._pose_frame() is not None
+    means = plain[["z1"]].to_numpy()[:3]
+    decoded = render_latents(explore.model(), means, frame=explore._pose_frame())
+    turn, offset = frame.offsets(torch.tensor(means, dtype=torch.float32))
+    with torch.no_grad():
+        model = explore.model()
+        expected_images = model.expected_image(model.decode(torch.tensor(means), turn, offset)[0])
+    np.testing.assert_allclose(decoded, expected_images[:, 0].numpy(), atol=1e-3)
     # back to the model's own frame
     widget.hold_still.value = None
     assert widget.apply_to_layer(viewer.layers["particles"])

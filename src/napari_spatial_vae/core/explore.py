@@ -462,7 +462,7 @@ def frc_resolution(
 
 
 @torch.no_grad()
-def render_latents(model: Any, z: np.ndarray) -> np.ndarray:
+def render_latents(model: Any, z: np.ndarray, frame: Any = None) -> np.ndarray:
     """The generator's images at theta = 0, dx = 0 for given latent values.
 
     Parameters
@@ -471,6 +471,9 @@ def render_latents(model: Any, z: np.ndarray) -> np.ndarray:
         A trained :class:`~napari_spatial_vae.core.model.SpatialVAE`.
     z
         ``(B, K)`` latent values (``K`` = the model's z_dim).
+    frame
+        A :class:`~napari_spatial_vae.core.frame.PoseFrame`: each image in the frame that
+        holds its painted part still (as the poses inferred with it); None: the model's own.
 
     Returns
     -------
@@ -485,7 +488,11 @@ def render_latents(model: Any, z: np.ndarray) -> np.ndarray:
     model.eval()
     try:
         latents = torch.as_tensor(values, device=device) if z_dim else None
-        mean, _ = model.decode(latents, batch_size=len(values))
+        turn = shift = None
+        if frame is not None and latents is not None:
+            turn, shift = frame.offsets(latents)
+            shift = shift if model.config.infers_translation else None
+        mean, _ = model.decode(latents, turn, shift, batch_size=len(values))
         images = model.expected_image(mean).detach().float().cpu().numpy()
     finally:
         model.train(was_training)

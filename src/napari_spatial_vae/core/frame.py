@@ -138,6 +138,17 @@ def to_frame(
     return new_theta, new_shift
 
 
+def check_frame_model(model: SpatialVAE) -> None:
+    """Raise :class:`DataError` in one line unless a frame can be fitted for ``model``."""
+    if not model.config.infers_rotation:
+        raise DataError("holding a part still needs a model that infers the rotation")
+    if model.config.z_dim not in FRAME_GRID_STEPS:
+        raise DataError(
+            "holding a part still needs z-dim 1 or 2 (the frame is fitted on a grid over z); "
+            f"this model has z-dim {model.config.z_dim}"
+        )
+
+
 def mask_weights(model: SpatialVAE, mask: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``(C * N,)`` weights of the modelled pixels from an ``(H, W)`` mask (nonzero: held still).
 
@@ -213,14 +224,8 @@ def fit_pose_frame(model: SpatialVAE, mask: np.ndarray | torch.Tensor) -> PoseFr
         A model without rotation or without z, or with more than two latent dimensions,
         or a mask :func:`mask_weights` refuses.
     """
+    check_frame_model(model)
     z_dim = model.config.z_dim
-    if not model.config.infers_rotation:
-        raise DataError("holding a region still needs a model that infers the rotation")
-    if z_dim not in FRAME_GRID_STEPS:
-        raise DataError(
-            f"holding a region still needs z-dim 1 or 2 (the frame is fitted on a grid over "
-            f"z); this model has z-dim {z_dim}"
-        )
     weights = mask_weights(model, mask)
     device = weights.device
     high = torch.full((z_dim,), FRAME_GRID_REACH[z_dim])
