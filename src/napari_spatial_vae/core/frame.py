@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from napari_spatial_vae.core.coords import rotation_matrices, wrap_angle
 from napari_spatial_vae.core.errors import DataError
+from napari_spatial_vae.core.memory import COMPUTE_PIXELS
 from napari_spatial_vae.core.model import SpatialVAE
 
 # The grid the frame is fitted on (interpolated between its values), per z dimension: how
@@ -50,8 +51,9 @@ FRAME_SEARCH_STEP_DEG = 3.0
 # L-BFGS iterations that refine every grid value's rotation and shift together from the
 # best searched angle
 FRAME_REFINE_STEPS = 20
-# renderings evaluated at once in the search: bounds the generator's activations
-FRAME_SEARCH_CHUNK = 1024
+# renderings at once: the search renders at most COMPUTE_PIXELS pixels (as inference does),
+# the refinement, which keeps the activations for its gradient, this many times fewer
+FRAME_REFINE_MEMORY_FACTOR = 8
 # the fewest modelled pixels a mask must cover to define a rotation
 FRAME_MIN_PIXELS = 8
 
@@ -274,6 +276,9 @@ def _tracked(
         torch.arange(-FRAME_FOLLOW_DEG, FRAME_FOLLOW_DEG + 1e-6, FRAME_SEARCH_STEP_DEG)
     ).to(grid.device)
     turn, shift = grid.new_zeros(len(grid)), grid.new_zeros(len(grid), 2)
+    pixels = model.image_shape[1] * model.image_shape[2]
+    search_chunk = max(1, COMPUTE_PIXELS // pixels)
+    refine_chunk = max(1, COMPUTE_PIXELS // (FRAME_REFINE_MEMORY_FACTOR * pixels))
     for r in range(int(ring.max()) + 1):
         members = torch.nonzero(ring == r).squeeze(1)
         # the centre is its own parent: it starts from no rotation and no shift
@@ -283,16 +288,20 @@ def _tracked(
             scores = torch.cat([
                 _masked_correlation(_render(model, z, t, s), reference, weights)
                 for z, t, s in zip(
-                    grid[members].repeat_interleave(len(offsets), 0).split(FRAME_SEARCH_CHUNK),
-                    candidates.reshape(-1).split(FRAME_SEARCH_CHUNK),
-                    start_shift.repeat_interleave(len(offsets), 0).split(FRAME_SEARCH_CHUNK),
+                    grid[members].repeat_interleave(len(offsets), 0).split(search_chunk),
+                    candidates.reshape(-1).split(search_chunk),
+                    start_shift.repeat_interleave(len(offsets), 0).split(search_chunk),
                     strict=True,
                 )
             ]).reshape(len(members), len(offsets))  # fmt: skip
         searched = candidates.gather(1, scores.argmax(dim=1, keepdim=True)).squeeze(1)
-        turn[members], shift[members] = _refined(
-            model, grid[members], reference, weights, searched, start_shift
-        )
+        # the values are independent problems: refined in parts that bound the memory
+        for first in range(0, len(members), refine_chunk):
+            rows = slice(first, first + refine_chunk)
+            part = members[rows]
+            turn[part], shift[part] = _refined(
+                model, grid[part], reference, weights, searched[rows], start_shift[rows]
+            )
     return turn, shift
 
 

@@ -25,14 +25,10 @@ from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.frame import PoseFrame, to_frame
+from napari_spatial_vae.core.memory import COMPUTE_PIXELS
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.posterior_z import TemplateCache, likeliest_rotation, posterior_z
 from napari_spatial_vae.core.refine import refine_z
-
-# pixels encoded and rendered at once (a batch's images, split into parts of at most this
-# many pixels): 256 images of 64 px, whose inference peaks at ~1.2 GB with the default model
-# (benchmarks/infer_large.py); 256 images of 128 px at once peaked at 3.8 GB
-COMPUTE_PIXELS = 256 * 64 * 64
 
 
 @dataclass
