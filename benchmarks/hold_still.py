@@ -8,7 +8,8 @@ held-out particles three ways, each with the truth the simulator kept:
 * ``circ_fl_held``: Fisher-Lee once a disk drawn on the reference template is held still
   (``spatial-vae infer --hold-still``, ``core/frame.py``);
 * ``circ_fl_state``: Fisher-Lee once the whole drift along z is taken out with the truth
-  (``metrics.circular_correlation_fl_within_state``): what no frame can beat.
+  (``metrics.circular_correlation_fl_within_state``): a reference for the best frame (a
+  cubic in z fitted with the truth, not a bound).
 
 The disk is placed by eye, as a user paints it: ``--reference-png`` first writes the
 reference template (z = 0) with a pixel grid to place it on. The particles are those the

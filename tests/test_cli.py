@@ -363,7 +363,7 @@ def test_infer_traverse_and_movie_hold_a_masked_part_still(npy_stack, tmp_path, 
     frame = fit_pose_frame(model, mask)
     before, after = pd.read_csv(plain), pd.read_csv(held)
     np.testing.assert_allclose(after[["z1"]], before[["z1"]], atol=1e-6)
-    turn, _ = frame.offsets(torch.tensor(before[["z1"]].to_numpy(), dtype=torch.float32))
+    turn, _ = frame.at(torch.tensor(before[["z1"]].to_numpy(), dtype=torch.float32))
     expected = np.angle(np.exp(1j * (before["theta"] - turn.numpy())))
     np.testing.assert_allclose(np.angle(np.exp(1j * (after["theta"] - expected))), 0, atol=1e-4)
     code, err = run_cli(
@@ -383,3 +383,10 @@ def test_infer_traverse_and_movie_hold_a_masked_part_still(npy_stack, tmp_path, 
                         "--hold-still", small, "-q")  # fmt: skip
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "must be one 20 x 20 image" in err and not (tmp_path / "x.csv").exists()
+    for bad, message in ((np.ones((2, 20, 20)), "holds 2 images"),
+                         (np.ones((20, 20)), "paint only the part")):  # fmt: skip
+        np.save(tmp_path / "bad.npy", bad.astype(np.float32))
+        code, err = run_cli(capsys, "infer", run, npy_stack, "-o", tmp_path / "x.csv",
+                            "--hold-still", tmp_path / "bad.npy", "-q")  # fmt: skip
+        assert code in (1, 2) and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "x.csv").exists()

@@ -373,14 +373,15 @@ class ExploreWidget(QWidget):
     def _pose_frame(self) -> Any:
         """The frame the poses hold a painted part still in, when they are this model's.
 
-        Set by the spatial-VAE dock's *hold still* (kept in the poses layer's metadata);
-        None for poses in the model's own frame or from another run folder.
+        Set by the spatial-VAE dock's *hold still* (kept in the poses layer's metadata for
+        this session; poses saved to a file and opened again have none); None for poses in
+        the model's own frame or of another run folder than the one chosen here.
         """
         info = self.poses.metadata.get(META_KEY, {}) if self.poses is not None else {}
         frame, run_dir = info.get("frame"), info.get("run_dir")
-        if frame is None or run_dir is None or self._model_dir != Path(run_dir):
+        if frame is None or run_dir is None or self.model() is None:
             return None
-        return frame
+        return frame if self._model_dir == Path(run_dir) else None
 
     def average_selection(self) -> Any:
         """Average the selected particles (a worker; the layers appear when it returns)."""

@@ -248,8 +248,10 @@ class SpatialVAEWidget(QWidget):
         ]
 
     def _mask_layers(self, _widget: Any = None) -> list[Labels]:
-        """Labels layers of one image a hold-still mask can come from."""
-        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
+        """Labels layers of one image (2-D), which a hold-still mask can come from."""
+        return [
+            layer for layer in self.viewer.layers if isinstance(layer, Labels) and layer.ndim == 2
+        ]
 
     def _connect_viewer(self) -> None:
         events = self.viewer.layers.events
@@ -442,6 +444,7 @@ class SpatialVAEWidget(QWidget):
         self.model = outcome.model
         self.model_config = outcome.config
         self.model_run_dir = outcome.run_dir
+        self.hold_still.value = None  # a mask belongs to the template it was painted on
         self.progress.setValue(
             1000 if outcome.stop_reason == "completed" else self.progress.value()
         )
@@ -566,6 +569,7 @@ class SpatialVAEWidget(QWidget):
             show_error(f"spatial-VAE: {err}")
             return False
         self.model, self.model_config, self.model_run_dir = model, config, run_dir
+        self.hold_still.value = None  # a mask belongs to the template it was painted on
         _, height, width = model.image_shape
         self.form.set_from_config(config, max(height, width))
         self.loss_plot.set_history(history)

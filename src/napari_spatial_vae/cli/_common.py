@@ -64,10 +64,11 @@ def hold_still_frame(path: str | None, model: Any) -> Any:
     from napari_spatial_vae.core.frame import fit_pose_frame
 
     stack = open_stack(path, None)
-    images = np.asarray(stack.read_batch(np.arange(len(stack))))
-    # a mask saved as several frames (a painted traversal) or in colour counts anywhere
-    channels = images.ndim == 4
-    mask = (images != 0).any(axis=(0, 3) if channels else 0)
+    if len(stack) != 1:
+        raise UsageError(f"--hold-still: {path} holds {len(stack)} images; the mask is one image")
+    image = np.asarray(stack.read_batch(np.arange(1)))[0]
+    # a mask saved in colour (a PNG, say) counts where any channel is painted
+    mask = (image != 0).any(axis=-1) if image.ndim == 3 else image != 0
     frame = fit_pose_frame(model, mask)
     say(frame.describe())
     return frame

@@ -463,7 +463,7 @@ def frc_resolution(
 
 @torch.no_grad()
 def render_latents(model: Any, z: np.ndarray, frame: Any = None) -> np.ndarray:
-    """The generator's images at theta = 0, dx = 0 for given latent values.
+    """The generator's images for given latent values: at theta = 0, dx = 0, or in ``frame``.
 
     Parameters
     ----------
@@ -490,7 +490,8 @@ def render_latents(model: Any, z: np.ndarray, frame: Any = None) -> np.ndarray:
         latents = torch.as_tensor(values, device=device) if z_dim else None
         turn = shift = None
         if frame is not None and latents is not None:
-            turn, shift = frame.offsets(latents)
+            frame.check(model)
+            turn, shift = frame.at(latents)
             shift = shift if model.config.infers_translation else None
         mean, _ = model.decode(latents, turn, shift, batch_size=len(values))
         images = model.expected_image(mean).detach().float().cpu().numpy()

@@ -16,7 +16,7 @@ odd-numbered traversal).
 
 :func:`fit_pose_frame` finds, on a grid over z, the rotation ``phi`` and shift ``t`` that
 make each template match the reference inside the mask,
-``T_z(x R(phi) + t) ~ T_0(x)``; :meth:`PoseFrame.offsets` interpolates them for any z.
+``T_z(x R(phi) + t) ~ T_0(x)``; :meth:`PoseFrame.at` interpolates them for any z.
 A particle rendered as ``T_z(x R(theta) + s)`` is then ``T'_z(x R(theta') + s')`` with the
 template in the new frame ``T'_z(x) = T_z(x R(phi) + t)``, ``theta' = theta - phi`` and
 ``s' = (s - t) R(-phi)`` (:func:`to_frame`): the same images, the masked region still.
@@ -54,8 +54,11 @@ FRAME_REFINE_STEPS = 20
 # renderings at once: the search renders at most COMPUTE_PIXELS pixels (as inference does),
 # the refinement, which keeps the activations for its gradient, this many times fewer
 FRAME_REFINE_MEMORY_FACTOR = 8
-# the fewest modelled pixels a mask must cover to define a rotation
+# the fewest modelled pixels a mask must cover to define a rotation, and the largest share
+# of them: a mask of (nearly) everything is the model's own frame again, most likely the
+# particles or the template handed over by mistake
 FRAME_MIN_PIXELS = 8
+FRAME_MAX_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class PoseFrame:
         ``(G, 2)`` or ``(G, G, 2)`` coordinate units ``t`` per grid value.
     mask_pixels
         Modelled pixels inside the mask.
+    image_shape
+        ``(C, H, W)`` of the model it was fitted for.
     """
 
     low: torch.Tensor
@@ -79,8 +84,21 @@ class PoseFrame:
     turn: torch.Tensor
     shift: torch.Tensor
     mask_pixels: int
+    image_shape: tuple[int, int, int]
 
-    def offsets(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def check(self, model: SpatialVAE) -> None:
+        """Raise :class:`DataError` in one line unless the frame fits ``model``'s z and box.
+
+        A frame of another model's z would be read along the wrong axes, silently.
+        """
+        if model.config.z_dim != len(self.low) or tuple(model.image_shape) != self.image_shape:
+            raise DataError(
+                f"this frame was fitted for a model with z-dim {len(self.low)} and "
+                f"{self.image_shape} (C, H, W) images; this one has z-dim "
+                f"{model.config.z_dim} and {tuple(model.image_shape)}"
+            )
+
+    def at(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``phi`` ``(B,)`` and ``t`` ``(B, 2)`` at ``(B, Z)`` z (linear between grid values).
 
         z beyond the grid takes its edge's values. On z's device.
@@ -113,7 +131,7 @@ class PoseFrame:
         z = torch.zeros(z_dim, len(walk), z_dim)
         for k in range(z_dim):  # one walk per axis, the others at 0
             z[k, :, k] = walk
-        degrees = torch.rad2deg(self.offsets(z.reshape(-1, z_dim))[0])
+        degrees = torch.rad2deg(self.at(z.reshape(-1, z_dim))[0])
         return (
             f"holding {self.mask_pixels} masked pixels still: the frame turns by "
             f"{float(degrees.min()):+.1f} to {float(degrees.max()):+.1f} degrees along the "
@@ -122,7 +140,10 @@ class PoseFrame:
 
 
 def to_frame(
-    theta: torch.Tensor, shift: torch.Tensor | None, turn: torch.Tensor, offset: torch.Tensor
+    theta: torch.Tensor,
+    shift: torch.Tensor | None,
+    turn: torch.Tensor,
+    frame_shift: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Poses in the frame of :func:`fit_pose_frame`: ``theta - phi``, ``(s - t) R(-phi)``.
 
@@ -130,13 +151,13 @@ def to_frame(
     ----------
     theta, shift
         ``(B,)`` radians and ``(B, 2)`` coordinate units (None: a model without shifts).
-    turn, offset
-        ``(B,)`` and ``(B, 2)``: :meth:`PoseFrame.offsets` at each particle's z.
+    turn, frame_shift
+        ``phi`` ``(B,)`` and ``t`` ``(B, 2)``: :meth:`PoseFrame.at` at each particle's z.
     """
     new_theta = wrap_angle(theta - turn)
     if shift is None:
         return new_theta, None
-    new_shift = torch.einsum("bd,bde->be", shift - offset, rotation_matrices(-turn))
+    new_shift = torch.einsum("bd,bde->be", shift - frame_shift, rotation_matrices(-turn))
     return new_theta, new_shift
 
 
@@ -157,7 +178,8 @@ def mask_weights(model: SpatialVAE, mask: np.ndarray | torch.Tensor) -> torch.Te
     Raises
     ------
     DataError
-        When the mask is not the model's image size or covers (almost) none of its pixels.
+        When the mask is not the model's image size, or covers (almost) none or nearly all
+        of its pixels.
     """
     channels, height, width = model.image_shape
     array = np.asarray(mask)
@@ -174,6 +196,12 @@ def mask_weights(model: SpatialVAE, mask: np.ndarray | torch.Tensor) -> torch.Te
         raise DataError(
             f"the mask covers {covered} of the model's pixels; paint at least "
             f"{FRAME_MIN_PIXELS} on the part of the particle that should hold still"
+        )
+    share = covered / (len(weights) // channels)
+    if share > FRAME_MAX_SHARE:
+        raise DataError(
+            f"the mask covers {share:.0%} of the model's pixels; paint only the part of the "
+            "particle that should hold still (nonzero pixels count as painted)"
         )
     return weights
 
@@ -229,6 +257,7 @@ def fit_pose_frame(model: SpatialVAE, mask: np.ndarray | torch.Tensor) -> PoseFr
     check_frame_model(model)
     z_dim = model.config.z_dim
     weights = mask_weights(model, mask)
+    channels, height, width = model.image_shape
     device = weights.device
     high = torch.full((z_dim,), FRAME_GRID_REACH[z_dim])
     low = -high
@@ -249,6 +278,7 @@ def fit_pose_frame(model: SpatialVAE, mask: np.ndarray | torch.Tensor) -> PoseFr
         turn=turn.reshape(shape).cpu(),  # not wrapped: interpolated between neighbours
         shift=shift.reshape(*shape, 2).cpu(),
         mask_pixels=int(weights.sum()) // model.image_shape[0],
+        image_shape=(channels, height, width),
     )
 
 
@@ -272,7 +302,7 @@ def _tracked(
     # the row of the neighbour one step nearer the centre in every axis that is off it
     parent = ((position - (position - centre).sign()) * steps ** torch.arange(z_dim)).sum(1)
     parent = parent.to(grid.device)
-    offsets = torch.deg2rad(
+    search_angles = torch.deg2rad(
         torch.arange(-FRAME_FOLLOW_DEG, FRAME_FOLLOW_DEG + 1e-6, FRAME_SEARCH_STEP_DEG)
     ).to(grid.device)
     turn, shift = grid.new_zeros(len(grid)), grid.new_zeros(len(grid), 2)
@@ -283,17 +313,17 @@ def _tracked(
         members = torch.nonzero(ring == r).squeeze(1)
         # the centre is its own parent: it starts from no rotation and no shift
         start_turn, start_shift = turn[parent[members]], shift[parent[members]]
-        candidates = start_turn[:, None] + offsets  # (M, K)
+        candidates = start_turn[:, None] + search_angles  # (M, K)
         with torch.no_grad():
             scores = torch.cat([
                 _masked_correlation(_render(model, z, t, s), reference, weights)
                 for z, t, s in zip(
-                    grid[members].repeat_interleave(len(offsets), 0).split(search_chunk),
+                    grid[members].repeat_interleave(len(search_angles), 0).split(search_chunk),
                     candidates.reshape(-1).split(search_chunk),
-                    start_shift.repeat_interleave(len(offsets), 0).split(search_chunk),
+                    start_shift.repeat_interleave(len(search_angles), 0).split(search_chunk),
                     strict=True,
                 )
-            ]).reshape(len(members), len(offsets))  # fmt: skip
+            ]).reshape(len(members), len(search_angles))  # fmt: skip
         searched = candidates.gather(1, scores.argmax(dim=1, keepdim=True)).squeeze(1)
         # the values are independent problems: refined in parts that bound the memory
         for first in range(0, len(members), refine_chunk):

@@ -180,6 +180,8 @@ def iter_inference(
         refines = refine_steps > 0 and model.config.z_dim > 0
         if search_rotation:
             check_rotation_search(model)
+        if frame is not None:
+            frame.check(model)
         filters = _ctf_filters(model, stack, ctf, device, needed=reconstructions and with_ctf)
         if filters is None and (model.checks_half_turns or refines or search_rotation):
             # the half-turn check and the refinement of z compare renderings with the
@@ -261,7 +263,7 @@ def _infer_part(
     turn = offset = None
     if frame is not None:
         assert theta is not None and z is not None  # fit_pose_frame refuses other models
-        turn, offset = frame.offsets(z)
+        turn, offset = frame.at(z)
         theta, shift = to_frame(theta, shift, turn, offset)
     out = InferenceBatch(
         0, _poses(theta, theta_std, shift, shift_std, z, z_std, count, height, width)
@@ -437,7 +439,8 @@ def _render_templates(model: SpatialVAE, z: torch.Tensor, frame: PoseFrame | Non
     """``(B, H, W[, C])`` templates of ``(B, Z)`` z: theta = 0, dx = 0, or in ``frame``."""
     turn = offset = None
     if frame is not None:
-        turn, offset = frame.offsets(z)
+        frame.check(model)
+        turn, offset = frame.at(z)
         offset = offset if model.config.infers_translation else None
     mean, _ = model.decode(z, turn, offset)
     return _to_stack_layout(model.expected_image(mean))

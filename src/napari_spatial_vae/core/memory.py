@@ -18,14 +18,20 @@ import torch
 
 from napari_spatial_vae.core.config import ModelConfig
 
-__all__ = ["MemoryPlan", "available_bytes", "plan_batch_size", "step_bytes_per_image"]
+__all__ = [
+    "COMPUTE_PIXELS",
+    "MemoryPlan",
+    "available_bytes",
+    "plan_batch_size",
+    "step_bytes_per_image",
+]
 
-# bytes per rendered pixel and hidden unit: the first (fused) layer, and each further layer
 # pixels encoded and rendered at once (a batch's images, split into parts of at most this
 # many pixels): 256 images of 64 px, whose inference peaks at ~1.2 GB with the default model
 # (benchmarks/infer_large.py); 256 images of 128 px at once peaked at 3.8 GB
 COMPUTE_PIXELS = 256 * 64 * 64
 
+# bytes per rendered pixel and hidden unit: the first (fused) layer, and each further layer
 _FIRST_LAYER = 19.6
 _FURTHER_LAYER = 3.4
 # bytes per image pixel and rotated copy: the copies, their sampling grid and gradients
