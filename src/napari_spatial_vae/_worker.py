@@ -283,7 +283,8 @@ def infer_results(
     aligned = np.empty((m, *image_tail), dtype=np.float32)
     recon = np.empty((m, *image_tail), dtype=np.float32)
     parts: list[Poses] = []
-    frame = fit_pose_frame(model, hold_still) if hold_still is not None else None
+    # a z-dim 2 frame of large boxes takes a minute or more: Stop interrupts it too
+    frame = fit_pose_frame(model, hold_still, should_stop) if hold_still is not None else None
     for batch in iter_inference(
         model, config, images, batch_size, aligned=m > 0, reconstructions=m > 0,
         search_rotation=search_rotation, frame=frame,

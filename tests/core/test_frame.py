@@ -212,6 +212,18 @@ def test_a_model_without_rotation_is_refused(make_config):
         fit_pose_frame(model, body_mask())
 
 
+def test_a_stop_request_interrupts_the_fit(make_config):
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2  # after two rings of the grid
+
+    with pytest.raises(InterruptedError):
+        fit_pose_frame(drifting_model(make_config), body_mask(), should_stop=stop)
+    assert len(asked) == 3
+
+
 def test_the_frame_leaves_the_model_as_it_was(make_config):
     model = drifting_model(make_config)
     model.train()

@@ -24,6 +24,7 @@ template in the new frame ``T'_z(x) = T_z(x R(phi) + t)``, ``theta' = theta - ph
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,18 +242,26 @@ def _render(
     return _template_values(model, model.decode(z, theta=turn, shift=shift)[0])
 
 
-def fit_pose_frame(model: SpatialVAE, mask: np.ndarray | torch.Tensor) -> PoseFrame:
+def fit_pose_frame(
+    model: SpatialVAE,
+    mask: np.ndarray | torch.Tensor,
+    should_stop: Callable[[], bool] | None = None,
+) -> PoseFrame:
     """The frame in which the region ``mask`` ``(H, W)`` of the reference template holds still.
 
     For each value of a grid over z: the rotation that best matches the template to the
     reference (z = 0) inside the mask (weighted correlation), found outwards from z = 0
     starting from each neighbour's (:func:`_tracked`). The model is not changed.
 
+    ``should_stop`` is asked between rings of the grid.
+
     Raises
     ------
     DataError
         A model without rotation or without z, or with more than two latent dimensions,
         or a mask :func:`mask_weights` refuses.
+    InterruptedError
+        When ``should_stop`` returns True.
     """
     check_frame_model(model)
     z_dim = model.config.z_dim
@@ -268,7 +277,7 @@ def fit_pose_frame(model: SpatialVAE, mask: np.ndarray | torch.Tensor) -> PoseFr
     try:
         with torch.no_grad():
             reference = _render(model, grid.new_zeros(1, z_dim), grid.new_zeros(1), None)[0]
-        turn, shift = _tracked(model, grid, reference, weights)
+        turn, shift = _tracked(model, grid, reference, weights, should_stop)
     finally:
         model.train(was_training)
     shape = (steps,) * z_dim
@@ -283,7 +292,11 @@ def fit_pose_frame(model: SpatialVAE, mask: np.ndarray | torch.Tensor) -> PoseFr
 
 
 def _tracked(
-    model: SpatialVAE, grid: torch.Tensor, reference: torch.Tensor, weights: torch.Tensor
+    model: SpatialVAE,
+    grid: torch.Tensor,
+    reference: torch.Tensor,
+    weights: torch.Tensor,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(G,)`` rotations and ``(G, 2)`` shifts that match each grid value to the reference.
 
@@ -310,6 +323,8 @@ def _tracked(
     search_chunk = max(1, COMPUTE_PIXELS // pixels)
     refine_chunk = max(1, COMPUTE_PIXELS // (FRAME_REFINE_MEMORY_FACTOR * pixels))
     for r in range(int(ring.max()) + 1):
+        if should_stop is not None and should_stop():
+            raise InterruptedError("fitting the frame stopped")
         members = torch.nonzero(ring == r).squeeze(1)
         # the centre is its own parent: it starts from no rotation and no shift
         start_turn, start_shift = turn[parent[members]], shift[parent[members]]
