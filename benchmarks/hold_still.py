@@ -52,16 +52,15 @@ def disk_mask(shape: tuple[int, int], disk: str) -> np.ndarray:
 def held_out(args: argparse.Namespace, folder: Path):
     """``(images, true theta)`` of the held-out particles the run was scored on."""
     if args.ctf:
-        from particles_accuracy import star_files
+        from particles_accuracy import benchmark_particles
 
-        from napari_spatial_vae.core.simulate import CtfSimulation, simulate_particles
-
-        sim = simulate_particles(
-            args.n_train + args.n_test, args.size or 64, snr=args.snr or 0.3,
-            max_tilt_deg=0.0, seed=1000 + args.seed,
-            ctf=CtfSimulation(dark=False, pixel_size=3.0),
+        # the CTF benchmark's defaults (particles_accuracy.py --ctf): 64 px, SNR 0.3, 3 Å/px
+        settings = argparse.Namespace(
+            n_train=args.n_train, n_test=args.n_test, size=args.size or 64,
+            snr=args.snr or 0.3, tilt=0.0, seed=args.seed, ctf=True, dark=False,
+            pixel_size=3.0,
         )  # fmt: skip
-        _, test = star_files(sim, args.n_train, folder, 3.0)
+        sim, _, test = benchmark_particles(settings, folder)
         return test, sim.theta[args.n_train :]
     from napari_spatial_vae.core.designs import DESIGNS, simulate_design
 

@@ -102,21 +102,8 @@ def main() -> None:
     args.snr = args.snr if args.snr is not None else (0.3 if args.ctf else 1.0)
     args.size = args.size if args.size is not None else (64 if args.ctf else 40)
 
-    sim = simulate_particles(
-        args.n_train + args.n_test,
-        args.size,
-        snr=args.snr,
-        max_tilt_deg=args.tilt,
-        seed=1000 + args.seed,
-        ctf=CtfSimulation(dark=args.dark, pixel_size=args.pixel_size) if args.ctf else None,
-    )
     data_dir = tempfile.TemporaryDirectory()
-    if args.ctf:
-        train_images, test_images = star_files(
-            sim, args.n_train, Path(data_dir.name), args.pixel_size
-        )
-    else:
-        train_images, test_images = sim.images[: args.n_train], sim.images[args.n_train :]
+    sim, train_images, test_images = benchmark_particles(args, Path(data_dir.name))
     config = TrainConfig(model=ModelConfig(z_dim=1), seed=args.seed)
     apply_overrides(config, args.overrides)
     if args.epochs is not None:
@@ -196,6 +183,26 @@ def main() -> None:
             save_traversal(result.model, correlations, args.figure, row["overrides"])
     data_dir.cleanup()
     print(json.dumps(row))
+
+
+def benchmark_particles(args: argparse.Namespace, folder: Path):
+    """``(simulation, train stack, test stack)`` of the benchmark's settings in ``args``.
+
+    Data seed 1000 + ``args.seed``; with ``args.ctf`` the stacks are RELION .star files in
+    ``folder`` (read back lazily), else arrays. ``args`` needs ``n_train``, ``n_test``,
+    ``size``, ``snr``, ``tilt``, ``seed``, ``ctf``, ``dark`` and ``pixel_size``.
+    """
+    sim = simulate_particles(
+        args.n_train + args.n_test,
+        args.size,
+        snr=args.snr,
+        max_tilt_deg=args.tilt,
+        seed=1000 + args.seed,
+        ctf=CtfSimulation(dark=args.dark, pixel_size=args.pixel_size) if args.ctf else None,
+    )
+    if args.ctf:
+        return sim, *star_files(sim, args.n_train, folder, args.pixel_size)
+    return sim, sim.images[: args.n_train], sim.images[args.n_train :]
 
 
 def star_files(sim, n_train: int, folder: Path, pixel_size: float):

@@ -30,6 +30,7 @@ import torch
 from napari_spatial_vae.core.coords import align_images, pixels_to_shift, shift_from_centre
 from napari_spatial_vae.core.data import gather, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
+from napari_spatial_vae.core.infer import render_templates
 
 __all__ = [
     "FRC_THRESHOLD",
@@ -488,16 +489,10 @@ def render_latents(model: Any, z: np.ndarray, frame: Any = None) -> np.ndarray:
     model.eval()
     try:
         latents = torch.as_tensor(values, device=device) if z_dim else None
-        turn = shift = None
-        if frame is not None and latents is not None:
-            frame.check(model)
-            turn, shift = frame.at(latents)
-            shift = shift if model.config.infers_translation else None
-        mean, _ = model.decode(latents, turn, shift, batch_size=len(values))
-        images = model.expected_image(mean).detach().float().cpu().numpy()
+        with torch.no_grad():
+            return render_templates(model, latents, frame, batch_size=len(values))
     finally:
         model.train(was_training)
-    return images[:, 0] if images.shape[1] == 1 else np.moveaxis(images, 1, -1)
 
 
 # ---------------------------------------------------------------------------- movies

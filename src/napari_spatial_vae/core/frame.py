@@ -216,13 +216,6 @@ def _grid_values(low: torch.Tensor, high: torch.Tensor, steps: int) -> torch.Ten
     return torch.stack([columns.reshape(-1), rows.reshape(-1)], dim=1)
 
 
-def _template_values(model: SpatialVAE, mean: torch.Tensor) -> torch.Tensor:
-    """``(B, C * N)`` expected pixel values of ``(B, C, N)`` generator means."""
-    if model.config.likelihood == "bernoulli":
-        mean = torch.sigmoid(mean)
-    return mean.reshape(len(mean), -1).float()
-
-
 def _masked_correlation(
     values: torch.Tensor, reference: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
@@ -239,7 +232,8 @@ def _render(
     model: SpatialVAE, z: torch.Tensor, turn: torch.Tensor, shift: torch.Tensor | None
 ) -> torch.Tensor:
     """``(B, C * N)`` templates of ``(B, Z)`` z at rotation ``turn`` and shift."""
-    return _template_values(model, model.decode(z, theta=turn, shift=shift)[0])
+    values = model.expected_values(model.decode(z, theta=turn, shift=shift)[0])
+    return values.reshape(len(values), -1).float()
 
 
 def fit_pose_frame(

@@ -435,14 +435,23 @@ def traversal_values(steps: int) -> np.ndarray:
     return torch.special.ndtri(torch.linspace(0.05, 0.95, steps, dtype=torch.float64)).numpy()
 
 
-def _render_templates(model: SpatialVAE, z: torch.Tensor, frame: PoseFrame | None) -> np.ndarray:
-    """``(B, H, W[, C])`` templates of ``(B, Z)`` z: theta = 0, dx = 0, or in ``frame``."""
+def render_templates(
+    model: SpatialVAE,
+    z: torch.Tensor | None,
+    frame: PoseFrame | None = None,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """``(B, H, W[, C])`` expected images of ``(B, Z)`` z: theta = 0, dx = 0, or in ``frame``.
+
+    ``z`` None (a model without z): ``batch_size`` copies of its one template. The frame is
+    the one :func:`~napari_spatial_vae.core.frame.fit_pose_frame` fitted for ``model``.
+    """
     turn = offset = None
-    if frame is not None:
+    if frame is not None and z is not None:
         frame.check(model)
         turn, offset = frame.at(z)
         offset = offset if model.config.infers_translation else None
-    mean, _ = model.decode(z, turn, offset)
+    mean, _ = model.decode(z, turn, offset, batch_size=batch_size)
     return _to_stack_layout(model.expected_image(mean))
 
 
@@ -454,7 +463,7 @@ def reference_template(model: SpatialVAE) -> np.ndarray:
     matches every z's template to it); the middle image of an odd-numbered traversal.
     """
     device = next(model.parameters()).device
-    return _render_templates(model, torch.zeros(1, model.config.z_dim, device=device), None)[0]
+    return render_templates(model, torch.zeros(1, model.config.z_dim, device=device), None)[0]
 
 
 @torch.no_grad()
@@ -480,7 +489,7 @@ def latent_traversal(
     z = torch.zeros(z_dim, steps, z_dim, device=device)
     for k in range(z_dim):  # Z is tiny; this builds the (Z * steps, Z) query, not a data loop
         z[k, :, k] = values
-    images = _render_templates(model, z.reshape(-1, z_dim), frame)
+    images = render_templates(model, z.reshape(-1, z_dim), frame)
     return images.reshape(z_dim, steps, *images.shape[1:])
 
 
@@ -510,5 +519,5 @@ def latent_grid(
     z = torch.zeros(steps * steps, z_dim, device=device)
     z[:, dims[0]] = cols.reshape(-1)
     z[:, dims[1]] = rows.reshape(-1)
-    images = _render_templates(model, z, frame)
+    images = render_templates(model, z, frame)
     return images.reshape(steps, steps, *images.shape[1:])

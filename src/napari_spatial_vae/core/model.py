@@ -965,11 +965,13 @@ class SpatialVAE(nn.Module):
         """
         return self.layout.scatter(mean)
 
+    def expected_values(self, mean: torch.Tensor) -> torch.Tensor:
+        """The generator's ``(B, C, N)`` ``mean`` output as expected pixel values (same shape)."""
+        return torch.sigmoid(mean) if self.config.likelihood == "bernoulli" else mean
+
     def expected_image(self, mean: torch.Tensor) -> torch.Tensor:
         """Turn the generator's ``mean`` output into expected pixel values, ``(B, C, H, W)``."""
-        if self.config.likelihood == "bernoulli":
-            mean = torch.sigmoid(mean)
-        return self.render(mean)
+        return self.render(self.expected_values(mean))
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         """The modelled pixels of ``(B, C, H, W)`` images, ``(B, C, N)``."""
