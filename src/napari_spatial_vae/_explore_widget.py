@@ -418,7 +418,7 @@ class ExploreWidget(QWidget):
         frame = self._pose_frame()
         z = features[names].to_numpy(dtype=np.float32) if names else None
 
-        def compute() -> tuple[list, np.ndarray | None]:
+        def compute() -> tuple[list, np.ndarray | None, float | None]:
             from napari_spatial_vae.core.ctf import StackCtfFilters
             from napari_spatial_vae.core.explore import aligned_average, render_latents
 
@@ -432,10 +432,12 @@ class ExploreWidget(QWidget):
             if model is not None and z is not None:
                 means = np.stack([z[rows].mean(0) for _, rows in groups])
                 decoded = render_latents(model, means, frame=frame)
-            return results, decoded
+            return results, decoded, pixel
 
         worker = create_worker(compute, _ignore_errors=True)
-        worker.returned.connect(lambda out: self._show_averages(out, pixel))
+        # a bound method, not a lambda capturing self: Qt may keep the worker's signals (and
+        # what they hold) alive after the viewer closes
+        worker.returned.connect(self._show_averages)
         worker.errored.connect(lambda err: show_error(f"spatial-VAE: {err}"))
         worker.finished.connect(self._on_worker_finished)
         self._worker = worker
@@ -446,8 +448,8 @@ class ExploreWidget(QWidget):
     def _on_worker_finished(self) -> None:
         self._worker = None
 
-    def _show_averages(self, out: tuple[list, np.ndarray | None], pixel: float | None) -> None:
-        results, decoded = out
+    def _show_averages(self, out: tuple[list, np.ndarray | None, float | None]) -> None:
+        results, decoded, pixel = out
         image_shape = results[0][1].average.shape[:2]
         averages = np.stack([r.average for _, r in results])[None]
         summary = [

@@ -127,6 +127,7 @@ class SpatialVAEWidget(QWidget):
         self._worker: Any = None
         self._eta_start: tuple[float, float] | None = None
         self._started_message = ""
+        self._apply_started = 0.0  # time.monotonic() when the last apply began
         # (epoch, metrics) of the last epoch, held-out where there are: for the collapse check
         self._last_epoch: tuple[int, EpochMetrics] | None = None
         self._build()
@@ -655,10 +656,12 @@ class SpatialVAEWidget(QWidget):
         self._apply_job = job
         self.progress.setValue(0)
         self.progress.setFormat(f"inferring {layer.name}…")
-        started = time.monotonic()
+        self._apply_started = time.monotonic()
         worker = create_worker(run_inference, job, _ignore_errors=True)
         worker.yielded.connect(self._on_apply_progress)
-        worker.returned.connect(lambda results: self._on_applied(results, started))
+        # bound methods only: a lambda capturing self would keep the widget, and with it the
+        # closed viewer's window, alive for as long as Qt keeps the worker's signals
+        worker.returned.connect(self._on_applied)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_worker_finished)
         self._worker = worker
@@ -720,11 +723,10 @@ class SpatialVAEWidget(QWidget):
         done, total = progress
         self.progress.setValue(round(1000 * done / max(total, 1)))
 
-    def _on_applied(self, results: InferenceResults, started: float) -> None:
+    def _on_applied(self, results: InferenceResults) -> None:
+        took = format_seconds(time.monotonic() - self._apply_started)
         self.progress.setValue(1000)
-        self.progress.setFormat(
-            f"applied to {results.source} in {format_seconds(time.monotonic() - started)}"
-        )
+        self.progress.setFormat(f"applied to {results.source} in {took}")
         if results.frame is not None:
             self.status.setText(results.frame.describe())
         self.show_results(results)

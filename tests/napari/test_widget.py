@@ -347,6 +347,20 @@ def test_the_loss_plot_leaves_binned_epochs_train_elbo_out(qtbot, tmp_path):
     assert list(plot.train_curve.getData()[0]) == [1]
 
 
+def test_applying_in_the_training_viewer_lets_the_viewer_close(
+    make_napari_viewer, qtbot, tmp_path, small_particles
+):
+    # make_napari_viewer fails this test at teardown if the closed viewer's QtViewer is still
+    # alive: a worker signal connected to a lambda that captured the widget once kept it so
+    viewer = make_napari_viewer()
+    widget = dock(viewer, small_particles, tmp_path, z_dim=1)
+    assert widget.start_training()
+    wait_idle(qtbot, widget)
+    assert widget.apply_to_layer(viewer.layers["particles"])
+    wait_idle(qtbot, widget)
+    assert widget.progress.format().startswith("applied to particles in ")
+
+
 def test_a_painted_mask_holds_its_part_still_in_the_results(
     make_napari_viewer, qtbot, tmp_path, small_particles, errors
 ):
