@@ -146,3 +146,30 @@ def test_shift_from_centre_inverts_particle_centre_and_pixels_invert_shift_to_pi
     torch.testing.assert_close(shift_from_centre(theta, centre), shift)
     pixels = shift_to_pixels(shift, 20, 24)
     torch.testing.assert_close(pixels_to_shift(pixels, 20, 24), shift)
+
+
+@pytest.mark.parametrize("with_frame", [False, True])
+def test_centre_std_is_the_spread_of_the_centres_of_sampled_shifts(with_frame):
+    from napari_spatial_vae.core.coords import centre_std
+    from napari_spatial_vae.core.frame import to_frame
+
+    generator = torch.Generator().manual_seed(1)
+    theta = torch.tensor([0.0, 0.5, math.pi / 2, -2.4])
+    shift_std = torch.tensor([[0.01, 0.04], [0.05, 0.01], [0.02, 0.06], [0.03, 0.03]])
+    mean = torch.tensor([[0.1, -0.2], [0.0, 0.3], [-0.1, 0.0], [0.2, 0.2]])
+    samples = mean + shift_std * torch.randn(20_000, 4, 2, generator=generator)
+    turn = torch.tensor([0.3, -1.0, 2.0, 0.7]) if with_frame else None
+    reported = theta
+    if turn is not None:  # the poses a held part is reported in (what inference does)
+        frame_shift = torch.tensor([[0.05, 0.0], [0.0, -0.02], [0.1, 0.1], [0.0, 0.0]])
+        reported, _ = to_frame(theta, mean, turn, frame_shift)
+        samples = torch.stack([to_frame(theta, s, turn, frame_shift)[1] for s in samples.unbind(0)])
+    centres = torch.stack([particle_centre(reported, s) for s in samples.unbind(0)])
+    expected = centres.std(dim=0)
+    torch.testing.assert_close(
+        centre_std(reported, shift_std, turn), expected, rtol=0.03, atol=1e-4
+    )
+    if turn is None:
+        # a quarter turn swaps the axes; equal stds come through unchanged
+        torch.testing.assert_close(centre_std(theta, shift_std)[2], shift_std[2].flip(0))
+        torch.testing.assert_close(centre_std(theta, shift_std)[3], shift_std[3])

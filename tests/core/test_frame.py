@@ -71,6 +71,8 @@ class HingeWithDrift(nn.Module):
 
 def drifting_model(make_config, z_dim: int = 1) -> SpatialVAE:
     config = make_config(z_dim=z_dim, softplus_mean=False).model
+    # the encoder is untrained: seeded, so every run reads the same z from the same images
+    torch.manual_seed(0)
     model = SpatialVAE(config, (1, SIZE, SIZE)).eval()
     model.generator = HingeWithDrift(1 + int(config.fit_noise))
     return model

@@ -214,3 +214,34 @@ def particle_centre(theta: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         ``(B, 2)`` centre ``(x, y)`` in coordinate units, screen frame.
     """
     return -torch.bmm(shift[:, None, :], rotation_matrices(theta).transpose(1, 2))[:, 0]
+
+
+def centre_std(
+    theta: torch.Tensor, shift_std: torch.Tensor, turn: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Posterior std of :func:`particle_centre`'s ``x`` and ``y`` from the shift's.
+
+    The shift's posterior is diagonal in the template's axes; the centre is the shift turned
+    into the screen's, so each of its axes mixes both of the shift's stds (equal stds come
+    through unchanged).
+
+    Parameters
+    ----------
+    theta
+        ``(B,)`` radians: the angle the centre is computed with.
+    shift_std
+        ``(B, 2)`` coordinate units, the model's shift posterior std.
+    turn
+        ``(B,)`` radians, or None: a frame's turn (:func:`~napari_spatial_vae.core.frame.to_frame`)
+        that turned the shift by ``R(-turn)`` before the centre was computed.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 2)`` std of the centre ``(x, y)`` in coordinate units.
+    """
+    # centre = -shift @ M, M = [R(-turn)] R(theta)^T; each axis's variance sums M_ij^2 var_i
+    matrix = rotation_matrices(theta).transpose(1, 2)
+    if turn is not None:
+        matrix = torch.bmm(rotation_matrices(-turn), matrix)
+    return torch.einsum("bi,bij->bj", shift_std.pow(2), matrix.pow(2)).sqrt()

@@ -20,7 +20,12 @@ import numpy as np
 import torch
 
 from napari_spatial_vae.core.config import REFINE_Z_STEPS, ModelConfig, TrainConfig
-from napari_spatial_vae.core.coords import align_images, particle_centre, shift_to_pixels
+from napari_spatial_vae.core.coords import (
+    align_images,
+    centre_std,
+    particle_centre,
+    shift_to_pixels,
+)
 from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import gather, input_scale, preprocess, stack_image_shape
 from napari_spatial_vae.core.errors import DataError
@@ -41,7 +46,9 @@ class Poses:
         ``(N,)`` radians (zeros when rotation is not inferred).
     dx, dy, dx_std, dy_std
         ``(N,)`` particle centre offset in pixels, x right, y down (zeros when translation is
-        not inferred). The std is that of the inferred shift, per axis.
+        not inferred). The std is the posterior's along x and y of the display (the shift's
+        posterior is diagonal in the template's axes, turned by theta into the display's:
+        :func:`~napari_spatial_vae.core.coords.centre_std`).
     z, z_std
         ``(N, Z)``.
     """
@@ -266,7 +273,7 @@ def _infer_part(
         turn, offset = frame.at(z)
         theta, shift = to_frame(theta, shift, turn, offset)
     out = InferenceBatch(
-        0, _poses(theta, theta_std, shift, shift_std, z, z_std, count, height, width)
+        0, _poses(theta, theta_std, shift, shift_std, turn, z, z_std, count, height, width)
     )
     if aligned:
         zeros = raw.new_zeros(count)
@@ -368,21 +375,15 @@ def _ctf_filters(
     return CtfBatches(parameters, model.image_shape[1:], device)
 
 
-def _poses(theta, theta_std, shift, shift_std, z, z_std, n, height, width) -> Poses:
+def _poses(theta, theta_std, shift, shift_std, turn, z, z_std, n, height, width) -> Poses:
+    """The batch's table rows: the shift as the particle's centre in pixels, its std turned
+    the same way (``turn``: the frame's, or None)."""
     zeros = np.zeros(n, dtype=np.float32)
     if shift is not None:
-        centre = (
-            shift_to_pixels(
-                particle_centre(
-                    theta if theta is not None else torch.zeros_like(shift[:, 0]), shift
-                ),
-                height,
-                width,
-            )
-            .cpu()
-            .numpy()
-        )
-        spread = shift_to_pixels(shift_std, height, width).cpu().numpy()
+        angle = theta if theta is not None else torch.zeros_like(shift[:, 0])
+        centre = shift_to_pixels(particle_centre(angle, shift), height, width).cpu().numpy()
+        spread = shift_to_pixels(centre_std(angle, shift_std, turn), height, width)
+        spread = spread.cpu().numpy()
     else:
         centre = spread = np.zeros((n, 2), dtype=np.float32)
     empty = np.zeros((n, 0), dtype=np.float32)
