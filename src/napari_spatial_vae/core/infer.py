@@ -382,8 +382,8 @@ def _poses(theta, theta_std, shift, shift_std, turn, z, z_std, n, height, width)
     if shift is not None:
         angle = theta if theta is not None else torch.zeros_like(shift[:, 0])
         centre = shift_to_pixels(particle_centre(angle, shift), height, width).cpu().numpy()
-        spread = shift_to_pixels(centre_std(angle, shift_std, turn), height, width)
-        spread = spread.cpu().numpy()
+        spread_px = shift_to_pixels(centre_std(angle, shift_std, turn), height, width)
+        spread = spread_px.cpu().numpy()
     else:
         centre = spread = np.zeros((n, 2), dtype=np.float32)
     empty = np.zeros((n, 0), dtype=np.float32)
