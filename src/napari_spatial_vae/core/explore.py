@@ -489,8 +489,7 @@ def render_latents(model: Any, z: np.ndarray, frame: Any = None) -> np.ndarray:
     model.eval()
     try:
         latents = torch.as_tensor(values, device=device) if z_dim else None
-        with torch.no_grad():
-            return render_templates(model, latents, frame, batch_size=len(values))
+        return render_templates(model, latents, frame, batch_size=len(values))
     finally:
         model.train(was_training)
 
