@@ -6,7 +6,15 @@
 # Usage: bash scripts/check-plugin-install.sh [VENV_DIR]   (default: a temporary folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${1:-$(mktemp -d)/plugin-venv}"
+if [ $# -ge 1 ]; then
+    venv="$1"
+else
+    # a throw-away venv (about 2 GB with torch and Qt): removed on exit, so repeated CI runs
+    # on one machine do not fill its disk
+    scratch="$(mktemp -d)"
+    trap 'rm -rf "$scratch"' EXIT
+    venv="$scratch/plugin-venv"
+fi
 python3 -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install --quiet --upgrade pip
@@ -22,7 +30,8 @@ import mrcfile
 import numpy as np
 from npe2 import PluginManager, read
 
-stack = Path(tempfile.mkdtemp()) / "particles.mrcs"
+folder = tempfile.TemporaryDirectory()
+stack = Path(folder.name) / "particles.mrcs"
 with mrcfile.new(stack) as mrc:
     mrc.set_data(np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32))
     mrc.voxel_size = 1.5

@@ -13,5 +13,7 @@ mypy
 if python -c "import napari" 2>/dev/null; then
     npe2 validate --imports napari-spatial-vae
 fi
-mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+site="$(mktemp -d)"
+trap 'rm -rf "$site"' EXIT
+mkdocs build --strict --quiet --site-dir "$site"
 python -m pytest -q
