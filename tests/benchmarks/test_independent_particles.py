@@ -1,0 +1,73 @@
+"""The independent simulator: its motions, its files, its scoring, its end-to-end run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from independent_particles import KINDS, score, write_stack
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_slide_moves_only_the_domain_and_by_five_pixels():
+    (start, _), (end, weights) = KINDS["slide"](-1.0), KINDS["slide"](1.0)
+    moved = np.linalg.norm(end - start, axis=1)
+    np.testing.assert_allclose(moved[:6], 0.0)  # the body stands still
+    np.testing.assert_allclose(moved[6:], 5.0)
+    assert len(weights) == len(end)
+
+
+def test_breathe_moves_the_lobes_apart_symmetrically():
+    (closed, _), (opened, _) = KINDS["breathe"](-1.0), KINDS["breathe"](1.0)
+    np.testing.assert_allclose(closed[:3], opened[:3])  # the core
+    np.testing.assert_allclose((opened - closed)[3:7, 0], 6.0)
+    np.testing.assert_allclose((opened - closed)[7:, 0], -6.0)
+
+
+def test_a_stack_is_written_with_its_truth_and_its_noise_level(tmp_path):
+    stack = write_stack(tmp_path / "slide", "slide", 40, 0.5, seed=3)
+    images = mrcfile.read(stack)
+    truth = pd.read_csv(tmp_path / "slide_truth.csv")
+    assert images.shape == (40, 40, 40) and images.dtype == np.float32
+    assert list(truth.columns) == ["conformation", "psi_deg", "shift_x", "shift_y"]
+    assert truth["conformation"].between(-1, 1).all() and truth["psi_deg"].between(0, 360).all()
+    # dark particles on a bright offset; nearly noise-free at a huge SNR
+    clean = mrcfile.read(write_stack(tmp_path / "clean", "slide", 40, 1e6, seed=3))
+    signal = (1000.0 - clean.astype(np.float64)) / 40.0
+    noise = (clean.astype(np.float64) - images) / 40.0
+    snr = signal.reshape(40, -1).var(axis=1).mean() / noise.var()
+    assert 0.4 < snr < 0.6
+    assert signal.min() > -0.01 and signal.max() > 1.0
+
+
+def test_scores_are_one_for_the_truth_and_blind_to_z_sign_and_angle_offset():
+    rng = np.random.default_rng(0)
+    truth = pd.DataFrame(
+        {"conformation": rng.uniform(-1, 1, 200), "psi_deg": rng.uniform(0, 360, 200)}
+    )
+    poses = pd.DataFrame(
+        {"z1": -3.0 * truth["conformation"], "theta": np.radians(truth["psi_deg"]) + 1.0}
+    )
+    row = score(poses, truth)
+    assert row["pearson_z"] > 0.999 and row["spearman_z"] > 0.999 and row["circ_fl"] > 0.999
+    poses["z1"] = rng.permutation(poses["z1"].to_numpy())
+    assert score(poses, truth)["pearson_z"] < 0.3
+
+
+def test_the_run_trains_through_the_command_line_and_prints_a_row_per_stack(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "independent_particles.py"), "run", "--kinds", "slide",
+         "--seeds", "0", "--n-train", "64", "--n-test", "32", "--epochs", "1", "--threads", "1",
+         "--apply-snr", "0.1", "--dir", str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("| kind | seed | SNR | wall_s | pearson_z |")
+    assert lines[2].startswith("| slide | 0 | 0.5 |") and lines[3].startswith("| slide | 0 | 0.1 |")
+    assert len(pd.read_csv(tmp_path / "run_slide_s0" / "poses_snr0.5.csv")) == 32
