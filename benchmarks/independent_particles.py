@@ -99,7 +99,8 @@ def simulate(kind: str, n: int, snr: float, seed: int) -> tuple[np.ndarray, pd.D
         x, y, _ = (pose.apply(centres) + np.array([*shifts[i], 0.0])).T
         blobs = (xx[None] - x[:, None, None]) ** 2 + (yy[None] - y[:, None, None]) ** 2
         clean[i] = np.tensordot(weights, np.exp(-blobs / (2.0 * BLOB_SIGMA_PX**2)), axes=1)
-    # the signal's variance is each clean image's own, averaged (cryoDRGN's definition)
+    # each clean image's own variance, averaged (cryoDRGN takes the whole stack's: the same
+    # up to the spread of the images' means, which is small with one molecule in every box)
     noise_std = np.sqrt(clean.reshape(n, -1).var(axis=1).mean() / snr)
     noisy = clean + rng.normal(0.0, noise_std, clean.shape)
     truth = pd.DataFrame(
