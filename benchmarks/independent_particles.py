@@ -44,14 +44,17 @@ import mrcfile
 import numpy as np
 import pandas as pd
 from scipy.spatial.transform import Rotation
+from scipy.stats import rankdata
 
-from napari_spatial_vae.core.metrics import circular_correlation_fl
+from napari_spatial_vae.core.metrics import circular_correlation_fl, pearson
 
 BOX = 40
 BLOB_SIGMA_PX = 1.9
 MAX_TILT_DEG = 12.0
 SHIFT_STD_PX = 1.5
 TRAIN_SEED, TEST_SEED, APPLIED_SEED = 100, 200, 300
+POSE_COLUMNS = ("theta", "z1")  # of spatial-vae infer's POSES.csv
+TRUTH_COLUMNS = ("conformation", "psi_deg")
 
 # one molecule per kind, the same for every seed: (blob centres (n, 3) px, weights (n,))
 Molecule = Callable[[float], tuple[np.ndarray, np.ndarray]]
@@ -126,13 +129,24 @@ def write_stack(prefix: Path, kind: str, n: int, snr: float, seed: int) -> Path:
 
 
 def score(poses: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
-    """|Pearson| and |Spearman| of z1 with the conformation, |Fisher-Lee| of theta."""
-    z = poses["z1"]
+    """|Pearson| and |Spearman| of z1 with the conformation, |Fisher-Lee| of theta.
+
+    Raises ValueError (one line) when a table lacks its columns or the two differ in length.
+    """
+    for table, columns, name in ((poses, POSE_COLUMNS, "poses"), (truth, TRUTH_COLUMNS, "truth")):
+        missing = [column for column in columns if column not in table.columns]
+        if missing:
+            raise ValueError(f"the {name} table lacks column(s) {', '.join(missing)}")
+    if len(poses) != len(truth):
+        raise ValueError(f"{len(poses)} poses for {len(truth)} particles of the truth table")
+    z = poses["z1"].to_numpy()
+    conformation = truth["conformation"].to_numpy()
     psi = np.radians(truth["psi_deg"].to_numpy())
     theta = poses["theta"].to_numpy()
     return {
-        "pearson_z": abs(float(np.corrcoef(z, truth["conformation"])[0, 1])),
-        "spearman_z": abs(float(z.corr(truth["conformation"], method="spearman"))),
+        # the project's one definition (0, not NaN, for a collapsed, constant z)
+        "pearson_z": abs(pearson(z, conformation)),
+        "spearman_z": abs(pearson(rankdata(z), rankdata(conformation))),
         "circ_fl": abs(circular_correlation_fl(theta, psi)),
         "circ_fl_doubled": abs(circular_correlation_fl(2.0 * theta, 2.0 * psi)),
     }
@@ -209,7 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         stack = write_stack(Path(args.output), args.kind, args.n, args.snr, args.seed)
         print(f"wrote {stack} and its truth CSV")
     elif args.command == "score":
-        row = score(pd.read_csv(args.poses), pd.read_csv(args.truth))
+        try:
+            row = score(pd.read_csv(args.poses), pd.read_csv(args.truth))
+        except (OSError, ValueError) as error:  # pandas' parse errors are ValueErrors
+            parser.error(f"score: {error}")
         print(", ".join(f"{name} {value:.3f}" for name, value in row.items()))
     else:
         run(args)

@@ -71,3 +71,26 @@ def test_the_run_trains_through_the_command_line_and_prints_a_row_per_stack(tmp_
     assert lines[0].startswith("| kind | seed | SNR | wall_s | pearson_z |")
     assert lines[2].startswith("| slide | 0 | 0.5 |") and lines[3].startswith("| slide | 0 | 0.1 |")
     assert len(pd.read_csv(tmp_path / "run_slide_s0" / "poses_snr0.5.csv")) == 32
+
+
+def test_scoring_tables_that_do_not_match_fail_in_one_line(tmp_path):
+    truth = pd.DataFrame({"conformation": [0.1, 0.5, -0.3], "psi_deg": [10.0, 200.0, 90.0]})
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    pd.DataFrame({"theta": [0.0, 1.0], "z1": [0.2, 0.4]}).to_csv(
+        tmp_path / "short.csv", index=False
+    )
+    pd.DataFrame({"theta": [0.0, 1.0, 2.0]}).to_csv(tmp_path / "no_z.csv", index=False)
+    script = str(BENCHMARKS / "independent_particles.py")
+    for poses, message in (
+        ("short.csv", "2 poses for 3 particles of the truth table"),
+        ("no_z.csv", "the poses table lacks column(s) z1"),
+        ("missing.csv", "No such file"),
+    ):
+        done = subprocess.run(
+            [sys.executable, script, "score", str(tmp_path / poses), str(tmp_path / "truth.csv")],
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1]
+    # a collapsed z scores 0, not NaN
+    constant = pd.DataFrame({"theta": [0.0, 1.0, 2.0], "z1": [0.3, 0.3, 0.3]})
+    assert score(constant, truth)["pearson_z"] == 0.0
