@@ -29,6 +29,38 @@ def test_breathe_moves_the_lobes_apart_symmetrically():
     np.testing.assert_allclose((opened - closed)[7:, 0], -6.0)
 
 
+def test_two_slides_move_each_domain_by_its_own_conformation_only():
+    molecule = KINDS["two-slides"]
+    rest, _ = molecule(np.array([-1.0, -1.0]))
+    first, _ = molecule(np.array([1.0, -1.0]))
+    second, weights = molecule(np.array([-1.0, 1.0]))
+    body, domain = slice(0, 6), slice(6, 9)
+    np.testing.assert_allclose(np.linalg.norm(first - rest, axis=1)[domain], 5.0)
+    np.testing.assert_allclose(np.delete(first - rest, domain, axis=0), 0.0)
+    np.testing.assert_allclose(np.linalg.norm(second - rest, axis=1)[9:], 5.0)
+    np.testing.assert_allclose((second - rest)[:9], 0.0)
+    np.testing.assert_allclose(rest[body], molecule(np.array([0.3, 0.7]))[0][body])
+    assert len(weights) == 12
+
+
+def test_two_swings_turn_each_domain_in_the_plane_about_its_hinge():
+    molecule = KINDS["two-swings"]
+    rest, _ = molecule(np.array([0.0, 0.0]))
+    for moved, domain in (
+        (np.array([1.0, 0.0]), slice(6, 9)),
+        (np.array([0.0, -1.0]), slice(9, 12)),
+    ):
+        swung, _ = molecule(moved)
+        change = swung - rest
+        np.testing.assert_allclose(np.delete(change, domain, axis=0), 0.0, atol=1e-12)
+        np.testing.assert_allclose(change[domain, 2], 0.0, atol=1e-12)  # in the plane
+        # a rigid turn of 25°: distances within the domain are kept, and it moved
+        kept = np.linalg.norm(swung[domain][:, None] - swung[domain][None], axis=-1)
+        before = np.linalg.norm(rest[domain][:, None] - rest[domain][None], axis=-1)
+        np.testing.assert_allclose(kept, before, atol=1e-12)
+        assert np.linalg.norm(change[domain], axis=1).max() > 2.5
+
+
 def test_a_stack_is_written_with_its_truth_and_its_noise_level(tmp_path):
     stack = write_stack(tmp_path / "slide", "slide", 40, 0.5, seed=3)
     images = mrcfile.read(stack)
@@ -59,18 +91,54 @@ def test_scores_are_one_for_the_truth_and_blind_to_z_sign_and_angle_offset():
     assert score(poses, truth)["pearson_z"] < 0.3
 
 
+def test_two_motions_are_scored_per_motion_and_blind_to_how_z_is_turned(tmp_path):
+    write_stack(tmp_path / "two", "two-swings", 8, 0.5, seed=1)
+    columns = pd.read_csv(tmp_path / "two_truth.csv").columns
+    assert list(columns) == ["conformation_1", "conformation_2", "psi_deg", "shift_x", "shift_y"]
+    rng = np.random.default_rng(1)
+    states = rng.uniform(-1, 1, (500, 2))
+    truth = pd.DataFrame(
+        {"conformation_1": states[:, 0], "conformation_2": states[:, 1],
+         "psi_deg": rng.uniform(0, 360, 500)}
+    )  # fmt: skip
+    theta = np.radians(truth["psi_deg"])
+    matched = pd.DataFrame({"theta": theta, "z1": -states[:, 1], "z2": 2 * states[:, 0]})
+    row = score(matched, truth)
+    assert row["pearson_z"] > 0.999 and row["linear_z"] > 0.999
+    # z's axes turned 45° off the motions: each axis reads both, a linear map still reads each
+    mixed = matched.assign(z1=states[:, 0] + states[:, 1], z2=states[:, 0] - states[:, 1])
+    row = score(mixed, truth)
+    assert row["pearson_z"] < 0.75 and row["linear_z"] > 0.999
+    assert row["pearson_z_1"] < 0.75 and row["pearson_z_2"] < 0.75
+    # one motion missing from z: the worse motion says so
+    row = score(matched.assign(z1=rng.normal(size=500)), truth)
+    assert row["pearson_z"] < 0.2 and row["linear_z"] < 0.2 and row["pearson_z_1"] > 0.999
+    # the motions' sum taken by the rotation: z reads their difference only, and the angle
+    # error follows the sum
+    difference = states[:, 0] - states[:, 1]
+    turned = np.radians(truth["psi_deg"] + 6.0 * states.sum(axis=1))
+    took = pd.DataFrame({"theta": turned, "z1": difference, "z2": rng.normal(size=500)})
+    row = score(took, truth)
+    assert row["linear_z_difference"] > 0.999 and row["linear_z_sum"] < 0.2
+    assert row["angle_error_from_motions"] > 0.999 and row["circ_fl"] > 0.9
+    assert row["angle_error_from_motions"] < 1.0 + 1e-9 and 0.6 < row["linear_z"] < 0.8
+
+
 def test_the_run_trains_through_the_command_line_and_prints_a_row_per_stack(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "independent_particles.py"), "run", "--kinds", "slide",
-         "--seeds", "0", "--n-train", "64", "--n-test", "32", "--epochs", "1", "--threads", "1",
-         "--apply-snr", "0.1", "--dir", str(tmp_path)],
+         "two-swings", "--seeds", "0", "--n-train", "64", "--n-test", "32", "--epochs", "1",
+         "--threads", "1", "--apply-snr", "0.1", "--dir", str(tmp_path)],
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines[0].startswith("| kind | seed | SNR | wall_s | pearson_z |")
+    assert lines[0].startswith("| kind | seed | SNR | wall_s | pearson_z | linear_z |")
     assert lines[2].startswith("| slide | 0 | 0.5 |") and lines[3].startswith("| slide | 0 | 0.1 |")
     assert len(pd.read_csv(tmp_path / "run_slide_s0" / "poses_snr0.5.csv")) == 32
+    # a two-motion kind trains with z-dim 2 and reports each motion
+    assert lines[4].startswith("| two-swings | 0 | 0.5 |") and lines[4].count(" / ") == 2
+    assert {"z1", "z2"} <= set(pd.read_csv(tmp_path / "run_two-swings_s0" / "poses_snr0.1.csv"))
 
 
 def test_scoring_tables_that_do_not_match_fail_in_one_line(tmp_path):
