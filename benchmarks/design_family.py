@@ -12,6 +12,10 @@ unless overridden) under a time budget, then score the held-out particles:
 * ``linear_z``: for each motion, the multiple correlation of all latents with it (how well a
   linear function of z predicts it; equals ``pearson_z`` for z-dim 1, and unlike it does not
   count a rotated mix of two motions over two latent axes as missing; worst motion);
+* ``linear_sum_difference`` (two motions): the multiple correlation of all latents with
+  the motions' sum and with their difference, and ``angle_error_from_motions``, how much of
+  theta's error a linear function of the motions explains (``metrics.sum_and_difference``:
+  a sum z misses while the angle error follows the motions went to the rotation);
 * ``pearson_tilt``: the largest |Pearson| of a latent with the out-of-plane tilt (a nuisance
   factor z may take instead of the motion; absent for designs without tilt);
 * ``circ_fl``: Fisher-Lee circular correlation of theta with the true rotation;
@@ -226,6 +230,28 @@ def score(
         "half_turned": round(metrics.half_turn_fraction(theta.numpy(), particles.theta), 3),
         "recon_corr": round(float(per_image.mean()), 3),
         "z_outliers": _z_outliers(latents, particles, theta.numpy()),
+        **_two_motion_scores(latents, particles, theta.numpy()),
+    }
+
+
+def _two_motion_scores(
+    latents: np.ndarray, particles: DesignParticles, theta: np.ndarray
+) -> dict[str, object]:
+    """Two motions: z against their sum and difference, and the angle error against both.
+
+    Empty for other designs. See ``metrics.sum_and_difference``: a sum z misses while the
+    angle error follows the motions is a motion the rotation took.
+    """
+    if particles.conformation.shape[1] != 2 or latents.shape[1] == 0:
+        return {}
+    angle_error = metrics.aligned_angle_errors(theta, particles.theta)
+    return {
+        "linear_sum_difference": [
+            round(r, 3) for r in metrics.sum_and_difference(latents, particles.conformation)
+        ],
+        "angle_error_from_motions": round(
+            metrics.multiple_correlation(particles.conformation, angle_error), 3
+        ),
     }
 
 

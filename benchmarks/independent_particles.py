@@ -64,6 +64,7 @@ from napari_spatial_vae.core.metrics import (
     circular_correlation_fl,
     multiple_correlation,
     pearson,
+    sum_and_difference,
 )
 
 BOX = 40
@@ -242,11 +243,13 @@ def score(poses: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
     }
     row |= {f"pearson_z_{k + 1}": value for k, value in enumerate(best)}
     if motions == 2:
-        angle_error = aligned_angle_errors(theta, psi)
+        sum_reading, difference_reading = sum_and_difference(z, states)
         row |= {
-            "linear_z_sum": multiple_correlation(z, states.sum(axis=1)),
-            "linear_z_difference": multiple_correlation(z, states[:, 0] - states[:, 1]),
-            "angle_error_from_motions": multiple_correlation(states, angle_error),
+            "linear_z_sum": sum_reading,
+            "linear_z_difference": difference_reading,
+            "angle_error_from_motions": multiple_correlation(
+                states, aligned_angle_errors(theta, psi)
+            ),
         }
     return row
 

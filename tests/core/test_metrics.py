@@ -91,6 +91,21 @@ def test_multiple_correlation_sees_motions_mixed_over_two_axes():
     assert metrics.multiple_correlation(np.zeros((100, 1)), x) == 0.0
 
 
+def test_sum_and_difference_tell_which_combination_of_two_motions_z_lost():
+    motions = RNG.uniform(-1, 1, size=(500, 2))
+    difference = motions[:, 0] - motions[:, 1]
+    # z that reads the difference and noise: the sum is lost, whatever z's axes
+    lost_sum = np.c_[2.0 * difference + 1.0, RNG.normal(size=500)]
+    sum_reading, difference_reading = metrics.sum_and_difference(lost_sum, motions)
+    assert difference_reading == pytest.approx(1.0) and sum_reading < 0.2
+    # both motions in z, mixed over its axes: both combinations read
+    both = motions @ np.array([[0.6, -0.8], [0.8, 0.6]])
+    assert metrics.sum_and_difference(both, motions) == pytest.approx((1.0, 1.0))
+    # one motion only: each combination half-read (R = 1/sqrt(2) for equal spreads)
+    one = motions[:, :1]
+    assert metrics.sum_and_difference(one, motions) == pytest.approx((0.707, 0.707), abs=0.05)
+
+
 def _drifting_angles(z, drift, noise=0.03, seed=1):
     """True angles, and estimates off by ``drift`` (a function of z) plus a little noise."""
     rng = np.random.default_rng(seed)

@@ -248,6 +248,35 @@ def multiple_correlation(latents: np.ndarray, target: np.ndarray) -> float:
     return float(np.sqrt(np.clip(explained, 0.0, 1.0)))
 
 
+def sum_and_difference(latents: np.ndarray, motions: np.ndarray) -> tuple[float, float]:
+    """How well all latents read two motions' sum and their difference (multiple R each).
+
+    Both domains moving the same way (the sum) is, for two in-plane hinges, nearly a turn of
+    the whole particle, which the inferred rotation can take instead of z; the difference
+    no turn imitates. A z that reads the difference and misses the sum lost a motion to the
+    rotation (docs/defaults.md, "Two motions: the rotation takes their sum").
+
+    Parameters
+    ----------
+    latents
+        ``(N, D)`` latent values.
+    motions
+        ``(N, 2)`` the two motions' true states, each on its own scale (-1..1 in the
+        simulators).
+
+    Returns
+    -------
+    tuple of float
+        ``multiple_correlation`` of ``latents`` with ``motions[:, 0] + motions[:, 1]`` and
+        with ``motions[:, 0] - motions[:, 1]``.
+    """
+    motions = np.asarray(motions, dtype=np.float64).reshape(len(latents), 2)
+    return (
+        multiple_correlation(latents, motions[:, 0] + motions[:, 1]),
+        multiple_correlation(latents, motions[:, 0] - motions[:, 1]),
+    )
+
+
 def circular_mean(angles: np.ndarray) -> float:
     """Mean direction of ``(N,)`` angles in radians."""
     return float(np.arctan2(np.sin(angles).sum(), np.cos(angles).sum()))
