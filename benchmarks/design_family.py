@@ -244,13 +244,13 @@ def _two_motion_scores(
     """
     if particles.conformation.shape[1] != 2 or latents.shape[1] == 0:
         return {}
-    angle_error = metrics.aligned_angle_errors(theta, particles.theta)
+    motions = particles.conformation
     return {
         "linear_sum_difference": [
-            round(r, 3) for r in metrics.sum_and_difference(latents, particles.conformation)
+            round(r, 3) for r in metrics.sum_and_difference(latents, motions)
         ],
         "angle_error_from_motions": round(
-            metrics.multiple_correlation(particles.conformation, angle_error), 3
+            metrics.angle_error_from_motions(theta, particles.theta, motions), 3
         ),
     }
 

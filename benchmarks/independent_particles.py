@@ -60,7 +60,7 @@ from scipy.spatial.transform import Rotation
 from scipy.stats import rankdata
 
 from napari_spatial_vae.core.metrics import (
-    aligned_angle_errors,
+    angle_error_from_motions,
     circular_correlation_fl,
     multiple_correlation,
     pearson,
@@ -247,9 +247,7 @@ def score(poses: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
         row |= {
             "linear_z_sum": sum_reading,
             "linear_z_difference": difference_reading,
-            "angle_error_from_motions": multiple_correlation(
-                states, aligned_angle_errors(theta, psi)
-            ),
+            "angle_error_from_motions": angle_error_from_motions(theta, psi, states),
         }
     return row
 

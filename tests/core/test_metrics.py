@@ -106,6 +106,16 @@ def test_sum_and_difference_tell_which_combination_of_two_motions_z_lost():
     assert metrics.sum_and_difference(one, motions) == pytest.approx((0.707, 0.707), abs=0.05)
 
 
+def test_angle_error_from_motions_sees_a_frame_that_turns_with_the_conformation():
+    motions = RNG.uniform(-1, 1, size=(500, 2))
+    true = RNG.uniform(-np.pi, np.pi, 500)
+    offset = 1.3  # a global offset is not an error
+    turning = true + offset + np.radians(6.0) * motions.sum(axis=1)
+    assert metrics.angle_error_from_motions(turning, true, motions) == pytest.approx(1.0)
+    noisy = true + offset + RNG.normal(0.0, np.radians(3.0), 500)
+    assert metrics.angle_error_from_motions(noisy, true, motions) < 0.2
+
+
 def _drifting_angles(z, drift, noise=0.03, seed=1):
     """True angles, and estimates off by ``drift`` (a function of z) plus a little noise."""
     rng = np.random.default_rng(seed)

@@ -277,6 +277,23 @@ def sum_and_difference(latents: np.ndarray, motions: np.ndarray) -> tuple[float,
     )
 
 
+def angle_error_from_motions(estimated: np.ndarray, true: np.ndarray, motions: np.ndarray) -> float:
+    """How much of the rotation's error a linear function of the motions explains.
+
+    The multiple correlation of ``aligned_angle_errors(estimated, true)`` with the true
+    motions: near 1 when the inferred frame turns with the conformation (a motion taken by
+    the rotation, see :func:`sum_and_difference`), near 0 when the error is noise.
+
+    Parameters
+    ----------
+    estimated, true
+        ``(N,)`` angles in radians.
+    motions
+        ``(N, M)`` the motions' true states.
+    """
+    return multiple_correlation(motions, aligned_angle_errors(estimated, true))
+
+
 def circular_mean(angles: np.ndarray) -> float:
     """Mean direction of ``(N,)`` angles in radians."""
     return float(np.arctan2(np.sin(angles).sum(), np.cos(angles).sum()))
