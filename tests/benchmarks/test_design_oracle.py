@@ -56,8 +56,8 @@ def test_a_window_narrower_than_the_pose_posterior_puts_its_mass_on_the_edge():
     # the project's hinge at SNR 1: its pose is known to a few degrees and about a pixel,
     # so +-2 deg leaves a fifth of the posterior on its edge and +-10 deg next to none
     design = DESIGNS["hinge"]
-    _, narrow = oracle_pearson(design, 1.0, 8, 7, 11, 2, 1.0, 0.0, 0.5)
-    _, wide = oracle_pearson(design, 1.0, 8, 7, 11, 10, 2.0, 0.0, 0.5)
+    _, narrow, _ = oracle_pearson(design, 1.0, 8, 7, 11, 2, 1.0, 0.0, 0.5)
+    _, wide, _ = oracle_pearson(design, 1.0, 8, 7, 11, 10, 2.0, 0.0, 0.5)
     assert narrow > 0.15 and wide < 0.05
 
 
@@ -78,6 +78,14 @@ def test_an_unknown_tilt_is_marginalised_on_a_tilted_design():
     # tilted-hinge leans its arm's hinge 60 degrees out of plane and tilts up to 15: with the
     # tilt unknown the oracle scores 31 tilts per conformation, and its estimate moves
     design = DESIGNS["tilted-hinge"]
-    known, _ = oracle_pearson(design, 0.5, 12, 7, 9)
-    unknown, edge = oracle_pearson(design, 0.5, 12, 7, 9, tilt_step_deg=1.0, chunk=50)
+    known, _, _ = oracle_pearson(design, 0.5, 12, 7, 9)
+    unknown, edge, _ = oracle_pearson(design, 0.5, 12, 7, 9, tilt_step_deg=1.0, chunk=50)
     assert edge == 0.0 and unknown != known and 0.5 < unknown[0] <= 1.0
+
+
+def test_two_motions_get_bounds_on_their_sum_and_difference():
+    # one motion: nothing to sum; two motions at SNR 1 with the pose known: the oracle
+    # reads each motion, so their sum and difference too, and both far above chance
+    assert oracle_pearson(DESIGNS["hinge"], 1.0, 6, 7, 5)[2] is None
+    each, _, (on_sum, on_difference) = oracle_pearson(DESIGNS["two-motions"], 1.0, 12, 7, 7)
+    assert min(each) > 0.8 and on_sum > 0.8 and on_difference > 0.8
