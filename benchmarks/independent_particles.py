@@ -211,7 +211,9 @@ def score(poses: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
         if "conformation" in truth.columns
         else max(sum(column.startswith("conformation_") for column in truth.columns), 1)
     )
-    latents = [f"z{k + 1}" for k in range(motions)]
+    # every latent the run has (z-dim may exceed the motions), at least one per motion
+    z_dim = max(motions, sum(f"z{k + 1}" in poses.columns for k in range(len(poses.columns))))
+    latents = [f"z{k + 1}" for k in range(z_dim)]
     wanted = (
         (poses, ["theta", *latents], "poses"),
         (truth, [*conformation_columns(motions), "psi_deg"], "truth"),

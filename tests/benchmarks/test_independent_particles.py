@@ -122,6 +122,9 @@ def test_two_motions_are_scored_per_motion_and_blind_to_how_z_is_turned(tmp_path
     assert row["linear_z_difference"] > 0.999 and row["linear_z_sum"] < 0.2
     assert row["angle_error_from_motions"] > 0.999 and row["circ_fl"] > 0.9
     assert 0.6 < row["linear_z"] < 0.8  # motion 1 = (sum + difference) / 2, half read
+    # a run with a spare latent (z-dim 3) is scored on all three: the sum on z3 counts
+    row = score(took.assign(z3=states.sum(axis=1)), truth)
+    assert row["linear_z_sum"] > 0.999 and row["linear_z"] > 0.999
 
 
 def test_the_run_trains_through_the_command_line_and_prints_a_row_per_stack(tmp_path):
