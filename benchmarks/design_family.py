@@ -13,7 +13,8 @@ unless overridden) under a time budget, then score the held-out particles:
   linear function of z predicts it; equals ``pearson_z`` for z-dim 1, and unlike it does not
   count a rotated mix of two motions over two latent axes as missing; worst motion);
 * ``linear_sum_difference`` (two motions): the multiple correlation of all latents with
-  the motions' sum and with their difference, and ``angle_error_from_motions``, how much of
+  the motions' sum and with their difference, ``sum_with_angle_error``, how well the latents
+  and the angle error together read the sum, and ``angle_error_from_motions``, how much of
   theta's error a linear function of the motions explains (``metrics.sum_and_difference``:
   a sum z misses while the angle error follows the motions went to the rotation);
 * ``pearson_tilt``: the largest |Pearson| of a latent with the out-of-plane tilt (a nuisance
@@ -251,6 +252,9 @@ def _two_motion_scores(
         ],
         "angle_error_from_motions": round(
             metrics.angle_error_from_motions(theta, particles.theta, motions), 3
+        ),
+        "sum_with_angle_error": round(
+            metrics.sum_with_angle_error(latents, theta, particles.theta, motions), 3
         ),
     }
 

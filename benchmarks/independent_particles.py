@@ -65,6 +65,7 @@ from napari_spatial_vae.core.metrics import (
     multiple_correlation,
     pearson,
     sum_and_difference,
+    sum_with_angle_error,
 )
 
 BOX = 40
@@ -202,7 +203,9 @@ def score(poses: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
     nearly a turn of the whole particle) and with their difference (``linear_z_sum``,
     ``linear_z_difference``), and how much of theta's error a linear function of the two
     motions explains (``angle_error_from_motions``, a multiple correlation): a sum that z
-    misses while the angle error follows it is a motion the rotation took.
+    misses while the angle error follows it is a motion the rotation took; and how well z
+    and the angle error together read the sum (``linear_z_sum_with_angle_error``): near 1
+    when the sum is split between z and the frame rather than lost.
 
     Raises ValueError (one line) when a table lacks its columns or the two differ in length.
     """
@@ -250,6 +253,7 @@ def score(poses: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
             "linear_z_sum": sum_reading,
             "linear_z_difference": difference_reading,
             "angle_error_from_motions": angle_error_from_motions(theta, psi, states),
+            "linear_z_sum_with_angle_error": sum_with_angle_error(z, theta, psi, states),
         }
     return row
 

@@ -121,6 +121,8 @@ def test_two_motions_are_scored_per_motion_and_blind_to_how_z_is_turned(tmp_path
     row = score(took, truth)
     assert row["linear_z_difference"] > 0.999 and row["linear_z_sum"] < 0.2
     assert row["angle_error_from_motions"] > 0.999 and row["circ_fl"] > 0.9
+    # ... so z and the angle error together read the sum: split, not lost
+    assert row["linear_z_sum_with_angle_error"] > 0.999
     assert 0.6 < row["linear_z"] < 0.8  # motion 1 = (sum + difference) / 2, half read
     # a run with a spare latent (z-dim 3) is scored on all three: the sum on z3 counts
     row = score(took.assign(z3=states.sum(axis=1)), truth)

@@ -132,6 +132,7 @@ def test_design_family_prints_a_row_per_design_and_a_table(tmp_path):
     assert {"circ_fl", "circ_fl_state", "recon_corr", "test_elbo", "applied"} <= set(row)
     # two motions: z along their sum and difference, and the angle error along both
     assert len(row["linear_sum_difference"]) == 2 and 0 <= row["angle_error_from_motions"] <= 1
+    assert 0 <= row["sum_with_angle_error"] <= 1
     assert lines[-1].startswith("| two-motions | 0 |")
     # --save-latents: the held-out posterior means next to the ground truth (folder made)
     saved = np.load(tmp_path / "latents" / "two-motions_s0.npz")

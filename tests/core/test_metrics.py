@@ -116,6 +116,25 @@ def test_angle_error_from_motions_sees_a_frame_that_turns_with_the_conformation(
     assert metrics.angle_error_from_motions(noisy, true, motions) < 0.2
 
 
+def test_sum_with_angle_error_finds_a_sum_split_between_z_and_the_frame():
+    motions = RNG.uniform(-1, 1, size=(500, 2))
+    total = motions.sum(axis=1)
+    true = RNG.uniform(-np.pi, np.pi, 500)
+    # the frame turned with half the sum, z kept the difference and the other half
+    turned = true + 0.4 + np.radians(8.0) * total
+    z = np.c_[motions[:, 0] - motions[:, 1], 0.5 * total + RNG.normal(0.0, 0.5, 500)]
+    z_alone, _ = metrics.sum_and_difference(z, motions)
+    assert z_alone < 0.85
+    assert metrics.sum_with_angle_error(z, turned, true, motions) > 0.99
+    # a few particles turned far off do not hide it
+    far = turned.copy()
+    far[:5] += np.pi / 2
+    assert metrics.sum_with_angle_error(z, far, true, motions) > 0.99
+    # an angle error that is noise adds nothing to what z reads
+    noisy = true + 0.4 + RNG.normal(0.0, np.radians(3.0), 500)
+    assert metrics.sum_with_angle_error(z, noisy, true, motions) < z_alone + 0.02
+
+
 def _drifting_angles(z, drift, noise=0.03, seed=1):
     """True angles, and estimates off by ``drift`` (a function of z) plus a little noise."""
     rng = np.random.default_rng(seed)
