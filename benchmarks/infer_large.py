@@ -9,6 +9,7 @@ memory, which should stay far below the stack size (target < 2 GB at any size).
 
     python benchmarks/infer_large.py [--n 300000] [--size 64] [--batch 1024] [--limit N]
     python benchmarks/infer_large.py --model defaults --batch 256 --limit 4096 [--refine-steps 0]
+        [--half-turn-check auto|on|off]
 
 ``--model tiny`` (the default here) is a small MLP-encoder model that measures the pipeline;
 ``--model defaults`` is the model ``spatial-vae train`` builds by default (z-dim 1), for the
@@ -32,7 +33,12 @@ from pathlib import Path
 import mrcfile
 import torch
 
-from napari_spatial_vae.core.config import REFINE_Z_STEPS, ModelConfig, TrainConfig
+from napari_spatial_vae.core.config import (
+    HALF_TURN_CHECK_CHOICES,
+    REFINE_Z_STEPS,
+    ModelConfig,
+    TrainConfig,
+)
 from napari_spatial_vae.core.infer import iter_inference
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.performance import release_large_blocks
@@ -73,13 +79,18 @@ def main() -> None:
         "--search-rotation", action="store_true",
         help="each particle's rotation searched on the whole circle (--model defaults)",
     )  # fmt: skip
+    parser.add_argument(
+        "--half-turn-check", choices=HALF_TURN_CHECK_CHOICES, default="auto",
+        help="the run's setting (--model defaults): unless off, each particle is also read "
+        "a half turn away",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model_config = (
         ModelConfig(z_dim=2, hidden_dim=32, encoder="mlp")
         if args.model == "tiny"
-        else ModelConfig(z_dim=1)
+        else ModelConfig(z_dim=1, half_turn_check=args.half_turn_check)
     )
     config = TrainConfig(model=model_config, device="cpu")
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
@@ -136,6 +147,8 @@ def main() -> None:
             reading = f"z refined in {args.refine_steps} steps"
         if args.search_rotation:
             reading += ", the rotation searched on the whole circle"
+        if model.reads_half_turns:
+            reading += ", each particle also read a half turn away"
         print(
             f"inferred {done} images in {seconds:.1f} s: {done / seconds:,.0f} images/s "
             f"({args.model} model, {reading}; encode + aligned particles + reconstructions, "

@@ -6,6 +6,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 from napari_spatial_vae.core.losses import (
     LossTerms,
     bernoulli_nll,
+    fitted_residual,
     free_mean_rotation_kl,
     gaussian_nll,
     normal_kl,
@@ -65,3 +66,18 @@ def test_elbo_decomposition_adds_up():
     terms = LossTerms(*(torch.rand(5) for _ in range(4)))
     torch.testing.assert_close(terms.kl, terms.kl_theta + terms.kl_shift + terms.kl_z)
     torch.testing.assert_close(terms.neg_elbo, terms.recon + terms.kl)
+
+
+def test_the_fitted_residual_ignores_scale_and_offset_but_not_a_negative_image():
+    torch.manual_seed(0)
+    mean = torch.randn(3, 2, 50)
+    scale, offset = torch.tensor([0.3, 1.0, 4.0]), torch.tensor([2.0, -1.0, 0.0])
+    exact = scale[:, None, None] * mean + offset[:, None, None]
+    torch.testing.assert_close(fitted_residual(exact, mean), torch.zeros(3), atol=1e-4, rtol=0)
+    noisy = exact + 0.5 * torch.randn_like(exact)
+    residual = fitted_residual(noisy, mean)
+    assert (residual > 0).all()
+    # a rendering never fits turned negative: the scale is clamped at 0, leaving the whole
+    # (centred) image as the residual
+    centred = (-exact).flatten(1) - (-exact).flatten(1).mean(1, keepdim=True)
+    torch.testing.assert_close(fitted_residual(-exact, mean), centred.pow(2).sum(1))

@@ -344,23 +344,83 @@ def test_the_half_turn_check_keeps_whichever_pose_renders_the_particle():
     torch.testing.assert_close(search.attention, right)
 
 
-def test_the_half_turn_signal_names_the_particles_the_check_would_turn():
+def _sharp_untrained(**fields) -> SpatialVAE:
+    """A small model whose untrained generator renders a sharp template (eval mode)."""
     torch.manual_seed(0)
-    config = ModelConfig(z_dim=1, hidden_dim=16, encoder_rotations=8, fit_noise=False)
+    config = ModelConfig(z_dim=1, hidden_dim=16, encoder_rotations=8, **fields)
     model = SpatialVAE(config, (1, 24, 24)).eval()
     with torch.no_grad():  # an untrained generator is nearly flat: make its template sharp
         model.generator.coord_layer.weight.mul_(3.0)
         model.generator.body[-1].weight.mul_(20.0)
-    images = torch.nn.functional.avg_pool2d(torch.randn(32, 1, 24, 24), 5, 1, 2) * 3.0
-    better = model.half_turn_fits_better(images, binning=1)  # full size, as encode
-    plain = model.encode(images)
-    model.config.half_turn_check = "on"
-    checked = model.encode(images)
+    return model
+
+
+def _blobs(n: int = 32) -> torch.Tensor:
+    """``(n, 1, 24, 24)`` smooth random images."""
+    return torch.nn.functional.avg_pool2d(torch.randn(n, 1, 24, 24), 5, 1, 2) * 3.0
+
+
+@torch.no_grad()
+def test_the_half_turn_signal_names_the_particles_the_check_would_turn():
+    model = _sharp_untrained(fit_noise=False, half_turn_check="on")
+    images = _blobs()
+    better = model.half_turn_fits_better(images, binning=1)  # full size
+    # the training step's choice (the training objective's cost) at the same size
+    hypotheses = model.encoder.search_rotation(model.encoder_view(images, None) * model.input_mask,
+                                               half_turn=True)  # fmt: skip
+    chosen, _ = model.better_hypothesis(hypotheses, model.targets(images))
+    turned = ~torch.isclose(chosen.mu, hypotheses[0][0].mu).all(dim=1)
     # the check turns exactly the particles the signal names, and (an untrained encoder's
     # poses being arbitrary) some but not all of them
-    turned = ~torch.isclose(checked.mu, plain.mu).all(dim=1)
     assert torch.equal(better, turned)
     assert 0 < int(better.sum()) < len(images)
+
+
+@torch.no_grad()
+def test_particles_are_read_a_half_turn_away_unless_the_check_is_off():
+    model = _sharp_untrained(fit_noise=False)  # half_turn_check "auto", never switched
+    images = _blobs()
+    assert not model.checks_half_turns and model.reads_half_turns
+    read = model.encode(images)
+    view = model.encoder_view(images, None) * model.input_mask
+    hypotheses = model.encoder.search_rotation(view, half_turn=True)
+    # compared in 2 x 2 bins, as training's check
+    layout = model.binned_layout(model.coarse_binning)
+    assert layout.binning == 2
+    named = model._prefers_half_turn(
+        hypotheses, layout.targets(images), None, layout, None, own_noise=True
+    )
+    model.config.half_turn_check = "off"
+    assert not model.reads_half_turns
+    plain = model.encode(images)
+    torch.testing.assert_close(plain.mu, model.encoder(view).mu)
+    turned = ~torch.isclose(read.mu, plain.mu).all(dim=1)
+    assert torch.equal(turned, named)
+    assert 0 < int(named.sum()) < len(images)
+
+
+@torch.no_grad()
+def test_reading_compares_the_half_turn_at_the_particles_own_scale_and_noise():
+    """Particles noisier than the training stack are standardised to less signal, and the
+    learned noise varies with z: neither may decide which way round a particle is read."""
+    model = _sharp_untrained(fit_noise=True)
+    images = _blobs()
+    view = model.encoder_view(images, None) * model.input_mask
+    hypotheses = model.encoder.search_rotation(view, half_turn=True)
+
+    def named(targets: torch.Tensor, own_noise: bool = True) -> torch.Tensor:
+        return model._prefers_half_turn(hypotheses, targets, None, model.layout, None, own_noise)
+
+    targets = model.targets(images)
+    before, by_objective = named(targets), named(targets, own_noise=False)
+    assert 0 < int(before.sum()) < len(images)
+    # the same particles at a third of the contrast on another background level
+    assert torch.equal(named(0.3 * targets + 2.0), before)
+    # the generator's noise output changed (much more noise predicted at some z and pixels)
+    model.generator.body[-1].weight[1].mul_(40.0)
+    model.generator.body[-1].bias[1].add_(1.0)
+    assert torch.equal(named(targets), before)
+    assert not torch.equal(named(targets, own_noise=False), by_objective)  # it matters there
 
 
 def test_there_is_no_half_turn_signal_without_z_read_from_the_aligned_particle():

@@ -343,10 +343,10 @@ def test_the_posterior_compares_with_the_particles_ctf(tmp_path, make_config):
     )
     train(make_config(epochs=2), particles.images, tmp_path, ctf=particles.ctf)
     model, config, _ = load_model(tmp_path)
-    images, theta, shift, _ = encode(model, config, particles.images)
     filters = CtfBatches(particles.ctf, (24, 24), torch.device("cpu")).filters(
-        torch.arange(len(images))
+        torch.arange(len(particles.images))
     )
+    images, theta, shift, _ = encode(model, config, particles.images, filters)
     with_ctf, _ = posterior_z(model, images, theta, shift, model.training_z, filters)
     without, _ = posterior_z(model, images, theta, shift, model.training_z)
     assert (with_ctf - without).abs().max() > 1e-3

@@ -76,10 +76,10 @@ def test_refinement_compares_with_the_particles_ctf(tmp_path, make_config):
     # two latents: inference refines them (one is read on a grid, test_posterior_z.py)
     train(make_config(epochs=2, z_dim=2), particles.images, tmp_path, ctf=particles.ctf)
     model, config, _ = load_model(tmp_path)
-    images, theta, shift, z = encode(model, config, particles.images)
     filters = CtfBatches(particles.ctf, (24, 24), torch.device("cpu")).filters(
-        torch.arange(len(images))
+        torch.arange(len(particles.images))
     )
+    images, theta, shift, z = encode(model, config, particles.images, filters)
     refined = refine_z(model, images, theta, shift, z, filters, steps=5, binning=1)
     targets = model.targets(images)
     with torch.no_grad():

@@ -254,7 +254,9 @@ class ModelConfig:
         "held-out particles fit better turned in two epochs in a row (a particle whose "
         "motion passes through a nearly symmetric shape can be learned partly upside "
         "down); 'on' from the start; "
-        "'off' never (training then warns instead). See docs/defaults.md.",
+        "'off' never (training then warns instead). Unless 'off', reading particles "
+        "(inference) tries each one turned too, compared at the particle's own noise "
+        "level. See docs/defaults.md.",
         label="check half turns",
         group="model",
         choices=HALF_TURN_CHECK_CHOICES,

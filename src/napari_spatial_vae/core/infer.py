@@ -190,7 +190,7 @@ def iter_inference(
         if frame is not None:
             frame.check(model)
         filters = _ctf_filters(model, stack, ctf, device, needed=reconstructions and with_ctf)
-        if filters is None and (model.checks_half_turns or refines or search_rotation):
+        if filters is None and (model.reads_half_turns or refines or search_rotation):
             # the half-turn check and the refinement of z compare renderings with the
             # particles: with the CTF the run's setting uses for them, as in training
             used = resolve_ctf(

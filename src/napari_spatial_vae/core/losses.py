@@ -115,6 +115,32 @@ def fitted_amplitude(
     return (numerator / denominator).clamp_min(0.0)
 
 
+def fitted_residual(target: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Each image's squared residual once the rendering is scaled and offset to it.
+
+    The least-squares scale (clamped at 0: a rendering never fits turned negative) and
+    offset, common to all channels, take up what per-image standardisation does to a
+    particle noisier than the training stack (less signal, another background level), so
+    renderings are compared by their shape alone, as :mod:`.posterior_z` compares them.
+
+    Parameters
+    ----------
+    target, mean
+        ``(B, C, N)`` observed and predicted pixel values.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B,)`` the sum of squared residuals.
+    """
+    observed, rendered = target.flatten(1), mean.flatten(1)
+    observed = observed - observed.mean(1, keepdim=True)
+    rendered = rendered - rendered.mean(1, keepdim=True)
+    cross = (observed * rendered).sum(1)
+    scale = (cross / (rendered * rendered).sum(1).clamp_min(1e-12)).clamp_min(0.0)
+    return (observed - scale[:, None] * rendered).pow(2).sum(1)
+
+
 def bernoulli_nll(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Bernoulli negative log-likelihood (targets in 0..1), summed over channels and pixels.
 

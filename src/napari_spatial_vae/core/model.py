@@ -32,6 +32,7 @@ from napari_spatial_vae.core.losses import (
     LossTerms,
     bernoulli_nll,
     fitted_amplitude,
+    fitted_residual,
     free_mean_rotation_kl,
     gaussian_nll,
     normal_kl,
@@ -736,13 +737,21 @@ class SpatialVAE(nn.Module):
         """Posterior for ``(B, C, H, W)`` images (masked like the training input).
 
         ``ctf`` ``(B, H, W // 2 + 1)``: the images' CTF filters, for :meth:`encoder_view`.
+        Each particle is also tried a half turn away where :attr:`reads_half_turns`, the two
+        fits compared at the particle's own noise level (see :meth:`better_hypothesis`).
         """
         view = self.encoder_view(images, ctf) * self.input_mask
-        if not self.checks_half_turns:
+        if not self.reads_half_turns:
             return self.encoder(view)
         assert isinstance(self.encoder, EquivariantEncoder)
         hypotheses = self.encoder.search_rotation(view, half_turn=True)
-        posterior, search = self.better_hypothesis(hypotheses, self.targets(images), ctf)
+        # compared in 2 x 2 bins where they apply, as training's check: a quarter of the
+        # rendering, inference a third faster than at full size, the same choices on the
+        # family's particles at SNR 0.5 and within 0.01 of Fisher-Lee at SNR 0.1 (docs/defaults.md)
+        layout = self.binned_layout(self.coarse_binning)
+        posterior, search = self.better_hypothesis(
+            hypotheses, layout.targets(images), ctf, layout, own_noise=True
+        )
         return self.encoder.single_angle(search.attention, posterior)
 
     @property
@@ -763,6 +772,16 @@ class SpatialVAE(nn.Module):
         training switches "auto" to "on" when the held-out particles call for it)."""
         return self.config.half_turn_check == "on" and self.can_check_half_turns
 
+    @property
+    def reads_half_turns(self) -> bool:
+        """Whether reading particles (:meth:`encode`, so inference) tries each one a half
+        turn away: unless ``half_turn_check`` is "off". A run on "auto" that never switched
+        trained without the check, but a particle its encoder places upside down is still
+        read the right way round when the turned fit is clearly better (docs/defaults.md,
+        "The half turn checked when particles are read").
+        """
+        return self.config.half_turn_check != "off" and self.can_check_half_turns
+
     @torch.no_grad()
     def half_turn_fits_better(
         self, images: torch.Tensor, ctf: torch.Tensor | None = None, binning: int | None = None
@@ -771,7 +790,7 @@ class SpatialVAE(nn.Module):
         pose fits better by :data:`HALF_TURN_MARGIN` nats.
 
         Compared in ``binning`` x ``binning`` bins; default 2 x 2 where they apply, like the
-        check in training (a quarter of the cost), 1 for the full-size choice of :meth:`encode`.
+        check in training (a quarter of the cost); 1: at full size.
 
         With the check off, a share of these well above a percent says the model learned part
         of the particles upside down (:func:`~.metrics.half_turn_warning`). None where the
@@ -837,6 +856,41 @@ class SpatialVAE(nn.Module):
             mean = mean * fitted_amplitude(targets, mean, logstd)[:, None, None]
         return self.reconstruction_nll(targets, mean, logstd)
 
+    @torch.no_grad()
+    def _own_noise_costs(
+        self,
+        hypotheses: list[tuple[Posterior, RotationSearch]],
+        targets: torch.Tensor,
+        ctf: torch.Tensor | None,
+        layout: PixelLayout,
+        autocast: contextlib.AbstractContextManager | None,
+    ) -> list[torch.Tensor]:
+        """``(B,)`` -log joint of each hypothesis at its mean and most probable bin, with the
+        rendering scaled and offset to the particle and white noise at the particle's own level.
+
+        The noise variance is the better hypothesis's residual per modelled value. The
+        training objective's learned noise is left out: it varies with z, so on particles
+        noisier than the training stack its log-determinant outweighs the data and a turned
+        pose read at a blurred z (high predicted noise) wins; on ``tilted-hinge`` particles at
+        SNR 0.1 that turned 43 % of them (docs/defaults.md). The prior of the shift and of z
+        enters at the mean (the rotation's is the same for a pose and its half turn).
+        """
+        residuals, priors = [], []
+        for posterior, search in hypotheses:
+            theta = search.candidates[search.attention.argmax(dim=1)] + posterior.mu[:, 0]
+            _, shift, z = self.split_latent(posterior.mu)
+            with autocast or contextlib.nullcontext():
+                mean, _ = self.decode(z, theta, shift, len(targets), layout)
+            mean = mean.float()
+            if ctf is not None:
+                mean = self.apply_ctf(mean, ctf, layout)
+            residuals.append(fitted_residual(targets, mean).double())
+            # shift and z latents (after theta's in-bin offset) under their N(0, 1) prior
+            priors.append(0.5 * posterior.mu[:, 1:].double().pow(2).sum(1))
+        values = targets[0].numel()
+        noise_var = torch.minimum(*residuals).clamp_min(1e-12) / values
+        return [0.5 * r / noise_var + p for r, p in zip(residuals, priors, strict=True)]
+
     def _prefers_half_turn(
         self,
         hypotheses: list[tuple[Posterior, RotationSearch]],
@@ -844,9 +898,20 @@ class SpatialVAE(nn.Module):
         ctf: torch.Tensor | None,
         layout: PixelLayout,
         autocast: contextlib.AbstractContextManager | None,
+        own_noise: bool = False,
     ) -> torch.Tensor:
-        """``(B,)`` bool: where the second (half-turned) hypothesis is clearly the better."""
-        costs = [self._hypothesis_cost(p, s, targets, ctf, layout, autocast) for p, s in hypotheses]
+        """``(B,)`` bool: where the second (half-turned) hypothesis is clearly the better.
+
+        Compared by the training objective (:meth:`_hypothesis_cost`), or with
+        ``own_noise`` at each particle's own scale and noise level (:meth:`_own_noise_costs`;
+        gaussian likelihood).
+        """
+        if own_noise and self.config.likelihood == "gaussian":
+            costs = self._own_noise_costs(hypotheses, targets, ctf, layout, autocast)
+        else:
+            costs = [
+                self._hypothesis_cost(p, s, targets, ctf, layout, autocast) for p, s in hypotheses
+            ]
         # a particle is turned only when the turned fit is clearly better: while the template
         # is still nearly symmetric the two costs differ by noise, and choices that flip from
         # step to step train the encoder towards both bins at once
@@ -859,11 +924,15 @@ class SpatialVAE(nn.Module):
         ctf: torch.Tensor | None = None,
         layout: PixelLayout | None = None,
         autocast: contextlib.AbstractContextManager | None = None,
+        own_noise: bool = False,
     ) -> tuple[Posterior, RotationSearch]:
         """Per particle, the encoder's pose, or its half turn where that is clearly better.
 
-        The half turn is kept where its cost (:meth:`_hypothesis_cost`) is lower by more than
-        :data:`HALF_TURN_MARGIN` nats.
+        The half turn is kept where its cost is lower by more than :data:`HALF_TURN_MARGIN`
+        nats: the training objective's (:meth:`_hypothesis_cost`) in training, or with
+        ``own_noise`` (reading particles, :meth:`encode`) the fit at each particle's own
+        scale and noise level (:meth:`_own_noise_costs`), which particles noisier than the
+        training stack need.
 
         Parameters
         ----------
@@ -882,7 +951,8 @@ class SpatialVAE(nn.Module):
             return hypotheses[0]
         layout = layout if layout is not None else self.layout
         (upright, search), (turned, turned_search) = hypotheses
-        use_turned = self._prefers_half_turn(hypotheses, targets, ctf, layout, autocast)[:, None]
+        turn = self._prefers_half_turn(hypotheses, targets, ctf, layout, autocast, own_noise)
+        use_turned = turn[:, None]
         posterior = Posterior(
             torch.where(use_turned, turned.mu, upright.mu),
             torch.where(use_turned, turned.logstd, upright.logstd),
