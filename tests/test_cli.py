@@ -390,3 +390,28 @@ def test_infer_traverse_and_movie_hold_a_masked_part_still(npy_stack, tmp_path, 
                             "--hold-still", tmp_path / "bad.npy", "-q")  # fmt: skip
         assert code in (1, 2) and message in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "x.csv").exists()
+
+
+def test_infer_says_how_many_particles_it_read_a_half_turn_away(tmp_path, capsys):
+    from napari_spatial_vae.core.checkpoint import Progress, save_checkpoint, save_config
+    from napari_spatial_vae.core.config import TrainConfig
+    from napari_spatial_vae.core.data import preprocess
+    from tests.untrained import sharp_untrained_model, smooth_blobs
+
+    model = sharp_untrained_model(fit_noise=False)  # half_turn_check "auto"
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(run, TrainConfig(model=model.config), model.image_shape, {})
+    save_checkpoint(run, model, None, Progress(epochs_completed=1, finished=True))
+    blobs = smooth_blobs(20)
+    np.save(tmp_path / "blobs.npy", blobs[:, 0].numpy())
+    with torch.no_grad():
+        expected = int(model.encode_with_turns(preprocess(blobs, 1.0, normalize=True))[1].sum())
+    assert 0 < expected < 20
+    code, err = run_cli(
+        capsys, "infer", run, tmp_path / "blobs.npy", "-o", tmp_path / "poses.csv",
+        "--refine-steps", "0", "--device", "cpu", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    share = f"{100 * expected / 20:.1f} %"
+    assert f"{expected} of the 20 particles ({share}) were read a half turn" in err

@@ -77,8 +77,10 @@ def test_large_boxes_are_computed_in_parts_with_the_same_results(
 
     whole = run()
     seen: list[int] = []
-    encode = model.encode
-    monkeypatch.setattr(model, "encode", lambda x, *a: seen.append(len(x)) or encode(x, *a))
+    encode = model.encode_with_turns
+    monkeypatch.setattr(
+        model, "encode_with_turns", lambda x, *a: seen.append(len(x)) or encode(x, *a)
+    )
     # parts of three images: as a batch of 10 would be split at 4x the pixels of COMPUTE_PIXELS
     monkeypatch.setattr(infer, "COMPUTE_PIXELS", 3 * images.shape[1] * images.shape[2] + 5)
     parted = run()

@@ -7,6 +7,7 @@ import torch
 from napari_spatial_vae.core.config import ModelConfig
 from napari_spatial_vae.core.errors import ConfigError
 from napari_spatial_vae.core.model import HALF_TURN_MARGIN, Posterior, RotationSearch, SpatialVAE
+from tests.untrained import sharp_untrained_model, smooth_blobs
 
 SHAPE = (1, 16, 16)
 
@@ -344,26 +345,10 @@ def test_the_half_turn_check_keeps_whichever_pose_renders_the_particle():
     torch.testing.assert_close(search.attention, right)
 
 
-def _sharp_untrained(**fields) -> SpatialVAE:
-    """A small model whose untrained generator renders a sharp template (eval mode)."""
-    torch.manual_seed(0)
-    config = ModelConfig(z_dim=1, hidden_dim=16, encoder_rotations=8, **fields)
-    model = SpatialVAE(config, (1, 24, 24)).eval()
-    with torch.no_grad():  # an untrained generator is nearly flat: make its template sharp
-        model.generator.coord_layer.weight.mul_(3.0)
-        model.generator.body[-1].weight.mul_(20.0)
-    return model
-
-
-def _blobs(n: int = 32) -> torch.Tensor:
-    """``(n, 1, 24, 24)`` smooth random images."""
-    return torch.nn.functional.avg_pool2d(torch.randn(n, 1, 24, 24), 5, 1, 2) * 3.0
-
-
 @torch.no_grad()
 def test_the_half_turn_signal_names_the_particles_the_check_would_turn():
-    model = _sharp_untrained(fit_noise=False, half_turn_check="on")
-    images = _blobs()
+    model = sharp_untrained_model(fit_noise=False, half_turn_check="on")
+    images = smooth_blobs()
     better = model.half_turn_fits_better(images, binning=1)  # full size
     # the training step's choice (the training objective's cost) at the same size
     hypotheses = model.encoder.search_rotation(model.encoder_view(images, None) * model.input_mask,
@@ -378,8 +363,8 @@ def test_the_half_turn_signal_names_the_particles_the_check_would_turn():
 
 @torch.no_grad()
 def test_particles_are_read_a_half_turn_away_unless_the_check_is_off():
-    model = _sharp_untrained(fit_noise=False)  # half_turn_check "auto", never switched
-    images = _blobs()
+    model = sharp_untrained_model(fit_noise=False)  # half_turn_check "auto", never switched
+    images = smooth_blobs()
     assert not model.checks_half_turns and model.reads_half_turns
     read = model.encode(images)
     view = model.encoder_view(images, None) * model.input_mask
@@ -397,14 +382,35 @@ def test_particles_are_read_a_half_turn_away_unless_the_check_is_off():
     turned = ~torch.isclose(read.mu, plain.mu).all(dim=1)
     assert torch.equal(turned, named)
     assert 0 < int(named.sum()) < len(images)
+    # the rows read turned are reported (inference counts them), none with the check off
+    assert not model.encode_with_turns(images)[1].any()
+    model.config.half_turn_check = "auto"
+    torch.testing.assert_close(model.encode_with_turns(images)[0].mu, read.mu)
+    assert torch.equal(model.encode_with_turns(images)[1], named)
+
+
+def test_inference_counts_the_particles_it_read_a_half_turn_away():
+    from napari_spatial_vae.core.config import TrainConfig
+    from napari_spatial_vae.core.data import preprocess
+    from napari_spatial_vae.core.infer import iter_inference
+
+    model = sharp_untrained_model(fit_noise=False)
+    stack = smooth_blobs(20)[:, 0].numpy()
+    config = TrainConfig(model=model.config, normalize=True)
+    batches = list(iter_inference(model, config, stack, batch_size=8, refine_steps=0))
+    with torch.no_grad():
+        images = preprocess(torch.from_numpy(stack)[:, None], 1.0, normalize=True)
+        expected = int(model.encode_with_turns(images)[1].sum())
+    assert 0 < expected < len(stack)
+    assert sum(batch.half_turned for batch in batches) == expected
 
 
 @torch.no_grad()
 def test_reading_compares_the_half_turn_at_the_particles_own_scale_and_noise():
     """Particles noisier than the training stack are standardised to less signal, and the
     learned noise varies with z: neither may decide which way round a particle is read."""
-    model = _sharp_untrained(fit_noise=True)
-    images = _blobs()
+    model = sharp_untrained_model(fit_noise=True)
+    images = smooth_blobs()
     view = model.encoder_view(images, None) * model.input_mask
     hypotheses = model.encoder.search_rotation(view, half_turn=True)
 

@@ -53,6 +53,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     # only infers)
     release_large_blocks()
     parts = []
+    half_turned = 0  # particles read a half turn from the encoder's pose
     with contextlib.ExitStack() as outputs:
         # each writer publishes its file only when the whole stack went through
         aligned_writer = recon_writer = None
@@ -87,6 +88,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             frame=frame,
         ):
             parts.append(batch.poses)
+            half_turned += batch.half_turned
             if aligned_writer is not None and batch.aligned is not None:
                 aligned_writer.write(batch.start, batch.aligned)
             if recon_writer is not None and batch.reconstructions is not None:
@@ -100,6 +102,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
         + (f", aligned particles to {aligned_path}" if aligned_path else "")
         + (f", reconstructions to {recon_path}" if recon_path else "")
     )
+    if half_turned:
+        say(
+            f"{half_turned} of the {len(table)} particles ({100 * half_turned / len(table):.1f} %) "
+            "were read a half turn from the encoder's pose, where that fit them clearly better "
+            "(many: a particle that looks alike both ways up, or an undertrained run)"
+        )
     return 0
 
 

@@ -86,13 +86,15 @@ class InferenceBatch:
     """Results for images ``start .. start + len(poses.theta)`` of the stack.
 
     ``aligned`` and ``reconstructions`` are ``(B, H, W)`` (or ``(B, H, W, C)``) float32 in the
-    input's units, or None when not requested.
+    input's units, or None when not requested. ``half_turned``: how many of the images were
+    read a half turn from the encoder's own pose (:meth:`SpatialVAE.encode_with_turns`).
     """
 
     start: int
     poses: Poses
     aligned: np.ndarray | None = None
     reconstructions: np.ndarray | None = None
+    half_turned: int = 0
 
 
 def _to_stack_layout(images: torch.Tensor) -> np.ndarray:
@@ -226,6 +228,7 @@ def iter_inference(
                 np.concatenate([part.reconstructions for part in parts])
                 if reconstructions
                 else None,
+                sum(part.half_turned for part in parts),
             )
     finally:
         model.train(was_training)
@@ -251,7 +254,7 @@ def _infer_part(
     The result's ``start`` is 0 (the caller places the part).
     """
     model_input = preprocess(raw, scale, config.normalize)
-    posterior = model.encode(model_input, batch_filters)
+    posterior, turned = model.encode_with_turns(model_input, batch_filters)
     theta, shift, z = model.split_latent(posterior.mu)
     theta_std, shift_std, z_std = model.split_latent(torch.exp(posterior.logstd))
     if search_rotation:
@@ -273,7 +276,9 @@ def _infer_part(
         turn, offset = frame.at(z)
         theta, shift = to_frame(theta, shift, turn, offset)
     out = InferenceBatch(
-        0, _poses(theta, theta_std, shift, shift_std, turn, z, z_std, count, height, width)
+        0,
+        _poses(theta, theta_std, shift, shift_std, turn, z, z_std, count, height, width),
+        half_turned=int(turned.sum()),
     )
     if aligned:
         zeros = raw.new_zeros(count)

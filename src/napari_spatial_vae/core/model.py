@@ -149,6 +149,20 @@ def _rotated_back(posterior: Posterior, rotation_offset: torch.Tensor | None) ->
     return Posterior(mu, posterior.logstd)
 
 
+def _take_turned(
+    hypotheses: list[tuple[Posterior, RotationSearch]], turn: torch.Tensor
+) -> tuple[Posterior, RotationSearch]:
+    """Rows of the second (half-turned) hypothesis where ``turn`` ``(B,)``, else the first's."""
+    (upright, search), (turned, turned_search) = hypotheses
+    use_turned = turn[:, None]
+    posterior = Posterior(
+        torch.where(use_turned, turned.mu, upright.mu),
+        torch.where(use_turned, turned.logstd, upright.logstd),
+    )
+    attention = torch.where(use_turned, turned_search.attention, search.attention)
+    return posterior, RotationSearch(attention, search.candidates)
+
+
 class MLPEncoder(nn.Module):
     """The paper's inference network: an MLP on the flattened image.
 
@@ -738,21 +752,34 @@ class SpatialVAE(nn.Module):
 
         ``ctf`` ``(B, H, W // 2 + 1)``: the images' CTF filters, for :meth:`encoder_view`.
         Each particle is also tried a half turn away where :attr:`reads_half_turns`, the two
-        fits compared at the particle's own noise level (see :meth:`better_hypothesis`).
+        fits compared at the particle's own noise level (see :meth:`encode_with_turns`).
+        """
+        return self.encode_with_turns(images, ctf)[0]
+
+    def encode_with_turns(
+        self, images: torch.Tensor, ctf: torch.Tensor | None = None
+    ) -> tuple[Posterior, torch.Tensor]:
+        """:meth:`encode`'s posterior and ``(B,)`` bool: the particles read a half turn from
+        the encoder's own pose (all False where :attr:`reads_half_turns` is not).
+
+        The turned fit is taken where it is better by :data:`HALF_TURN_MARGIN` nats, each
+        rendering scaled and offset to the particle, the noise at the particle's own level
+        (:meth:`_own_noise_costs`).
         """
         view = self.encoder_view(images, ctf) * self.input_mask
         if not self.reads_half_turns:
-            return self.encoder(view)
+            return self.encoder(view), torch.zeros(len(images), dtype=torch.bool)
         assert isinstance(self.encoder, EquivariantEncoder)
         hypotheses = self.encoder.search_rotation(view, half_turn=True)
         # compared in 2 x 2 bins where they apply, as training's check: a quarter of the
         # rendering, inference a third faster than at full size, the same choices on the
         # family's particles at SNR 0.5 and within 0.01 of Fisher-Lee at SNR 0.1 (docs/defaults.md)
         layout = self.binned_layout(self.coarse_binning)
-        posterior, search = self.better_hypothesis(
-            hypotheses, layout.targets(images), ctf, layout, own_noise=True
+        turn = self._prefers_half_turn(
+            hypotheses, layout.targets(images), ctf, layout, None, own_noise=True
         )
-        return self.encoder.single_angle(search.attention, posterior)
+        posterior, search = _take_turned(hypotheses, turn)
+        return self.encoder.single_angle(search.attention, posterior), turn.cpu()
 
     @property
     def can_check_half_turns(self) -> bool:
@@ -950,15 +977,8 @@ class SpatialVAE(nn.Module):
         if len(hypotheses) == 1:
             return hypotheses[0]
         layout = layout if layout is not None else self.layout
-        (upright, search), (turned, turned_search) = hypotheses
         turn = self._prefers_half_turn(hypotheses, targets, ctf, layout, autocast, own_noise)
-        use_turned = turn[:, None]
-        posterior = Posterior(
-            torch.where(use_turned, turned.mu, upright.mu),
-            torch.where(use_turned, turned.logstd, upright.logstd),
-        )
-        attention = torch.where(use_turned, turned_search.attention, search.attention)
-        return posterior, RotationSearch(attention, search.candidates)
+        return _take_turned(hypotheses, turn)
 
     def encoder_view(self, images: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
         """What the encoder sees of ``(B, C, H, W)`` images with CTF filters ``ctf``.
