@@ -872,16 +872,31 @@ class SpatialVAE(nn.Module):
         first (:func:`.losses.fitted_amplitude`; Gaussian likelihood only). Differentiable
         (the inference-time refinement of z, :mod:`.refine`, follows its gradient).
         """
+        mean, logstd = self._fit_rendering(len(targets), theta, shift, z, ctf, layout, autocast)
+        if fit_amplitude and self.config.likelihood == "gaussian":
+            mean = mean * fitted_amplitude(targets, mean, logstd)[:, None, None]
+        return self.reconstruction_nll(targets, mean, logstd)
+
+    def _fit_rendering(
+        self,
+        batch: int,
+        theta: torch.Tensor | None,
+        shift: torch.Tensor | None,
+        z: torch.Tensor | None,
+        ctf: torch.Tensor | None,
+        layout: PixelLayout | None,
+        autocast: contextlib.AbstractContextManager | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The float32 ``(B, C, N)`` mean (with ``ctf`` applied) and log std or None that a
+        particle's fit compares it with (arguments as in :meth:`fit_nll`)."""
         layout = layout if layout is not None else self.layout
         with autocast or contextlib.nullcontext():
-            mean, logstd = self.decode(z, theta, shift, len(targets), layout)
+            mean, logstd = self.decode(z, theta, shift, batch, layout)
         mean = mean.float()
         logstd = None if logstd is None else logstd.float()
         if ctf is not None:
             mean = self.apply_ctf(mean, ctf, layout)
-        if fit_amplitude and self.config.likelihood == "gaussian":
-            mean = mean * fitted_amplitude(targets, mean, logstd)[:, None, None]
-        return self.reconstruction_nll(targets, mean, logstd)
+        return mean, logstd
 
     @torch.no_grad()
     def _own_noise_costs(
@@ -906,11 +921,7 @@ class SpatialVAE(nn.Module):
         for posterior, search in hypotheses:
             theta = search.candidates[search.attention.argmax(dim=1)] + posterior.mu[:, 0]
             _, shift, z = self.split_latent(posterior.mu)
-            with autocast or contextlib.nullcontext():
-                mean, _ = self.decode(z, theta, shift, len(targets), layout)
-            mean = mean.float()
-            if ctf is not None:
-                mean = self.apply_ctf(mean, ctf, layout)
+            mean, _ = self._fit_rendering(len(targets), theta, shift, z, ctf, layout, autocast)
             residuals.append(fitted_residual(targets, mean).double())
             # shift and z latents (after theta's in-bin offset) under their N(0, 1) prior
             priors.append(0.5 * posterior.mu[:, 1:].double().pow(2).sum(1))
