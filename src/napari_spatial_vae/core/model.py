@@ -831,6 +831,15 @@ class SpatialVAE(nn.Module):
         layout = self.binned_layout(self.coarse_binning if binning is None else binning)
         return self._prefers_half_turn(hypotheses, layout.targets(images), ctf, layout, None)
 
+    def _hypothesis_point(
+        self, posterior: Posterior, search: RotationSearch
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """A hypothesis's point estimate: theta ``(B,)`` at its most probable bin plus the
+        in-bin offset's mean, and the shift ``(B, 2)`` and z ``(B, Z)`` means (or None)."""
+        theta = search.candidates[search.attention.argmax(dim=1)] + posterior.mu[:, 0]
+        _, shift, z = self.split_latent(posterior.mu)
+        return theta, shift, z
+
     @torch.no_grad()
     def _hypothesis_cost(
         self,
@@ -846,8 +855,7 @@ class SpatialVAE(nn.Module):
         The reconstruction at the mean pose and z plus the KL of z and of the shift (the
         rotation's KL is the same for a hypothesis and its half turn).
         """
-        theta = search.candidates[search.attention.argmax(dim=1)] + posterior.mu[:, 0]
-        _, shift, z = self.split_latent(posterior.mu)
+        theta, shift, z = self._hypothesis_point(posterior, search)
         _, kl_shift, kl_z_dims = self.kl_terms(posterior)
         cost = self.fit_nll(targets, theta, shift, z, ctf, layout, autocast) + kl_shift
         return cost if kl_z_dims is None else cost + kl_z_dims.sum(1)
@@ -919,8 +927,7 @@ class SpatialVAE(nn.Module):
         """
         residuals, priors = [], []
         for posterior, search in hypotheses:
-            theta = search.candidates[search.attention.argmax(dim=1)] + posterior.mu[:, 0]
-            _, shift, z = self.split_latent(posterior.mu)
+            theta, shift, z = self._hypothesis_point(posterior, search)
             mean, _ = self._fit_rendering(len(targets), theta, shift, z, ctf, layout, autocast)
             residuals.append(fitted_residual(targets, mean).double())
             # shift and z latents (after theta's in-bin offset) under their N(0, 1) prior
@@ -962,15 +969,12 @@ class SpatialVAE(nn.Module):
         ctf: torch.Tensor | None = None,
         layout: PixelLayout | None = None,
         autocast: contextlib.AbstractContextManager | None = None,
-        own_noise: bool = False,
     ) -> tuple[Posterior, RotationSearch]:
         """Per particle, the encoder's pose, or its half turn where that is clearly better.
 
-        The half turn is kept where its cost is lower by more than :data:`HALF_TURN_MARGIN`
-        nats: the training objective's (:meth:`_hypothesis_cost`) in training, or with
-        ``own_noise`` (reading particles, :meth:`encode`) the fit at each particle's own
-        scale and noise level (:meth:`_own_noise_costs`), which particles noisier than the
-        training stack need.
+        The half turn is kept where the training objective's cost (:meth:`_hypothesis_cost`)
+        is lower by more than :data:`HALF_TURN_MARGIN` nats (reading particles compares at
+        each particle's own noise level instead: :meth:`encode_with_turns`).
 
         Parameters
         ----------
@@ -988,7 +992,7 @@ class SpatialVAE(nn.Module):
         if len(hypotheses) == 1:
             return hypotheses[0]
         layout = layout if layout is not None else self.layout
-        turn = self._prefers_half_turn(hypotheses, targets, ctf, layout, autocast, own_noise)
+        turn = self._prefers_half_turn(hypotheses, targets, ctf, layout, autocast)
         return _take_turned(hypotheses, turn)
 
     def encoder_view(self, images: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
