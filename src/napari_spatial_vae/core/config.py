@@ -528,7 +528,8 @@ class TrainConfig:
     seed: int = setting(
         0,
         help="Seeds initialisation, the split, shuffling, noise and augmentation: the same "
-        "seed on the CPU gives the same run.",
+        "seed on the same CPU gives the same run (another CPU model rounds differently, and a "
+        "long run can then take another path).",
         label="seed",
         low=0,
         high=2**63 - 1,
