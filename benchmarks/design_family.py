@@ -34,6 +34,10 @@ unless overridden) under a time budget, then score the held-out particles:
 * ``recon_corr``: mean correlation, inside the circular mask, between each particle's
   reconstruction (pose removed) and its noise-free image aligned by the same inferred pose;
 * ``test_elbo`` (nats per image);
+* ``unrendered``: the strongest variation the training particles share that the model does
+  not render, as a share of the strongest one z renders (``core/unrendered.py``; what
+  ``spatial-vae train`` warns about above 0.25: a folded or missing z), measured without the
+  truth;
 * with ``--apply-snr S``, the same scores of the trained model on new held-out particles of
   the same design at SNR S (a model trained at SNR 0.5 applied to SNR 0.1 data).
 
@@ -90,10 +94,11 @@ from napari_spatial_vae.core.posterior_z import (
     summarise_training_z,
 )
 from napari_spatial_vae.core.train import train
+from napari_spatial_vae.core.unrendered import UNRENDERED_SAMPLE, measure_unrendered
 
 COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z", "circ_fl",
            "circ_fl_state", "half_turned", "half_turn_better", "recon_corr",
-           "test_elbo")  # fmt: skip
+           "test_elbo", "unrendered")  # fmt: skip
 
 
 def _model_input(config: TrainConfig, particles: DesignParticles) -> torch.Tensor:
@@ -342,6 +347,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
             mean, std = latent_posteriors(model, feed, None, first)
             model.training_z = summarise_training_z(mean, std)
         epochs = max((r["epoch"] for r in history), default=0)
+        sample = torch.arange(min(UNRENDERED_SAMPLE, len(feed)))
+        unrendered = measure_unrendered(model, feed, None, sample, seed=config.seed)
     else:
         with (
             contextlib.nullcontext(f"{args.keep_runs}/{name}_s{seed}")
@@ -359,6 +366,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
             wall = round(time.perf_counter() - started, 1)
         # scored on the CPU whatever the device trained (the held-out tensors live there)
         model, history, epochs = result.model.cpu(), result.history, result.epochs_completed
+        unrendered = result.unrendered
     test_rows = [r for r in history if r["split"] == "test"]
     if args.save_latents:
         _save_latents(model, config, test_part, f"{args.save_latents}/{name}_s{seed}.npz")
@@ -369,6 +377,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         "test_elbo": round(test_rows[-1]["elbo"], 1) if test_rows else None,
         # the model's own signal (no truth): held-out particles its half turn fits better
         "half_turn_better": test_rows[-1]["half_turn_better"] if test_rows else None,
+        "unrendered": None if unrendered is None else round(unrendered.share, 3),
         "overrides": " ".join(args.overrides) or "(defaults)",
     }  # fmt: skip
     if args.apply_snr is not None:

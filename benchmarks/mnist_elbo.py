@@ -136,6 +136,11 @@ def main() -> None:
                         [r for r in result.history if r["split"] == "train"][-1]["elbo"], 2
                     ),
                     "wall_s": round(wall, 1),
+                    # what the particles share that the model does not render, as a share of
+                    # what z renders (core/unrendered.py; training warns above 0.25)
+                    "unrendered": None
+                    if result.unrendered is None
+                    else round(result.unrendered.share, 3),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)

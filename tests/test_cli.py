@@ -22,6 +22,7 @@ from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.metrics import EpochMetrics
 from napari_spatial_vae.core.train import TrainUpdate
+from napari_spatial_vae.core.unrendered import UnrenderedVariation
 
 TINY = [
     "--hidden-dim",
@@ -336,6 +337,27 @@ def test_train_warns_when_held_out_particles_fit_better_turned(capsys, mode):
     else:
         assert len(lines) == 1
         assert lines[0].startswith("warning: 20.0 % of the held-out particles fit better")
+
+
+@pytest.mark.parametrize(("share", "warns"), [(1.04, True), (0.03, False)])
+def test_train_warns_when_the_particles_share_a_variation_the_model_does_not_render(
+    capsys, share, warns
+):
+    # a folded z measured at the end of training (core/unrendered.py), said even when quiet
+    progress = _Progress(quiet=True, z_delay=0, half_turn_check="auto")
+    metrics = EpochMetrics(-10.0, 9.0, 4.0, 0.5, 0.3, 3.2, (3.2,))
+    progress(TrainUpdate("epoch", 5, 5, train=metrics, test=metrics))
+    measured = UnrenderedVariation(share, 1.0, 2048)
+    progress(TrainUpdate("finished", 5, 5, stop_reason="completed", unrendered=measured))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "does not render" in line]
+    assert lines == (
+        ["warning: the particles share a variation the model does not render, 104% as strong "
+         "as the strongest one z renders: z may read two states as one (a folded z) or the "
+         "particles need another dimension; train again with another --seed or a larger "
+         "--z-dim, and see docs/defaults.md"]
+        if warns
+        else []
+    )  # fmt: skip
 
 
 def test_infer_traverse_and_movie_hold_a_masked_part_still(npy_stack, tmp_path, capsys):

@@ -81,6 +81,7 @@ from napari_spatial_vae.core.metrics import (
 )
 from napari_spatial_vae.core.runlock import LOCK_FILE
 from napari_spatial_vae.core.train import TrainUpdate
+from napari_spatial_vae.core.unrendered import unrendered_warning
 
 if TYPE_CHECKING:
     import napari
@@ -454,14 +455,16 @@ class SpatialVAEWidget(QWidget):
             f"{format_seconds(outcome.seconds)}"
         )
         self._describe_model()
+        warnings = [unrendered_warning(outcome.unrendered)]
         if self._last_epoch is not None:
             epoch, metrics = self._last_epoch
-            for warning in (
+            warnings[:0] = [
                 collapse_warning(metrics, epoch, outcome.config.z_delay),
                 half_turn_warning(metrics, outcome.config.model.half_turn_check),
-            ):
-                if warning:
-                    show_warning(f"spatial-VAE: {warning}")
+            ]
+        for warning in warnings:
+            if warning:
+                show_warning(f"spatial-VAE: {warning}")
         if outcome.results is not None:
             self.show_results(outcome.results)
             if PREVIEW in self.viewer.layers:

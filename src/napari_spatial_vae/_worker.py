@@ -32,6 +32,7 @@ from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import Poses, iter_inference, latent_traversal
 from napari_spatial_vae.core.train import TrainResult, TrainUpdate, train
+from napari_spatial_vae.core.unrendered import UnrenderedVariation
 
 #: Seconds between two step events sent to the GUI.
 STEP_INTERVAL_S = 0.2
@@ -58,6 +59,7 @@ class TrainOutcome:
     model: Any
     config: TrainConfig
     results: InferenceResults | None
+    unrendered: UnrenderedVariation | None = None
 
 
 @dataclass
@@ -243,6 +245,7 @@ def _finish(result: TrainResult, job: TrainJob) -> TrainOutcome:
         model=result.model.cpu(),
         config=result.config,
         results=results,
+        unrendered=result.unrendered,
     )
 
 

@@ -15,11 +15,15 @@ from napari_spatial_vae import _widget
 from napari_spatial_vae._explore_widget import ExploreWidget
 from napari_spatial_vae._loss_plot import LossPlot
 from napari_spatial_vae._widget import SpatialVAEWidget
+from napari_spatial_vae._worker import TrainOutcome
 from napari_spatial_vae.core.checkpoint import load_model, read_history, write_history
+from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.explore import render_latents
 from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.metrics import collapse_warning, half_turn_warning
+from napari_spatial_vae.core.unrendered import UnrenderedVariation, unrendered_warning
+from tests.untrained import sharp_untrained_model
 
 PLUGIN = "napari-spatial-vae"
 RESULT_LAYERS = {
@@ -150,6 +154,23 @@ def test_train_two_epochs_adds_every_result_layer(
     expected = [collapse_warning(metrics, epoch, 0), half_turn_warning(metrics, "auto")]
     refused = "spatial-VAE: a job is already running; stop it first"  # the second start
     assert warnings_shown == [refused, *(f"spatial-VAE: {w}" for w in expected if w)]
+
+
+def test_a_finished_training_warns_of_a_variation_the_model_does_not_render(
+    make_napari_viewer, tmp_path, small_particles, warnings_shown
+):
+    # what the end of training measured (core/unrendered.py) reaches the user as the CLI's
+    viewer = make_napari_viewer()
+    widget = dock(viewer, small_particles, tmp_path)
+    model = sharp_untrained_model()
+    folded = UnrenderedVariation(1.04, 1.0, 2048)
+    outcome = TrainOutcome(
+        tmp_path / "run", "completed", 5, 1.0, model, TrainConfig(model=model.config), None,
+        unrendered=folded,
+    )  # fmt: skip
+    widget._on_trained(outcome)
+    assert warnings_shown == [f"spatial-VAE: {unrendered_warning(folded)}"]
+    assert widget.model is model
 
 
 def test_training_searches_the_rotation_of_its_results_when_asked(

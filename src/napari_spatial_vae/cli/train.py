@@ -17,6 +17,7 @@ from napari_spatial_vae.core.metrics import (
     describe_latent_use,
     half_turn_warning,
 )
+from napari_spatial_vae.core.unrendered import unrendered_warning
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,6 +119,7 @@ class _Progress:
                 for warning in (
                     collapse_warning(metrics, epoch, self.z_delay),
                     half_turn_warning(metrics, self.half_turn_check),
+                    unrendered_warning(update.unrendered),
                 ):
                     if warning:
                         say(f"warning: {warning}")

@@ -72,6 +72,11 @@ from napari_spatial_vae.core.posterior_z import TrainingZ, summarise_training_z
 from napari_spatial_vae.core.runlock import hold_run_lock
 from napari_spatial_vae.core.schedule import ScheduleClock, learning_rate
 from napari_spatial_vae.core.step import StepNoise, draw_noise, loss_terms, summed_terms
+from napari_spatial_vae.core.unrendered import (
+    UNRENDERED_SAMPLE,
+    UnrenderedVariation,
+    measure_unrendered,
+)
 
 UpdateKind = Literal["started", "step", "epoch", "finished"]
 
@@ -103,6 +108,10 @@ class TrainUpdate:
         The model being trained (``epoch`` and ``finished`` updates), for in-process
         consumers that render a preview from the callback, i.e. still in the training thread.
         It is the live object: do not keep it or use it from another thread.
+    unrendered
+        ``finished`` updates of a run not stopped by the user (rank 0): the strongest
+        variation the training particles share that the model does not render
+        (:func:`~napari_spatial_vae.core.unrendered.unrendered_warning` words it).
     """
 
     kind: UpdateKind
@@ -116,6 +125,7 @@ class TrainUpdate:
     stop_reason: str = ""
     message: str = ""
     model: SpatialVAE | None = field(default=None, repr=False, compare=False)
+    unrendered: UnrenderedVariation | None = None
 
 
 @dataclass
@@ -130,6 +140,7 @@ class TrainResult:
     epochs_completed: int = 0
     seconds: float = 0.0
     images_per_second: float = 0.0
+    unrendered: UnrenderedVariation | None = None
 
 
 def split_train_test(
@@ -610,6 +621,14 @@ def _train(
         model.training_z = _training_z(model, train_feed, train_filters, config, context)
     if context.is_main and (rotation is not None or model.training_z is not None):
         save_checkpoint(run_dir, model, optimizer, progress)
+    unrendered = None
+    if stop_reason != "stopped" and context.is_main:
+        # a folded z (two states read as one) costs the ELBO next to nothing but leaves a
+        # variation the residuals share (core/unrendered.py); the saved model is untouched
+        sample = torch.arange(min(UNRENDERED_SAMPLE, len(train_feed)))
+        unrendered = measure_unrendered(
+            model, train_feed, train_filters, sample, config.batch_size, config.seed
+        )
     # nobody leaves (and tears down the group) before rank 0 has written the folder
     barrier(context)
     if config.compile:
@@ -626,6 +645,7 @@ def _train(
             stop_reason=stop_reason,
             message=turned,
             model=model,
+            unrendered=unrendered,
         )
     )
     model.eval()
@@ -638,6 +658,7 @@ def _train(
         epochs_completed=progress.epochs_completed,
         seconds=seconds,
         images_per_second=images_seen / seconds if seconds > 0 else 0.0,
+        unrendered=unrendered,
     )
 
 

@@ -1,0 +1,231 @@
+"""What the particles share that the model does not render: a folded z.
+
+A one-dimensional z can lay a particle's motion out straight, or fold it so that two distinct
+states read the same z (``out-of-plane`` s7 on 2026-12-07: z rose over five eighths of the
+motion and fell back, at an ordinary test ELBO). The generator then renders the mean of
+the two states at that z, and what tells them apart stays in every particle's residual. A
+motion that z has no dimension for (two motions, z-dim 1) leaves a weaker trace, which the
+warning's threshold does not reach (0.10 on ``two-hinges``).
+
+The measure: each particle's residual (the particle less the model's expected image at its
+inferred pose and z, with its CTF) is turned back into the template frame, and the variance
+of those residuals along their strongest shared direction is compared with the same for the
+residuals each turned by a random symmetry of the pixel grid (quarter turns and mirrors:
+exact, no interpolation). Noise that looks the same in every direction (white, or coloured
+but isotropic) has the same spectrum both ways; a variation the particles share in the
+template frame is spread over several directions by the random symmetries and its strongest
+direction loses most of its variance. The excess is reported against the variance of the
+model's own renderings (pose removed) along their strongest direction: the variation z
+renders. Measured in docs/defaults.md ("A warning for a folded z"): 1.04 on the folded run,
+0.002-0.08 on the runs that did not fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_spatial_vae.core.config import REFINE_Z_STEPS
+from napari_spatial_vae.core.coords import align_images, circular_mask
+from napari_spatial_vae.core.ctf import CtfBatches
+from napari_spatial_vae.core.data import ImageFeeder
+from napari_spatial_vae.core.infer import read_z
+from napari_spatial_vae.core.model import SpatialVAE
+from napari_spatial_vae.core.posterior_z import TemplateCache
+
+# training particles measured (the first ones of the training split): enough for the
+# strongest direction of ~10^3 masked pixels to stand clear of the noise's spectrum
+UNRENDERED_SAMPLE = 2048
+# fewer particles than this give no measure (the spectrum's edge is then all noise)
+UNRENDERED_MIN_PARTICLES = 256
+# the share of z's rendered variation above which the run warns: 1.04 on a folded z, at most
+# 0.08 on runs that were not folded (docs/defaults.md)
+UNRENDERED_WARNING_SHARE = 0.25
+# random starting directions of the low-rank decomposition, and its power iterations
+_RANK = 8
+_POWER_ITERATIONS = 6
+
+
+@dataclass(frozen=True)
+class UnrenderedVariation:
+    """The strongest variation the residuals share, against the strongest one z renders.
+
+    Attributes
+    ----------
+    residual
+        Variance per particle of the residuals along their strongest direction, less that of
+        the randomly turned residuals (model units squared, summed over the masked pixels'
+        direction; 0 when the turned ones are as strong).
+    rendered
+        Variance of the model's renderings (pose removed) along their strongest direction.
+    particles
+        How many particles were measured.
+    """
+
+    residual: float
+    rendered: float
+    particles: int
+
+    @property
+    def share(self) -> float:
+        """``residual / rendered``: the unrendered variation as a share of z's."""
+        return self.residual / self.rendered if self.rendered > 0 else float("inf")
+
+
+def _strongest_variance(rows: torch.Tensor, seed: int) -> float:
+    """The largest eigenvalue of the covariance of ``rows`` ``(n, P)`` (randomised SVD)."""
+    centred = rows - rows.mean(dim=0, keepdim=True)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was
+        torch.manual_seed(seed)
+        rank = min(_RANK, *centred.shape)
+        _, values, _ = torch.svd_lowrank(centred.cpu(), q=rank, niter=_POWER_ITERATIONS)
+    return float(values[0] ** 2 / len(rows))
+
+
+def _random_symmetries(images: torch.Tensor, choices: np.ndarray) -> torch.Tensor:
+    """Each ``(C, H, W)`` image of ``images`` ``(B, C, H, W)`` turned by a symmetry of the grid.
+
+    ``choices`` ``(B,)`` in 0..7: bit 2 mirrors (a transpose), the rest counts quarter turns.
+    A box that is not square keeps to its own symmetries (half turns and mirrors in x).
+    """
+    square = images.shape[-1] == images.shape[-2]
+    out = images.clone()
+    for choice in np.unique(choices):
+        rows = torch.as_tensor(np.flatnonzero(choices == choice), device=images.device)
+        turned = images[rows]
+        if square:
+            if choice >= 4:
+                turned = turned.transpose(-1, -2)
+            turned = torch.rot90(turned, int(choice % 4), dims=(-2, -1))
+        else:
+            if choice % 2:
+                turned = turned.flip(-1)
+            if choice % 4 >= 2:
+                turned = torch.rot90(turned, 2, dims=(-2, -1))
+        out[rows] = turned
+    return out
+
+
+def _masked_rows(images: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, C * inside.sum())`` on the CPU: the pixels inside the mask."""
+    return images.flatten(2)[..., inside.to(images.device)].flatten(1).cpu()
+
+
+def shared_excess(residuals: torch.Tensor, seed: int = 0) -> float:
+    """Variance of ``residuals``' strongest shared direction beyond isotropic noise's.
+
+    Parameters
+    ----------
+    residuals
+        ``(N, C, H, W)`` residuals in the template frame (pose removed).
+    seed
+        Picks each residual's random symmetry and the low-rank decomposition's start.
+
+    Returns
+    -------
+    float
+        The largest eigenvalue of the residuals' covariance (pixels inside the inscribed
+        circle) less that of the same residuals each turned by a random symmetry of the grid;
+        at least 0.
+    """
+    inside = circular_mask(*residuals.shape[-2:])
+    choices = np.random.default_rng(seed).integers(0, 8, len(residuals))
+    shared = _strongest_variance(_masked_rows(residuals, inside), seed)
+    null = _strongest_variance(_masked_rows(_random_symmetries(residuals, choices), inside), seed)
+    return max(shared - null, 0.0)
+
+
+def residuals_at(
+    model: SpatialVAE,
+    images: torch.Tensor,
+    ctf: torch.Tensor | None,
+    theta: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    z: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each particle less the model's expected image at its pose, and the pose removed.
+
+    Parameters
+    ----------
+    images
+        ``(B, C, H, W)`` preprocessed particles.
+    ctf
+        ``(B, H, W // 2 + 1)`` their CTFs, or None.
+    theta, shift, z
+        ``(B,)``, ``(B, 2)``, ``(B, Z)``: the poses and latents they are read at (None for a
+        pose the model does not infer).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The residuals in the template frame and the renderings of ``z`` at theta = 0, dx = 0
+        (no CTF), both ``(B, C, H, W)``.
+    """
+    count = len(images)
+    mean, _ = model.decode(z, theta, shift, batch_size=count)
+    expected = model.expected_image(mean if ctf is None else model.apply_ctf(mean, ctf))
+    residual = align_images(
+        images - expected,
+        theta if theta is not None else images.new_zeros(count),
+        shift if shift is not None else images.new_zeros(count, 2),
+    )
+    rendering = model.expected_image(model.decode(z, None, None, count)[0])
+    return residual, rendering
+
+
+@torch.no_grad()
+def measure_unrendered(
+    model: SpatialVAE,
+    feed: ImageFeeder,
+    filters: CtfBatches | None,
+    positions: torch.Tensor,
+    batch: int = 64,
+    seed: int = 0,
+) -> UnrenderedVariation | None:
+    """The strongest variation the particles at ``positions`` of ``feed`` share unrendered.
+
+    Each particle is read as inference reads it (the encoder's pose and half-turn check, z
+    from :func:`~napari_spatial_vae.core.infer.read_z`). None for a model without z (nothing
+    to compare with) or fewer than :data:`UNRENDERED_MIN_PARTICLES` particles.
+    """
+    if model.config.z_dim == 0 or len(positions) < UNRENDERED_MIN_PARTICLES:
+        return None
+    was_training = model.training
+    model.eval()
+    residuals, renderings = [], []
+    templates = TemplateCache()
+    groups = list(positions.split(batch))
+    for group, images in zip(groups, feed.batches_at(groups), strict=True):
+        ctf = None if filters is None else filters.filters(group)
+        posterior, _ = model.encode_with_turns(images, ctf)
+        theta, shift, z = model.split_latent(posterior.mu)
+        _, _, z_std = model.split_latent(torch.exp(posterior.logstd))
+        assert z is not None and z_std is not None
+        z, _ = read_z(model, images, theta, shift, z, z_std, ctf, REFINE_Z_STEPS, templates)
+        residual, rendering = residuals_at(model, images, ctf, theta, shift, z)
+        residuals.append(residual.cpu())
+        renderings.append(rendering.cpu())
+    model.train(was_training)
+    rendered = torch.cat(renderings)
+    inside = circular_mask(*rendered.shape[-2:])
+    return UnrenderedVariation(
+        residual=shared_excess(torch.cat(residuals), seed),
+        rendered=_strongest_variance(_masked_rows(rendered, inside), seed),
+        particles=len(positions),
+    )
+
+
+def unrendered_warning(variation: UnrenderedVariation | None) -> str | None:
+    """One line when the unrendered variation exceeds :data:`UNRENDERED_WARNING_SHARE`."""
+    if variation is None or variation.share < UNRENDERED_WARNING_SHARE:
+        return None
+    # a z that renders next to nothing makes the share huge: its digits would say nothing
+    times = f"{variation.share:.0%}" if variation.share < 10 else "more than ten times"
+    return (
+        f"the particles share a variation the model does not render, {times} "
+        "as strong as the strongest one z renders: z may read two states as one (a folded "
+        "z) or the particles need another dimension; train again with another --seed or a "
+        "larger --z-dim, and see docs/defaults.md"
+    )
