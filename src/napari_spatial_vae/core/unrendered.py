@@ -55,9 +55,9 @@ class UnrenderedVariation:
     Attributes
     ----------
     residual
-        Variance per particle of the residuals along their strongest direction, less that of
-        the randomly turned residuals (model units squared, summed over the masked pixels'
-        direction; 0 when the turned ones are as strong).
+        Variance of the residuals along their strongest direction (a unit vector over the
+        pixels inside the inscribed circle), less the same for the randomly turned residuals;
+        0 when those are as strong. Model units squared.
     rendered
         Variance of the model's renderings (pose removed) along their strongest direction.
     particles
