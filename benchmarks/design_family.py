@@ -94,7 +94,7 @@ from napari_spatial_vae.core.posterior_z import (
     summarise_training_z,
 )
 from napari_spatial_vae.core.train import train
-from napari_spatial_vae.core.unrendered import UNRENDERED_SAMPLE, measure_unrendered
+from napari_spatial_vae.core.unrendered import measure_unrendered
 
 COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z", "circ_fl",
            "circ_fl_state", "half_turned", "half_turn_better", "recon_corr",
@@ -347,8 +347,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
             mean, std = latent_posteriors(model, feed, None, first)
             model.training_z = summarise_training_z(mean, std)
         epochs = max((r["epoch"] for r in history), default=0)
-        sample = torch.arange(min(UNRENDERED_SAMPLE, len(feed)))
-        unrendered = measure_unrendered(model, feed, None, sample, seed=config.seed)
+        unrendered = measure_unrendered(model, feed, None, seed=config.seed)
     else:
         with (
             contextlib.nullcontext(f"{args.keep_runs}/{name}_s{seed}")

@@ -107,6 +107,8 @@ def test_measuring_reads_each_particle_as_inference_does():
     assert measured is not None and measured.particles == len(feed)
     assert measured.rendered > 0 and np.isfinite(measured.residual)
     assert not model.training  # left in the mode it was in
+    # by default the first UNRENDERED_SAMPLE particles: here all of them, the same measure
+    assert measure_unrendered(model, feed, None) == measured
     # too few particles, or no z to compare with: no measure
     assert measure_unrendered(model, feed, None, positions[:-1]) is None
     assert measure_unrendered(sharp_untrained_model(z_dim=0), feed, None, positions) is None

@@ -97,6 +97,53 @@ class InferenceBatch:
     half_turned: int = 0
 
 
+@dataclass
+class ParticleReading:
+    """A batch read as inference reports it, in model units (``None``: not inferred).
+
+    ``theta`` / ``theta_std`` ``(B,)``, ``shift`` / ``shift_std`` ``(B, 2)``, ``z`` / ``z_std``
+    ``(B, Z)``; ``turned`` ``(B,)`` bool: read a half turn from the encoder's own pose.
+    """
+
+    theta: torch.Tensor | None
+    theta_std: torch.Tensor | None
+    shift: torch.Tensor | None
+    shift_std: torch.Tensor | None
+    z: torch.Tensor | None
+    z_std: torch.Tensor | None
+    turned: torch.Tensor
+
+
+def read_particles(
+    model: SpatialVAE,
+    model_input: torch.Tensor,
+    ctf: torch.Tensor | None,
+    refine_steps: int = REFINE_Z_STEPS,
+    search_rotation: bool = False,
+    templates: TemplateCache | None = None,
+) -> ParticleReading:
+    """Poses and z of preprocessed particles ``(B, C, H, W)``, as inference reads them.
+
+    The encoder's posterior with its half-turn check; ``search_rotation`` then replaces the
+    rotation by the likeliest on the whole circle; ``refine_steps`` 0 keeps the encoder's z,
+    otherwise z is read against the generator (:func:`read_z`). ``ctf`` ``(B, H, W // 2 + 1)``
+    or None; ``templates`` keeps rendered templates from one batch of a pass to the next.
+    """
+    templates = templates if templates is not None else TemplateCache()
+    posterior, turned = model.encode_with_turns(model_input, ctf)
+    theta, shift, z = model.split_latent(posterior.mu)
+    theta_std, shift_std, z_std = model.split_latent(torch.exp(posterior.logstd))
+    if search_rotation:
+        assert theta is not None and model.training_z is not None
+        theta, shift = likeliest_rotation(
+            model, model_input, theta, shift, model.training_z, ctf, templates
+        )
+    if refine_steps and z is not None:
+        assert z_std is not None
+        z, z_std = read_z(model, model_input, theta, shift, z, z_std, ctf, refine_steps, templates)
+    return ParticleReading(theta, theta_std, shift, shift_std, z, z_std, turned)
+
+
 def _to_stack_layout(images: torch.Tensor) -> np.ndarray:
     """``(B, C, H, W)`` tensor -> ``(B, H, W)`` or ``(B, H, W, C)`` float32 numpy."""
     array = images.detach().float().cpu().numpy()
@@ -254,19 +301,12 @@ def _infer_part(
     The result's ``start`` is 0 (the caller places the part).
     """
     model_input = preprocess(raw, scale, config.normalize)
-    posterior, turned = model.encode_with_turns(model_input, batch_filters)
-    theta, shift, z = model.split_latent(posterior.mu)
-    theta_std, shift_std, z_std = model.split_latent(torch.exp(posterior.logstd))
-    if search_rotation:
-        assert theta is not None and model.training_z is not None
-        theta, shift = likeliest_rotation(
-            model, model_input, theta, shift, model.training_z, batch_filters, templates
-        )
-    if refine_steps:
-        assert z is not None and z_std is not None
-        z, z_std = read_z(
-            model, model_input, theta, shift, z, z_std, batch_filters, refine_steps, templates
-        )
+    reading = read_particles(
+        model, model_input, batch_filters, refine_steps, search_rotation, templates
+    )
+    theta, shift, z = reading.theta, reading.shift, reading.z
+    theta_std, shift_std, z_std = reading.theta_std, reading.shift_std, reading.z_std
+    turned = reading.turned
     count, _, height, width = raw.shape
     # the pose as the model measures it renders the particle (with its CTF) either way
     model_theta, model_shift = theta, shift

@@ -72,11 +72,7 @@ from napari_spatial_vae.core.posterior_z import TrainingZ, summarise_training_z
 from napari_spatial_vae.core.runlock import hold_run_lock
 from napari_spatial_vae.core.schedule import ScheduleClock, learning_rate
 from napari_spatial_vae.core.step import StepNoise, draw_noise, loss_terms, summed_terms
-from napari_spatial_vae.core.unrendered import (
-    UNRENDERED_SAMPLE,
-    UnrenderedVariation,
-    measure_unrendered,
-)
+from napari_spatial_vae.core.unrendered import UnrenderedVariation, measure_unrendered
 
 UpdateKind = Literal["started", "step", "epoch", "finished"]
 
@@ -625,9 +621,8 @@ def _train(
     if stop_reason != "stopped" and context.is_main:
         # a folded z (two states read as one) costs the ELBO next to nothing but leaves a
         # variation the residuals share (core/unrendered.py); the saved model is untouched
-        sample = torch.arange(min(UNRENDERED_SAMPLE, len(train_feed)))
         unrendered = measure_unrendered(
-            model, train_feed, train_filters, sample, config.batch_size, config.seed
+            model, train_feed, train_filters, batch=config.batch_size, seed=config.seed
         )
     # nobody leaves (and tears down the group) before rank 0 has written the folder
     barrier(context)

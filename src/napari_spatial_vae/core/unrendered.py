@@ -27,11 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_spatial_vae.core.config import REFINE_Z_STEPS
 from napari_spatial_vae.core.coords import align_images, circular_mask
 from napari_spatial_vae.core.ctf import CtfBatches
 from napari_spatial_vae.core.data import ImageFeeder
-from napari_spatial_vae.core.infer import read_z
+from napari_spatial_vae.core.infer import read_particles
 from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.posterior_z import TemplateCache
 
@@ -180,16 +179,21 @@ def measure_unrendered(
     model: SpatialVAE,
     feed: ImageFeeder,
     filters: CtfBatches | None,
-    positions: torch.Tensor,
+    positions: torch.Tensor | None = None,
     batch: int = 64,
     seed: int = 0,
 ) -> UnrenderedVariation | None:
     """The strongest variation the particles at ``positions`` of ``feed`` share unrendered.
 
-    Each particle is read as inference reads it (the encoder's pose and half-turn check, z
-    from :func:`~napari_spatial_vae.core.infer.read_z`). None for a model without z (nothing
+    ``positions`` None: the first :data:`UNRENDERED_SAMPLE` particles ``feed`` serves.
+
+    Each particle is read as inference reads it
+    (:func:`~napari_spatial_vae.core.infer.read_particles`: the encoder's pose and half-turn
+    check, z read against the generator). None for a model without z (nothing
     to compare with) or fewer than :data:`UNRENDERED_MIN_PARTICLES` particles.
     """
+    if positions is None:
+        positions = torch.arange(min(UNRENDERED_SAMPLE, len(feed)))
     if model.config.z_dim == 0 or len(positions) < UNRENDERED_MIN_PARTICLES:
         return None
     was_training = model.training
@@ -199,12 +203,11 @@ def measure_unrendered(
     groups = list(positions.split(batch))
     for group, images in zip(groups, feed.batches_at(groups), strict=True):
         ctf = None if filters is None else filters.filters(group)
-        posterior, _ = model.encode_with_turns(images, ctf)
-        theta, shift, z = model.split_latent(posterior.mu)
-        _, _, z_std = model.split_latent(torch.exp(posterior.logstd))
-        assert z is not None and z_std is not None
-        z, _ = read_z(model, images, theta, shift, z, z_std, ctf, REFINE_Z_STEPS, templates)
-        residual, rendering = residuals_at(model, images, ctf, theta, shift, z)
+        reading = read_particles(model, images, ctf, templates=templates)
+        assert reading.z is not None
+        residual, rendering = residuals_at(
+            model, images, ctf, reading.theta, reading.shift, reading.z
+        )
         residuals.append(residual.cpu())
         renderings.append(rendering.cpu())
     model.train(was_training)
