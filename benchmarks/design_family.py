@@ -38,6 +38,8 @@ unless overridden) under a time budget, then score the held-out particles:
   not render, as a share of the strongest one z renders (``core/unrendered.py``; what
   ``spatial-vae train`` warns about above 0.25: a folded or missing z), measured without the
   truth;
+* ``restarts``: 1 when training found z folded a third of the way in and started again from
+  a fresh initialisation (``core/fold_restart.py``), else 0;
 * with ``--apply-snr S``, the same scores of the trained model on new held-out particles of
   the same design at SNR S (a model trained at SNR 0.5 applied to SNR 0.1 data).
 
@@ -98,7 +100,7 @@ from napari_spatial_vae.core.unrendered import measure_unrendered
 
 COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z", "circ_fl",
            "circ_fl_state", "half_turned", "half_turn_better", "recon_corr",
-           "test_elbo", "unrendered")  # fmt: skip
+           "test_elbo", "unrendered", "restarts")  # fmt: skip
 
 
 def _model_input(config: TrainConfig, particles: DesignParticles) -> torch.Tensor:
@@ -333,8 +335,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
 
     if args.from_runs:
         run_dir = f"{args.from_runs}/{name}_s{seed}"
-        model, config, _ = load_model(run_dir)
-        history, wall = read_history(run_dir), None
+        model, config, saved = load_model(run_dir)
+        history, wall, restarts = read_history(run_dir), None, saved.restarts
         feed = ImageFeeder(train_part.images, None, torch.device("cpu"),
                            normalize=config.normalize)  # fmt: skip
         if args.align_axes:
@@ -365,7 +367,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
             wall = round(time.perf_counter() - started, 1)
         # scored on the CPU whatever the device trained (the held-out tensors live there)
         model, history, epochs = result.model.cpu(), result.history, result.epochs_completed
-        unrendered = result.unrendered
+        unrendered, restarts = result.unrendered, result.restarts
     test_rows = [r for r in history if r["split"] == "test"]
     if args.save_latents:
         _save_latents(model, config, test_part, f"{args.save_latents}/{name}_s{seed}.npz")
@@ -377,6 +379,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         # the model's own signal (no truth): held-out particles its half turn fits better
         "half_turn_better": test_rows[-1]["half_turn_better"] if test_rows else None,
         "unrendered": None if unrendered is None else round(unrendered.share, 3),
+        "restarts": restarts,
         "overrides": " ".join(args.overrides) or "(defaults)",
     }  # fmt: skip
     if args.apply_snr is not None:

@@ -141,6 +141,8 @@ def main() -> None:
                     "unrendered": None
                     if result.unrendered is None
                     else round(result.unrendered.share, 3),
+                    # 1: z looked folded a third of the way in and training started again
+                    "restarts": result.restarts,
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)

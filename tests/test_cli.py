@@ -360,6 +360,19 @@ def test_train_warns_when_the_particles_share_a_variation_the_model_does_not_ren
     )  # fmt: skip
 
 
+def test_train_says_when_it_starts_again_after_a_folded_z_even_when_quiet(capsys):
+    # core/fold_restart.py: the line is said, and the discarded attempt's last epoch no
+    # longer judges the run (its collapse warning would describe another model)
+    progress = _Progress(quiet=True, z_delay=0, half_turn_check="auto")
+    collapsed = EpochMetrics(-10.0, 9.0, 1.0, 0.5, 0.3, 0.01, (0.01,))
+    line = "z looks folded after epoch 12 (...): starting again once"
+    progress(TrainUpdate("epoch", 12, 38, train=collapsed, test=collapsed, message=line,
+                         restarted=True))  # fmt: skip
+    assert progress.last is None
+    progress(TrainUpdate("finished", 12, 38, stop_reason="stopped"))
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
 def test_infer_traverse_and_movie_hold_a_masked_part_still(npy_stack, tmp_path, capsys):
     # one latent: the frame's grid is 1-D (quick to fit)
     run = tmp_path / "one"

@@ -408,8 +408,12 @@ class SpatialVAEWidget(QWidget):
                         f"{self._started_message}\nepoch {event.epoch}: "
                         f"{describe_latent_use(event.test or event.train)} nats"
                     )
-                if event.message:  # the half-turn check switched on
+                if event.message:  # the half-turn check switched on, or a restart
                     show_info(f"spatial-VAE: {event.message}")
+                if event.restarted:  # epochs count from 1 again, on a fresh model
+                    self.loss_plot.clear()
+                    self._last_epoch = None
+                    self._eta_start = None
         elif event.kind == "finished":
             self.progress.setFormat(
                 f"{event.stop_reason} after epoch {event.epoch}; making result layers…"

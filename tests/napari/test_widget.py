@@ -21,7 +21,8 @@ from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.explore import render_latents
 from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import encode_stack
-from napari_spatial_vae.core.metrics import collapse_warning, half_turn_warning
+from napari_spatial_vae.core.metrics import EpochMetrics, collapse_warning, half_turn_warning
+from napari_spatial_vae.core.train import TrainUpdate
 from napari_spatial_vae.core.unrendered import UnrenderedVariation, unrendered_warning
 from tests.untrained import sharp_untrained_model
 
@@ -171,6 +172,28 @@ def test_a_finished_training_warns_of_a_variation_the_model_does_not_render(
     widget._on_trained(outcome)
     assert warnings_shown == [f"spatial-VAE: {unrendered_warning(folded)}"]
     assert widget.model is model
+
+
+def test_a_restart_after_a_folded_z_clears_the_loss_plot_and_says_why(
+    make_napari_viewer, tmp_path, small_particles, monkeypatch
+):
+    # core/fold_restart.py: the epochs shown so far belong to a discarded attempt
+    infos: list[str] = []
+    monkeypatch.setattr(_widget, "show_info", infos.append)
+    viewer = make_napari_viewer()
+    widget = dock(viewer, small_particles, tmp_path)
+    metrics = EpochMetrics(-10.0, 9.0, 4.0, 0.5, 0.3, 3.2, (3.2,))
+    for epoch in (1, 2):
+        widget._on_train_event(TrainUpdate("epoch", epoch, 6, 4, 4, train=metrics, test=metrics))
+    assert widget.loss_plot.epochs == [1, 2]
+    line = "z looks folded after epoch 2 (...): starting again once"
+    widget._on_train_event(
+        TrainUpdate("epoch", 2, 6, 4, 4, train=metrics, test=metrics, message=line, restarted=True)
+    )
+    assert infos == [f"spatial-VAE: {line}"]
+    assert widget.loss_plot.epochs == [] and widget._last_epoch is None
+    widget._on_train_event(TrainUpdate("epoch", 1, 6, 4, 4, train=metrics, test=metrics))
+    assert widget.loss_plot.epochs == [1]
 
 
 def test_training_searches_the_rotation_of_its_results_when_asked(

@@ -104,11 +104,15 @@ class _Progress:
                 self.bar.write(line, file=sys.stderr)
             elif not self.quiet:
                 say(line)
-            if update.message:  # the half-turn check switched on: said even when quiet
+            if update.message:  # half-turn check switched on, or a restart: said when quiet
                 if self.bar is not None:
                     self.bar.write(update.message, file=sys.stderr)
                 else:
                     say(update.message)
+            if update.restarted:
+                self.last = None  # the discarded attempt's metrics judge nothing
+                if self.bar is not None:
+                    self.bar.reset(total=update.epochs * update.steps_per_epoch)
         elif update.kind == "finished":
             if self.bar is not None:
                 self.bar.close()

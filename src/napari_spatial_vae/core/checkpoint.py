@@ -63,6 +63,8 @@ class Progress:
     global_step: int = 0
     lr_progress: float = 0.0
     finished: bool = False
+    # times training started again from a fresh initialisation (core/fold_restart.py)
+    restarts: int = 0
 
 
 def write_atomically(path: Path, write: Any) -> None:

@@ -51,6 +51,13 @@ from napari_spatial_vae.core.distributed import (
     shutdown,
 )
 from napari_spatial_vae.core.errors import CheckpointError, ConfigError, DataError
+from napari_spatial_vae.core.fold_restart import (
+    fold_check_due,
+    folded,
+    reinitialise,
+    restart_message,
+    restart_seed,
+)
 from napari_spatial_vae.core.latent_axes import (
     LATENT_AXES_SAMPLE,
     align_latent_axes,
@@ -108,6 +115,10 @@ class TrainUpdate:
         ``finished`` updates of a run not stopped by the user (rank 0): the strongest
         variation the training particles share that the model does not render
         (:func:`~napari_spatial_vae.core.unrendered.unrendered_warning` words it).
+    restarted
+        ``epoch`` updates: z looked folded and training starts again from epoch 1 with a
+        fresh initialisation (:mod:`~napari_spatial_vae.core.fold_restart`; ``message`` says
+        so); the epochs reported so far belong to the discarded attempt.
     """
 
     kind: UpdateKind
@@ -122,6 +133,7 @@ class TrainUpdate:
     message: str = ""
     model: SpatialVAE | None = field(default=None, repr=False, compare=False)
     unrendered: UnrenderedVariation | None = None
+    restarted: bool = False
 
 
 @dataclass
@@ -137,6 +149,8 @@ class TrainResult:
     seconds: float = 0.0
     images_per_second: float = 0.0
     unrendered: UnrenderedVariation | None = None
+    # times the run started again from a fresh initialisation (core/fold_restart.py)
+    restarts: int = 0
 
 
 def split_train_test(
@@ -479,8 +493,12 @@ def _train(
     augment = config.augment_rotation and config.model.infers_rotation
     stop_reason = "completed"
     images_seen = 0
-    for epoch in range(first_epoch, config.epochs + 1):
-        cpu_gen, device_gen = _epoch_generators(config.seed, epoch, device)
+    epoch = first_epoch - 1
+    while epoch < config.epochs:
+        epoch += 1
+        progress_before = progress.lr_progress
+        attempt_seed = restart_seed(config.seed, progress.restarts)
+        cpu_gen, device_gen = _epoch_generators(attempt_seed, epoch, device)
         # the same permutation on every rank; each rank then takes its rows of every batch
         order = torch.randperm(len(train_feed), generator=cpu_gen)
         plan = _shard_plan(order, config.batch_size, context)
@@ -570,6 +588,15 @@ def _train(
         )
         if switched and context.is_main:
             save_config(run_dir, config, image_shape, config_extra)  # inference checks too
+        restart = ""
+        if (
+            config.fold_restart
+            and progress.restarts == 0
+            and epoch > config.z_delay
+            and epoch < config.epochs
+            and fold_check_due(progress_before, progress.lr_progress)
+        ):
+            restart = _check_fold(model, train_feed, train_filters, config, epoch, context)
         seconds = time.monotonic() - started
         lr_now = optimizer.param_groups[0]["lr"]
         history.append(train_metrics.as_row(epoch, "train", lr_now, seconds))
@@ -592,10 +619,20 @@ def _train(
                 seconds,
                 train=train_metrics,
                 test=test_metrics,
-                message=switched,
+                message="; ".join(line for line in (switched, restart) if line),
                 model=model,
+                restarted=bool(restart),
             )
         )
+        if restart:
+            # the same run folder, epochs counted from 1 again; the folded model is replaced
+            # at the next save (a crash before then resumes it, and its end still warns)
+            progress = Progress(restarts=progress.restarts + 1)
+            fresh_config = replace(config, seed=restart_seed(config.seed, progress.restarts))
+            reinitialise(model, build_model(fresh_config, image_shape).to(device), optimizer)
+            history = []
+            clock = ScheduleClock(total_steps, deadline)
+            epoch = 0
 
     if context.is_main and (
         stop_reason != "completed" or progress.epochs_completed % config.checkpoint_every
@@ -654,6 +691,7 @@ def _train(
         seconds=seconds,
         images_per_second=images_seen / seconds if seconds > 0 else 0.0,
         unrendered=unrendered,
+        restarts=progress.restarts,
     )
 
 
@@ -757,6 +795,30 @@ def _run_ctf(
             ".star/.cs file with CTF columns, or use --ctf off)"
         )
     return used, resolve_ctf("on", test_ctf, problem, len(test_images), likelihood)
+
+
+def _check_fold(
+    model: SpatialVAE,
+    train_feed: ImageFeeder,
+    train_filters: CtfBatches | None,
+    config: TrainConfig,
+    epoch: int,
+    context: DistributedContext,
+) -> str:
+    """The line saying the run starts again when z looks folded, else ``""``.
+
+    Rank 0 measures (core/fold_restart.py); every rank learns its decision, so all restart
+    together.
+    """
+    variation = None
+    if context.is_main:
+        variation = measure_unrendered(
+            model, train_feed, train_filters, batch=config.batch_size, seed=config.seed
+        )
+    (decision,) = max_over_ranks([float(folded(variation))], context)
+    if not decision:
+        return ""
+    return restart_message(variation, epoch) if variation is not None else "z looks folded"
 
 
 def _switch_half_turn_check(

@@ -1,0 +1,75 @@
+"""Start training again, once, when z is folded early in the run.
+
+A folded z (two states of the motion read as one value, :mod:`.unrendered`) shows early:
+on ``out-of-plane`` s7 (2026-12-07) the particles' unrendered variation stood at 1.0-2.0
+times what z renders from the fourth epoch to the last, and the run ended folded
+(|Pearson(z, motion)| 0.50), while runs that learned the motion fell below 0.4 by a third
+of the schedule (docs/defaults.md, "Starting again when z folds"). The likelihood barely
+tells a folded z from a straight one, so training does not leave the fold by itself; a
+fresh initialisation usually does not fold. So once, when the learning-rate schedule passes
+:data:`FOLD_CHECK_PROGRESS`, training measures the share on the training particles and,
+above :data:`FOLD_RESTART_SHARE`, starts again from a fresh initialisation, in the time
+budget that is left.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from napari_spatial_vae.core.unrendered import UnrenderedVariation
+
+# where in the schedule the run looks for a fold: the end of the default coarse phase, when
+# runs that learned the motion render it (their share below 0.4 from there on)
+FOLD_CHECK_PROGRESS = 0.3
+# the share above which the run starts again: 1.0-1.3 on the folded run at the check, at
+# most 0.35 on the runs that were not folded (docs/defaults.md); stricter than the final
+# warning's 0.25 because a model a third of the way through renders z less sharply
+FOLD_RESTART_SHARE = 0.6
+
+
+def fold_check_due(progress_before: float, progress_after: float) -> bool:
+    """Whether an epoch that took the schedule from ``progress_before`` to
+    ``progress_after`` (0..1) crossed the point where the run looks for a fold."""
+    return progress_before < FOLD_CHECK_PROGRESS <= progress_after
+
+
+def restart_seed(seed: int, attempt: int) -> int:
+    """The initialisation seed of attempt ``attempt`` (0: the first, which uses ``seed``).
+
+    Derived from both numbers so that a restarted ``--seed 7`` is not ``--seed 8``'s model.
+    """
+    if attempt == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, attempt]).generate_state(1, np.uint64)[0])
+
+
+def folded(variation: UnrenderedVariation | None) -> bool:
+    """Whether a mid-run measure says z is folded (None: nothing measured)."""
+    return variation is not None and variation.share > FOLD_RESTART_SHARE
+
+
+def restart_message(variation: UnrenderedVariation, epoch: int) -> str:
+    """The one line a run prints when it starts again."""
+    return (
+        f"z looks folded after epoch {epoch} (the particles share a variation the model does "
+        f"not render, {variation.share:.0%} as strong as what z renders): starting again once "
+        "from a fresh initialisation in the time left (--no-fold-restart keeps the first)"
+    )
+
+
+def reinitialise(
+    model: torch.nn.Module, fresh: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Give ``model`` the weights of ``fresh`` in place and forget the optimiser's moments.
+
+    In place, so that wrappers of the model (the loss module, DistributedDataParallel, a
+    compiled generator) and the optimiser's parameter groups stay valid; every rank builds
+    the same ``fresh`` model from the same seed, so replicas stay identical.
+    """
+    with torch.no_grad():
+        for weight, new_weight in zip(model.parameters(), fresh.parameters(), strict=True):
+            weight.copy_(new_weight)
+        for buffer, new_buffer in zip(model.buffers(), fresh.buffers(), strict=True):
+            buffer.copy_(new_buffer)
+    optimizer.state.clear()

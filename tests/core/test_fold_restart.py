@@ -1,0 +1,139 @@
+"""Training starts again, once, when z looks folded a third of the way in (core/fold_restart.py).
+
+Whether a trained model's z is folded is measured for real in tests/core/test_unrendered.py;
+a real fold needs thousands of particles and an hour of training, so here the threshold is
+moved to force (or forbid) the decision and the tests check what training does with it.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_spatial_vae.core import fold_restart
+from napari_spatial_vae.core.checkpoint import load_model, read_history
+from napari_spatial_vae.core.fold_restart import (
+    FOLD_CHECK_PROGRESS,
+    fold_check_due,
+    reinitialise,
+    restart_seed,
+)
+from napari_spatial_vae.core.performance import make_adam
+from napari_spatial_vae.core.simulate import simulate_particles
+from napari_spatial_vae.core.train import build_model, train
+
+
+@pytest.fixture(scope="module")
+def measurable_particles():
+    """360 20x20 particles: 270 train at test fraction 0.25, enough for the measure (256)."""
+    return simulate_particles(360, size=20, snr=2.0, max_shift_px=0.7, blob_sigma_px=1.2, seed=5)
+
+
+def epochs_of(history):
+    return [row["epoch"] for row in history]
+
+
+def test_the_check_falls_once_where_the_schedule_crosses_a_third():
+    assert fold_check_due(0.25, 0.31)
+    assert fold_check_due(0.0, FOLD_CHECK_PROGRESS)
+    assert not fold_check_due(FOLD_CHECK_PROGRESS, 0.5)  # already past: a resumed run
+    assert not fold_check_due(0.1, 0.2)
+
+
+def test_a_restart_seed_is_neither_the_seed_nor_the_next_one():
+    assert restart_seed(7, 0) == 7
+    assert restart_seed(7, 1) == restart_seed(7, 1)  # reproducible
+    assert restart_seed(7, 1) not in (7, 8, restart_seed(8, 1), restart_seed(7, 2))
+
+
+def test_reinitialise_gives_the_fresh_weights_and_forgets_adam(make_config):
+    config = make_config()
+    model, fresh = build_model(config, (1, 20, 20)), build_model(make_config(seed=9), (1, 20, 20))
+    optimizer = make_adam(model.parameters(), 1e-3, torch.device("cpu"))
+    model.generator(torch.zeros(1, 4, 2), torch.zeros(1, 1)).sum().backward()
+    optimizer.step()
+    assert optimizer.state
+    reinitialise(model, fresh, optimizer)
+    assert not optimizer.state
+    for live, new in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(live, new) and live is not new
+
+
+def test_a_folded_z_starts_the_run_again_once(
+    tmp_path, measurable_particles, make_config, monkeypatch
+):
+    monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)  # every measure "folded"
+    updates = []
+    result = train(
+        make_config(epochs=3),
+        measurable_particles.images,
+        tmp_path / "run",
+        on_update=lambda u: updates.append(u) if u.kind == "epoch" else None,
+    )
+    said = [(u.epoch, u.restarted) for u in updates]
+    # the check falls after epoch 1 (1/3 of the schedule); the second attempt is not checked
+    assert said == [(1, True), (1, False), (2, False), (3, False)]
+    assert "z looks folded after epoch 1" in updates[0].message
+    assert "starting again once" in updates[0].message
+    assert result.epochs_completed == 3 and result.stop_reason == "completed"
+    assert result.restarts == 1
+    assert epochs_of(result.history) == epochs_of(read_history(tmp_path / "run"))
+    assert epochs_of(result.history) == [1, 1, 2, 2, 3, 3]
+    _, _, progress = load_model(tmp_path / "run")
+    assert progress.restarts == 1 and progress.finished
+
+    plain = train(
+        make_config(epochs=3, fold_restart=False), measurable_particles.images, tmp_path / "b"
+    )
+    assert plain.history[0]["elbo"] == updates[0].train.elbo  # the same first attempt
+    assert result.history[0]["elbo"] != plain.history[0]["elbo"]  # a fresh initialisation
+
+
+def test_a_run_the_check_passes_is_the_run_without_it(
+    tmp_path, measurable_particles, make_config, monkeypatch
+):
+    # the measure leaves the random streams and the model as they were
+    monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", np.inf)
+    measured = []
+    real = fold_restart.folded
+    monkeypatch.setattr(
+        "napari_spatial_vae.core.train.folded", lambda v: measured.append(v) or real(v)
+    )
+    checked = train(make_config(epochs=3), measurable_particles.images, tmp_path / "a")
+    assert len(measured) == 1 and measured[0] is not None and measured[0].particles == 270
+    assert checked.restarts == 0
+    plain = train(
+        make_config(epochs=3, fold_restart=False), measurable_particles.images, tmp_path / "b"
+    )
+
+    def without_time(history):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    assert without_time(checked.history) == without_time(plain.history)
+    for p, q in zip(checked.model.parameters(), plain.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_resumed_second_attempt_is_not_checked_again(
+    tmp_path, measurable_particles, make_config, monkeypatch
+):
+    monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)
+    seen = []
+    stopped = train(
+        make_config(epochs=3),
+        measurable_particles.images,
+        tmp_path / "run",
+        on_update=lambda u: seen.append(u) if u.kind == "epoch" else None,
+        should_stop=lambda: len(seen) == 2,  # the restart, then epoch 1 of the second attempt
+    )
+    assert stopped.stop_reason == "stopped" and seen[0].restarted
+    updates = []
+    resumed = train(
+        make_config(epochs=3),
+        measurable_particles.images,
+        tmp_path / "run",
+        resume=True,
+        on_update=lambda u: updates.append(u) if u.kind == "epoch" else None,
+    )
+    assert [(u.epoch, u.restarted) for u in updates] == [(2, False), (3, False)]
+    assert epochs_of(resumed.history) == [1, 1, 2, 2, 3, 3]
+    assert load_model(tmp_path / "run")[2].restarts == 1
