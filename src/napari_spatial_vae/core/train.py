@@ -626,7 +626,9 @@ def _train(
         )
         if restart:
             # the same run folder, epochs counted from 1 again; the folded model is replaced
-            # at the next save (a crash before then resumes it, and its end still warns)
+            # at the next save (a crash before then resumes it, and its end still warns). A
+            # half-turn check that switched itself on in the same epoch stays on: it was
+            # the particles that called for it
             progress = Progress(restarts=progress.restarts + 1)
             fresh_config = replace(config, seed=restart_seed(config.seed, progress.restarts))
             reinitialise(model, build_model(fresh_config, image_shape).to(device), optimizer)
@@ -818,7 +820,8 @@ def _check_fold(
     (decision,) = max_over_ranks([float(folded(variation))], context)
     if not decision:
         return ""
-    return restart_message(variation, epoch) if variation is not None else "z looks folded"
+    # rank 0 words the line; the other ranks emit nothing but need a non-empty answer too
+    return restart_message(variation, epoch) if variation is not None else "restart"
 
 
 def _switch_half_turn_check(
