@@ -57,13 +57,13 @@ import mrcfile
 import numpy as np
 import pandas as pd
 from scipy.spatial.transform import Rotation
-from scipy.stats import rankdata
 
 from napari_spatial_vae.core.metrics import (
     angle_error_from_motions,
     circular_correlation_fl,
     multiple_correlation,
     pearson,
+    spearman,
     sum_and_difference,
     sum_with_angle_error,
 )
@@ -237,7 +237,7 @@ def score(poses: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
         each = [abs(pearson(latent, state)) for latent in z.T]
         closest = z[:, int(np.argmax(each))]
         best.append(max(each))
-        ranked.append(abs(pearson(rankdata(closest), rankdata(state))))
+        ranked.append(abs(spearman(closest, state)))
         linear.append(multiple_correlation(z, state))
     row = {
         "pearson_z": min(best),

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from design_oracle import oracle_pearson, pose_offsets, tilt_grid, window_edge
@@ -56,8 +57,8 @@ def test_a_window_narrower_than_the_pose_posterior_puts_its_mass_on_the_edge():
     # the project's hinge at SNR 1: its pose is known to a few degrees and about a pixel,
     # so +-2 deg leaves a fifth of the posterior on its edge and +-10 deg next to none
     design = DESIGNS["hinge"]
-    _, narrow, _ = oracle_pearson(design, 1.0, 8, 7, 11, 2, 1.0, 0.0, 0.5)
-    _, wide, _ = oracle_pearson(design, 1.0, 8, 7, 11, 10, 2.0, 0.0, 0.5)
+    narrow = oracle_pearson(design, 1.0, 8, 7, 11, 2, 1.0, 0.0, 0.5).edge_mass
+    wide = oracle_pearson(design, 1.0, 8, 7, 11, 10, 2.0, 0.0, 0.5).edge_mass
     assert narrow > 0.15 and wide < 0.05
 
 
@@ -78,14 +79,44 @@ def test_an_unknown_tilt_is_marginalised_on_a_tilted_design():
     # tilted-hinge leans its arm's hinge 60 degrees out of plane and tilts up to 15: with the
     # tilt unknown the oracle scores 31 tilts per conformation, and its estimate moves
     design = DESIGNS["tilted-hinge"]
-    known, _, _ = oracle_pearson(design, 0.5, 12, 7, 9)
-    unknown, edge, _ = oracle_pearson(design, 0.5, 12, 7, 9, tilt_step_deg=1.0, chunk=50)
-    assert edge == 0.0 and unknown != known and 0.5 < unknown[0] <= 1.0
+    known = oracle_pearson(design, 0.5, 12, 7, 9).pearson
+    unknown = oracle_pearson(design, 0.5, 12, 7, 9, tilt_step_deg=1.0, chunk=50)
+    assert unknown.edge_mass == 0.0 and unknown.pearson != known
+    assert 0.5 < unknown.pearson[0] <= 1.0
+
+
+def test_one_template_per_conformation_averages_the_tilts():
+    # scored against the tilt-averaged rendering the estimate moves again, and a chunk that
+    # does not hold a whole number of tilt groups is rounded to one that does
+    design = DESIGNS["tilted-hinge"]
+    marginalised = oracle_pearson(design, 0.5, 12, 7, 9, tilt_step_deg=3.0)
+    averaged = oracle_pearson(design, 0.5, 12, 7, 9, tilt_step_deg=3.0, tilt_average=True)
+    assert averaged.pearson != marginalised.pearson and 0.5 < averaged.pearson[0] <= 1.0
+    assert (
+        oracle_pearson(design, 0.5, 12, 7, 9, tilt_step_deg=3.0, tilt_average=True, chunk=16)
+        == averaged
+    )
+    # an untilted design has one tilt to average: nothing changes
+    args = (DESIGNS["hinge"], 1.0, 6, 7, 5, 2, 1.0)
+    assert oracle_pearson(*args, tilt_step_deg=1.0, tilt_average=True) == oracle_pearson(*args)
+    with pytest.raises(ValueError, match="tilt_step_deg"):
+        oracle_pearson(design, 0.5, 4, 7, 5, tilt_average=True)
+
+
+def test_the_order_and_the_prior_shaped_reading():
+    # Spearman reads the estimate's order; the prior-shaped reading spreads that order as
+    # an N(0, 1) latent, which a uniformly drawn motion caps at sqrt(3 / pi)
+    reading = oracle_pearson(DESIGNS["hinge"], 1.0, 40, 7, 41)
+    assert 0.9 < reading.spearman[0] <= 1.0
+    assert reading.prior_shaped[0] < min(reading.pearson[0], np.sqrt(3 / np.pi) + 0.02)
+    assert reading.prior_shaped[0] > 0.85
 
 
 def test_two_motions_get_bounds_on_their_sum_and_difference():
     # one motion: nothing to sum; two motions at SNR 1 with the pose known: the oracle
     # reads each motion, so their sum and difference too, and both far above chance
-    assert oracle_pearson(DESIGNS["hinge"], 1.0, 6, 7, 5)[2] is None
-    each, _, (on_sum, on_difference) = oracle_pearson(DESIGNS["two-motions"], 1.0, 12, 7, 7)
-    assert min(each) > 0.8 and on_sum > 0.8 and on_difference > 0.8
+    assert oracle_pearson(DESIGNS["hinge"], 1.0, 6, 7, 5).sum_difference is None
+    reading = oracle_pearson(DESIGNS["two-motions"], 1.0, 12, 7, 7)
+    assert reading.sum_difference is not None
+    on_sum, on_difference = reading.sum_difference
+    assert min(reading.pearson) > 0.8 and on_sum > 0.8 and on_difference > 0.8

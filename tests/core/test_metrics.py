@@ -77,6 +77,27 @@ def test_pearson():
     assert metrics.pearson(x, np.ones(100)) == 0.0
 
 
+def test_ranks_give_ties_their_average_rank():
+    assert metrics.ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert metrics.ranks(np.array([[2.0], [0.5]]).ravel()).tolist() == [2.0, 1.0]
+
+
+def test_spearman_reads_order_not_scale():
+    stats = pytest.importorskip("scipy.stats")
+    motion = np.random.default_rng(1).uniform(size=20_000)
+    # a z in perfect order but spread as its N(0, 1) prior: the normal quantile of the rank
+    prior_shaped = stats.norm.ppf((metrics.ranks(motion) - 0.5) / len(motion))
+    assert metrics.spearman(prior_shaped, motion) == pytest.approx(1.0)
+    # the ceiling docs/defaults.md gives for |Pearson| of such a z: sqrt(3 / pi)
+    assert metrics.pearson(prior_shaped, motion) == pytest.approx(np.sqrt(3 / np.pi), abs=2e-3)
+    noisy = motion + np.random.default_rng(2).normal(0, 0.2, motion.size)
+    noisy[::7] = np.round(noisy[::7], 1)  # ties
+    assert metrics.spearman(noisy, -motion) == pytest.approx(
+        -stats.spearmanr(noisy, motion).statistic
+    )
+    assert metrics.spearman(motion, np.ones_like(motion)) == 0.0
+
+
 def test_multiple_correlation_sees_motions_mixed_over_two_axes():
     motions = RNG.uniform(size=(500, 2))
     turn = np.array([[np.cos(0.7), -np.sin(0.7)], [np.sin(0.7), np.cos(0.7)]])

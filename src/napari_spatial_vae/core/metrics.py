@@ -218,6 +218,22 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
+def ranks(values: np.ndarray) -> np.ndarray:
+    """``(N,)`` 1-based ranks of ``values`` ``(N,)``, ties given their average rank."""
+    _, inverse, counts = np.unique(np.asarray(values), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    return (last - (counts - 1) / 2.0)[inverse.ravel()]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two ``(N,)`` arrays (0 when either is constant).
+
+    Unlike :func:`pearson` it does not depend on the latent's scale along the motion: a z
+    that follows the motion's order exactly reads 1 whatever shape its prior gives it.
+    """
+    return pearson(ranks(a), ranks(b))
+
+
 def multiple_correlation(latents: np.ndarray, target: np.ndarray) -> float:
     """How well a linear function of all latents predicts ``target``: the multiple R.
 
