@@ -42,7 +42,9 @@ unless overridden) under a time budget, then score the held-out particles:
   ``spatial-vae train`` warns about above 0.25: a folded or missing z), measured without the
   truth;
 * ``restarts``: 1 when training found z folded a third of the way in and started again from
-  a fresh initialisation (``core/fold_restart.py``), else 0;
+  a fresh initialisation (``core/fold_restart.py``), else 0; ``fold_check``: the measure that
+  check judged (the same share, above 0.6 starts again; in ``history.csv`` since 2026-12-07,
+  None when the check did not run or the run started again);
 * with ``--apply-snr S``, the same scores of the trained model on new held-out particles of
   the same design at SNR S (a model trained at SNR 0.5 applied to SNR 0.1 data).
 
@@ -103,7 +105,7 @@ from napari_spatial_vae.core.unrendered import measure_unrendered
 
 COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z", "spearman_z",
            "circ_fl", "circ_fl_state", "half_turned", "half_turn_better", "recon_corr",
-           "test_elbo", "unrendered", "restarts")  # fmt: skip
+           "test_elbo", "unrendered", "restarts", "fold_check")  # fmt: skip
 
 
 def _model_input(config: TrainConfig, particles: DesignParticles) -> torch.Tensor:
@@ -398,6 +400,9 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         "half_turn_better": test_rows[-1]["half_turn_better"] if test_rows else None,
         "unrendered": None if unrendered is None else round(unrendered.share, 3),
         "restarts": restarts,
+        "fold_check": next(
+            (r["unrendered"] for r in history if r.get("unrendered") is not None), None
+        ),
         "overrides": " ".join(args.overrides) or "(defaults)",
     }  # fmt: skip
     if args.apply_snr is not None:

@@ -105,8 +105,16 @@ def test_a_run_the_check_passes_is_the_run_without_it(
         make_config(epochs=3, fold_restart=False), measurable_particles.images, tmp_path / "b"
     )
 
+    # the measure the check judged is kept on its epoch's train row, for runs that pass it
+    kept = [(row["epoch"], row["split"], row["unrendered"])
+            for row in read_history(tmp_path / "a") if row["unrendered"] is not None]  # fmt: skip
+    assert kept == [(1, "train", round(measured[0].share, 4))]
+    assert all(row["unrendered"] is None for row in read_history(tmp_path / "b"))
+
     def without_time(history):
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+        return [
+            {k: v for k, v in row.items() if k not in ("seconds", "unrendered")} for row in history
+        ]
 
     assert without_time(checked.history) == without_time(plain.history)
     for p, q in zip(checked.model.parameters(), plain.model.parameters(), strict=True):

@@ -52,6 +52,8 @@ HISTORY_FIELDS = (
     "seconds",
     "binned",
     "half_turn_better",
+    # the fold check's measure (core/fold_restart.py), on the train row of the epoch it ran
+    "unrendered",
 )
 
 

@@ -588,7 +588,7 @@ def _train(
         )
         if switched and context.is_main:
             save_config(run_dir, config, image_shape, config_extra)  # inference checks too
-        restart = ""
+        restart, fold_share = "", None
         if (
             config.fold_restart
             and progress.restarts == 0
@@ -596,10 +596,16 @@ def _train(
             and epoch < config.epochs
             and fold_check_due(progress_before, progress.lr_progress)
         ):
-            restart = _check_fold(model, train_feed, train_filters, config, epoch, context)
+            restart, fold_share = _check_fold(
+                model, train_feed, train_filters, config, epoch, context
+            )
         seconds = time.monotonic() - started
         lr_now = optimizer.param_groups[0]["lr"]
-        history.append(train_metrics.as_row(epoch, "train", lr_now, seconds))
+        train_row = train_metrics.as_row(epoch, "train", lr_now, seconds)
+        if fold_share is not None:
+            # the measure the check judged, kept where a run that passed it can be read back
+            train_row["unrendered"] = round(fold_share, 4)
+        history.append(train_row)
         if test_metrics is not None:
             history.append(test_metrics.as_row(epoch, "test", lr_now, seconds))
         progress.epochs_completed = epoch
@@ -806,22 +812,24 @@ def _check_fold(
     config: TrainConfig,
     epoch: int,
     context: DistributedContext,
-) -> str:
-    """The line saying the run starts again when z looks folded, else ``""``.
+) -> tuple[str, float | None]:
+    """The line saying the run starts again when z looks folded (else ``""``), and the share.
 
     Rank 0 measures (core/fold_restart.py); every rank learns its decision, so all restart
-    together.
+    together. The share (``UnrenderedVariation.share``) is None on other ranks and when too
+    few particles gave no measure.
     """
     variation = None
     if context.is_main:
         variation = measure_unrendered(
             model, train_feed, train_filters, batch=config.batch_size, seed=config.seed
         )
+    share = variation.share if variation is not None else None
     (decision,) = max_over_ranks([float(folded(variation))], context)
     if not decision:
-        return ""
+        return "", share
     # rank 0 words the line; the other ranks emit nothing but need a non-empty answer too
-    return restart_message(variation, epoch) if variation is not None else "restart"
+    return (restart_message(variation, epoch) if variation is not None else "restart"), share
 
 
 def _switch_half_turn_check(
