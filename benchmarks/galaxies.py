@@ -118,6 +118,13 @@ def main() -> None:
         "epochs": result.epochs_completed,
         "train_elbo": round([r for r in result.history if r["split"] == "train"][-1]["elbo"], 1),
         "wall_s": round(wall, 1),
+        # training's own checks on real data the project did not simulate: the fold check a
+        # third of the way in (core/fold_restart.py) and the unrendered share at the end
+        "restarts": result.restarts,
+        "fold_check": next(
+            (r["unrendered"] for r in result.history if r.get("unrendered") is not None), None
+        ),
+        "unrendered": None if result.unrendered is None else round(result.unrendered.share, 3),
         "figure": str(path),
     }
     print(json.dumps(row))

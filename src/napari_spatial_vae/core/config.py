@@ -36,6 +36,10 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "tf32")
 CTF_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 HALF_TURN_CHECK_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 CTF_ENCODER_INPUTS: tuple[str, ...] = ("raw", "flip")
+#: seeds are 0 .. SEED_COUNT - 1 (the seed setting's range, which the config's check and the
+#: widget's spin box enforce); seeds derived from a seed (each epoch's, a restart's) are
+#: reduced into it
+SEED_COUNT = 2**63
 
 # Inference, not training (the run's config does not store them): gradient steps that fit
 # each particle's z to the trained generator at its inferred pose (core/refine.py; 0 reports
@@ -542,7 +546,7 @@ class TrainConfig:
         "long run can then take another path).",
         label="seed",
         low=0,
-        high=2**63 - 1,
+        high=SEED_COUNT - 1,
         gui="main",
     )
     device: str = setting(

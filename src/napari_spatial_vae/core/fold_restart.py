@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from napari_spatial_vae.core.config import SEED_COUNT
 from napari_spatial_vae.core.unrendered import UnrenderedVariation
 
 # where in the schedule the run looks for a fold: the end of the default coarse phase, when
@@ -37,11 +38,14 @@ def fold_check_due(progress_before: float, progress_after: float) -> bool:
 def restart_seed(seed: int, attempt: int) -> int:
     """The initialisation seed of attempt ``attempt`` (0: the first, which uses ``seed``).
 
-    Derived from both numbers so that a restarted ``--seed 7`` is not ``--seed 8``'s model.
+    Derived from both numbers so that a restarted ``--seed 7`` is not ``--seed 8``'s model,
+    and reduced into the seed setting's range like every seed here (the raw 64-bit state is
+    above it for about four seeds in ten; torch accepted it, but it was no valid ``--seed``).
     """
     if attempt == 0:
         return seed
-    return int(np.random.SeedSequence([seed, attempt]).generate_state(1, np.uint64)[0])
+    state = int(np.random.SeedSequence([seed, attempt]).generate_state(1, np.uint64)[0])
+    return state % SEED_COUNT
 
 
 def folded(variation: UnrenderedVariation | None) -> bool:

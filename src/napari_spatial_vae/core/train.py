@@ -37,7 +37,7 @@ from napari_spatial_vae.core.checkpoint import (
     save_config,
     write_history,
 )
-from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.config import SEED_COUNT, TrainConfig
 from napari_spatial_vae.core.ctf import CtfBatches, CtfParameters, resolve_ctf
 from napari_spatial_vae.core.data import ImageFeeder, input_scale, stack_image_shape
 from napari_spatial_vae.core.device import describe_device, resolve_device
@@ -233,7 +233,7 @@ def _epoch_generators(
     seed: int, epoch: int, device: torch.device
 ) -> tuple[torch.Generator, torch.Generator]:
     """Random sources derived from (seed, epoch) alone, so a resumed run replays exactly."""
-    epoch_seed = (seed * 1_000_003 + epoch * 7919) % (2**63)
+    epoch_seed = (seed * 1_000_003 + epoch * 7919) % SEED_COUNT
     cpu = torch.Generator().manual_seed(epoch_seed)
     on_device = torch.Generator(device=device).manual_seed(epoch_seed + 1)
     return cpu, on_device
