@@ -5,7 +5,9 @@ ships (the plugin's sample data), trains spatial-VAE with RGB output, and writes
 (``galaxies_<likelihood>.png``):
 the inputs, the inputs aligned by their inferred pose, each galaxy's reconstruction at
 theta = 0, dx = 0, and new galaxies sampled from the prior at theta = 0, dx = 0. Prints a
-JSON row with the final ELBO and the wall time.
+JSON row with the final ELBO, the wall time and training's own checks on this real data
+(``restarts`` and ``fold_check``, the fold check a third of the way in; ``unrendered``, the
+share the end-of-training warning judges).
 
     python benchmarks/galaxies.py --epochs 150 --count 400
     python benchmarks/galaxies.py --epochs 150 --count 400 --likelihood gaussian
