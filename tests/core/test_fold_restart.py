@@ -14,6 +14,7 @@ from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import SEED_COUNT, TrainConfig
 from napari_spatial_vae.core.fold_restart import (
     FOLD_CHECK_PROGRESS,
+    checks_for_folds,
     fold_check_due,
     reinitialise,
     restart_seed,
@@ -99,6 +100,20 @@ def test_a_folded_z_starts_the_run_again_once(
     )
     assert plain.history[0]["elbo"] == updates[0].train.elbo  # the same first attempt
     assert result.history[0]["elbo"] != plain.history[0]["elbo"]  # a fresh initialisation
+
+
+def test_only_a_one_dimensional_z_is_checked(
+    tmp_path, measurable_particles, make_config, monkeypatch
+):
+    # with two latents the share says the particles vary in more ways than z renders (the
+    # Hubble galaxies), which a fresh start does not change: never measured, never restarted
+    monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)
+    assert checks_for_folds(1) and not checks_for_folds(2) and not checks_for_folds(0)
+    config = make_config(epochs=3)
+    config.model.z_dim = 2
+    result = train(config, measurable_particles.images, tmp_path / "run")
+    assert result.restarts == 0 and epochs_of(result.history) == [1, 1, 2, 2, 3, 3]
+    assert all(row["unrendered"] is None for row in read_history(tmp_path / "run"))
 
 
 def test_a_run_the_check_passes_is_the_run_without_it(

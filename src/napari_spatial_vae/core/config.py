@@ -495,11 +495,11 @@ class TrainConfig:
     )
     fold_restart: bool = setting(
         True,
-        help="Once a third of the schedule has run, measure whether z reads two states of "
-        "the motion as one (a folded z: the particles then share a variation the model does "
-        "not render) and, if so, start again once from a fresh initialisation in the time "
-        "left (docs/defaults.md). Costs one measure (~12 s for 2,048 40-px particles on 2 "
-        "CPU cores).",
+        help="With z-dim 1: once a third of the schedule has run, measure whether z reads "
+        "two states of the motion as one (a folded z: the particles then share a variation "
+        "the model does not render) and, if so, start again once from a fresh initialisation "
+        "in the time left (docs/defaults.md). Costs one measure (~12 s for 2,048 40-px "
+        "particles on 2 CPU cores).",
         label="restart a folded z",
         resumable=True,
     )

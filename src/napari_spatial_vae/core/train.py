@@ -52,6 +52,7 @@ from napari_spatial_vae.core.distributed import (
 )
 from napari_spatial_vae.core.errors import CheckpointError, ConfigError, DataError
 from napari_spatial_vae.core.fold_restart import (
+    checks_for_folds,
     fold_check_due,
     folded,
     reinitialise,
@@ -591,6 +592,7 @@ def _train(
         restart, fold_share = "", None
         if (
             config.fold_restart
+            and checks_for_folds(config.model.z_dim)
             and progress.restarts == 0
             and epoch > config.z_delay
             and epoch < config.epochs
