@@ -44,7 +44,7 @@ unless overridden) under a time budget, then score the held-out particles:
 * ``restarts``: 1 when training found z folded a third of the way in and started again from
   a fresh initialisation (``core/fold_restart.py``), else 0; ``fold_check``: the measure that
   check judged (the same share, above 0.6 starts again; in ``history.csv`` since 2026-12-07,
-  None when the check did not run or the run started again);
+  None when the check did not run, e.g. with z-dim 2, or the run started again);
 * with ``--apply-snr S``, the same scores of the trained model on new held-out particles of
   the same design at SNR S (a model trained at SNR 0.5 applied to SNR 0.1 data).
 
@@ -89,6 +89,7 @@ from napari_spatial_vae.core.designs import (
     DesignParticles,
     simulate_design,
 )
+from napari_spatial_vae.core.fold_restart import fold_check_share
 from napari_spatial_vae.core.infer import read_z
 from napari_spatial_vae.core.latent_axes import (
     LATENT_AXES_SAMPLE,
@@ -122,30 +123,19 @@ def _posterior(model, model_input: torch.Tensor):
     return model.encode(model_input)
 
 
-def _motion_scores(latents: np.ndarray, particles: DesignParticles) -> tuple[list, list]:
-    """Per motion: the largest |Pearson| of one latent, and the multiple correlation of all."""
-    motions = particles.conformation.shape[1]
-    best = [
-        max((abs(metrics.pearson(latents[:, j], particles.conformation[:, k]))
-             for j in range(latents.shape[1])), default=0.0)
-        for k in range(motions)
-    ]  # fmt: skip
-    linear = [
-        metrics.multiple_correlation(latents, particles.conformation[:, k]) for k in range(motions)
-    ]
-    return best, linear
-
-
-def _rank_scores(latents: np.ndarray, particles: DesignParticles) -> list[float]:
-    """Per motion: |Spearman| of the latent whose |Pearson| with it is largest (0 if none)."""
-    ranked = []
+def _motion_scores(
+    latents: np.ndarray, particles: DesignParticles
+) -> tuple[list[float], list[float], list[float]]:
+    """Per motion: the largest |Pearson| of one latent, the multiple correlation of all, and
+    the |Spearman| of that best latent (all 0 without latents)."""
+    best, linear, ranked = [], [], []
     for motion in particles.conformation.T:
-        if latents.shape[1] == 0:
-            ranked.append(0.0)
-            continue
         each = [abs(metrics.pearson(latent, motion)) for latent in latents.T]
-        ranked.append(abs(metrics.spearman(latents[:, int(np.argmax(each))], motion)))
-    return ranked
+        closest = latents[:, int(np.argmax(each))] if each else None
+        best.append(max(each, default=0.0))
+        linear.append(metrics.multiple_correlation(latents, motion))
+        ranked.append(0.0 if closest is None else abs(metrics.spearman(closest, motion)))
+    return best, linear, ranked
 
 
 def _z_outliers(
@@ -228,8 +218,8 @@ def score(
     per_image = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
     empty = np.zeros((len(images), 0))
     latents = z.numpy() if z is not None else empty
-    best, linear = _motion_scores(latents, particles)
-    plain, plain_linear = _motion_scores(
+    best, linear, ranked = _motion_scores(latents, particles)
+    plain, plain_linear, _ = _motion_scores(
         encoder_z.numpy() if encoder_z is not None else empty, particles
     )
     # a nuisance factor z may take instead of the motion: the out-of-plane tilt (signed,
@@ -246,7 +236,7 @@ def score(
         "linear_each": [round(r, 3) for r in linear],
         # z's order along the motion, whatever its scale: a z shaped like its N(0, 1) prior
         # reads a uniformly drawn motion at |Pearson| 0.977 at most, in perfect order
-        "spearman_z": round(min(_rank_scores(latents, particles)), 3),
+        "spearman_z": round(min(ranked), 3),
         "pearson_tilt": None if tilt is None else round(tilt, 3),
         "pearson_z_encoder": round(min(plain), 3),
         "linear_z_encoder": round(min(plain_linear), 3),
@@ -400,9 +390,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         "half_turn_better": test_rows[-1]["half_turn_better"] if test_rows else None,
         "unrendered": None if unrendered is None else round(unrendered.share, 3),
         "restarts": restarts,
-        "fold_check": next(
-            (r["unrendered"] for r in history if r.get("unrendered") is not None), None
-        ),
+        "fold_check": fold_check_share(history),
         "overrides": " ".join(args.overrides) or "(defaults)",
     }  # fmt: skip
     if args.apply_snr is not None:

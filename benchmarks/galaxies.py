@@ -27,6 +27,7 @@ from figures import montage, save_panels
 
 from napari_spatial_vae._sample_data import galaxy_cutouts
 from napari_spatial_vae.core.config import ModelConfig, TrainConfig
+from napari_spatial_vae.core.fold_restart import fold_check_share
 from napari_spatial_vae.core.infer import iter_inference
 from napari_spatial_vae.core.train import train
 
@@ -123,9 +124,7 @@ def main() -> None:
         # training's own checks on real data the project did not simulate: the fold check a
         # third of the way in (core/fold_restart.py) and the unrendered share at the end
         "restarts": result.restarts,
-        "fold_check": next(
-            (r["unrendered"] for r in result.history if r.get("unrendered") is not None), None
-        ),
+        "fold_check": fold_check_share(result.history),
         "unrendered": None if result.unrendered is None else round(result.unrendered.share, 3),
         "figure": str(path),
     }

@@ -16,6 +16,7 @@ from napari_spatial_vae.core.fold_restart import (
     FOLD_CHECK_PROGRESS,
     checks_for_folds,
     fold_check_due,
+    fold_check_share,
     reinitialise,
     restart_seed,
 )
@@ -138,6 +139,9 @@ def test_a_run_the_check_passes_is_the_run_without_it(
             for row in read_history(tmp_path / "a") if row["unrendered"] is not None]  # fmt: skip
     assert kept == [(1, "train", round(measured[0].share, 4))]
     assert all(row["unrendered"] is None for row in read_history(tmp_path / "b"))
+    assert fold_check_share(read_history(tmp_path / "a")) == kept[0][2]
+    assert fold_check_share(checked.history) == kept[0][2]
+    assert fold_check_share(read_history(tmp_path / "b")) is None
 
     def without_time(history):
         return [

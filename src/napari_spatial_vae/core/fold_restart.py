@@ -41,6 +41,14 @@ def checks_for_folds(z_dim: int) -> bool:
     return z_dim == 1
 
 
+def fold_check_share(history: list[dict]) -> float | None:
+    """The share the fold check measured, from a run's ``history.csv`` rows (train.py keeps
+    it as ``unrendered`` on the train row of its epoch); None where it did not run (z-dim
+    other than 1, too short a run) or the run started again (the rows are the second
+    attempt's)."""
+    return next((row["unrendered"] for row in history if row.get("unrendered") is not None), None)
+
+
 def fold_check_due(progress_before: float, progress_after: float) -> bool:
     """Whether an epoch that took the schedule from ``progress_before`` to
     ``progress_after`` (0..1) crossed the point where the run looks for a fold."""
