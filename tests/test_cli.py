@@ -365,7 +365,7 @@ def test_train_says_when_it_starts_again_after_a_folded_z_even_when_quiet(capsys
     # longer judges the run (its collapse warning would describe another model)
     progress = _Progress(quiet=True, z_delay=0, half_turn_check="auto")
     collapsed = EpochMetrics(-10.0, 9.0, 1.0, 0.5, 0.3, 0.01, (0.01,))
-    line = "z looks folded after epoch 12 (...): starting again once"
+    line = "z looks folded after epoch 12 (...): starting again from a fresh initialisation"
     progress(TrainUpdate("epoch", 12, 38, train=collapsed, test=collapsed, message=line,
                          restarted=True))  # fmt: skip
     assert progress.last is None

@@ -1,4 +1,5 @@
-"""Training starts again, once, when z looks folded a third of the way in (core/fold_restart.py).
+"""Training starts again, at most twice, when z looks folded a third of the way in
+(core/fold_restart.py).
 
 Whether a trained model's z is folded is measured for real in tests/core/test_unrendered.py;
 a real fold needs thousands of particles and an hour of training, so here the threshold is
@@ -14,6 +15,7 @@ from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import SEED_COUNT, TrainConfig
 from napari_spatial_vae.core.fold_restart import (
     FOLD_CHECK_PROGRESS,
+    MAX_FOLD_RESTARTS,
     checks_for_folds,
     fold_check_due,
     fold_check_share,
@@ -71,7 +73,7 @@ def test_reinitialise_gives_the_fresh_weights_and_forgets_adam(make_config):
         assert torch.equal(live, new) and live is not new
 
 
-def test_a_folded_z_starts_the_run_again_once(
+def test_a_folded_z_starts_the_run_again_at_most_twice(
     tmp_path, measurable_particles, make_config, monkeypatch
 ):
     monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)  # every measure "folded"
@@ -83,16 +85,19 @@ def test_a_folded_z_starts_the_run_again_once(
         on_update=lambda u: updates.append(u) if u.kind == "epoch" else None,
     )
     said = [(u.epoch, u.restarted) for u in updates]
-    # the check falls after epoch 1 (1/3 of the schedule); the second attempt is not checked
-    assert said == [(1, True), (1, False), (2, False), (3, False)]
+    # the check falls after epoch 1 (1/3 of the schedule) of each attempt but the last
+    assert MAX_FOLD_RESTARTS == 2
+    assert said == [(1, True), (1, True), (1, False), (2, False), (3, False)]
     assert "z looks folded after epoch 1" in updates[0].message
-    assert "starting again once" in updates[0].message
+    assert "attempt 2 of at most 3" in updates[0].message
+    assert "attempt 3 of at most 3" in updates[1].message
     assert result.epochs_completed == 3 and result.stop_reason == "completed"
-    assert result.restarts == 1
+    assert result.restarts == 2
     assert epochs_of(result.history) == epochs_of(read_history(tmp_path / "run"))
     assert epochs_of(result.history) == [1, 1, 2, 2, 3, 3]
+    assert fold_check_share(result.history) is None  # the last attempt is not checked
     _, _, progress = load_model(tmp_path / "run")
-    assert progress.restarts == 1 and progress.finished
+    assert progress.restarts == 2 and progress.finished
 
     plain = train(
         make_config(epochs=3, seed=3, fold_restart=False),
@@ -101,6 +106,30 @@ def test_a_folded_z_starts_the_run_again_once(
     )
     assert plain.history[0]["elbo"] == updates[0].train.elbo  # the same first attempt
     assert result.history[0]["elbo"] != plain.history[0]["elbo"]  # a fresh initialisation
+
+
+def test_an_attempt_that_passes_the_check_is_kept(
+    tmp_path, measurable_particles, make_config, monkeypatch
+):
+    # the first attempt folds, the second passes: it trains to the end, its share on record
+    measured = []
+
+    def first_folds(variation):
+        measured.append(variation.share)
+        return len(measured) == 1
+
+    monkeypatch.setattr("napari_spatial_vae.core.train.folded", first_folds)
+    updates = []
+    result = train(
+        make_config(epochs=3),
+        measurable_particles.images,
+        tmp_path / "run",
+        on_update=lambda u: updates.append(u) if u.kind == "epoch" else None,
+    )
+    assert [(u.epoch, u.restarted) for u in updates] == [(1, True), (1, False), (2, False),
+                                                         (3, False)]  # fmt: skip
+    assert result.restarts == 1 and len(measured) == 2
+    assert fold_check_share(read_history(tmp_path / "run")) == round(measured[1], 4)
 
 
 def test_only_a_one_dimensional_z_is_checked(
@@ -153,7 +182,7 @@ def test_a_run_the_check_passes_is_the_run_without_it(
         assert torch.equal(p, q)
 
 
-def test_a_resumed_second_attempt_is_not_checked_again(
+def test_a_resumed_last_attempt_is_not_checked_again(
     tmp_path, measurable_particles, make_config, monkeypatch
 ):
     monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)
@@ -163,9 +192,9 @@ def test_a_resumed_second_attempt_is_not_checked_again(
         measurable_particles.images,
         tmp_path / "run",
         on_update=lambda u: seen.append(u) if u.kind == "epoch" else None,
-        should_stop=lambda: len(seen) == 2,  # the restart, then epoch 1 of the second attempt
+        should_stop=lambda: len(seen) == 3,  # two restarts, then epoch 1 of the last attempt
     )
-    assert stopped.stop_reason == "stopped" and seen[0].restarted
+    assert stopped.stop_reason == "stopped" and seen[0].restarted and seen[1].restarted
     updates = []
     resumed = train(
         make_config(epochs=3),
@@ -176,4 +205,4 @@ def test_a_resumed_second_attempt_is_not_checked_again(
     )
     assert [(u.epoch, u.restarted) for u in updates] == [(2, False), (3, False)]
     assert epochs_of(resumed.history) == [1, 1, 2, 2, 3, 3]
-    assert load_model(tmp_path / "run")[2].restarts == 1
+    assert load_model(tmp_path / "run")[2].restarts == 2

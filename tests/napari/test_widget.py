@@ -186,7 +186,7 @@ def test_a_restart_after_a_folded_z_clears_the_loss_plot_and_says_why(
     for epoch in (1, 2):
         widget._on_train_event(TrainUpdate("epoch", epoch, 6, 4, 4, train=metrics, test=metrics))
     assert widget.loss_plot.epochs == [1, 2]
-    line = "z looks folded after epoch 2 (...): starting again once"
+    line = "z looks folded after epoch 2 (...): starting again from a fresh initialisation"
     widget._on_train_event(
         TrainUpdate("epoch", 2, 6, 4, 4, train=metrics, test=metrics, message=line, restarted=True)
     )

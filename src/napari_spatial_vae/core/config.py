@@ -497,8 +497,9 @@ class TrainConfig:
         True,
         help="With z-dim 1: once a third of the schedule has run, measure whether z reads "
         "two states of the motion as one (a folded z: the particles then share a variation "
-        "the model does not render) and, if so, start again once from a fresh initialisation "
-        "in the time left (docs/defaults.md). Costs one measure (~12 s for 2,048 40-px "
+        "the model does not render) and, if so, start again from a fresh initialisation "
+        "in the time left, checking each new attempt the same way, at most twice "
+        "(docs/defaults.md). Costs one measure per attempt (~12 s for 2,048 40-px "
         "particles on 2 CPU cores).",
         label="restart a folded z",
         resumable=True,

@@ -1,4 +1,4 @@
-"""Start training again, once, when z is folded early in the run.
+"""Start training again, at most twice, when z is folded early in the run.
 
 A folded z (two states of the motion read as one value, :mod:`.unrendered`) shows early:
 on ``out-of-plane`` s7 (2026-12-07) the particles' unrendered variation stood at 1.0-2.0
@@ -6,10 +6,11 @@ times what z renders from the fourth epoch to the last, and the run ended folded
 (|Pearson(z, motion)| 0.50), while runs that learned the motion fell below 0.4 by a third
 of the schedule (docs/defaults.md, "Starting again when z folds"). The likelihood barely
 tells a folded z from a straight one, so training does not leave the fold by itself; a
-fresh initialisation usually does not fold. So once, when the learning-rate schedule passes
+fresh initialisation usually does not fold. So when the learning-rate schedule passes
 :data:`FOLD_CHECK_PROGRESS`, training measures the share on the training particles and,
 above :data:`FOLD_RESTART_SHARE`, starts again from a fresh initialisation, in the time
-budget that is left.
+budget that is left; each new attempt is checked the same way, up to
+:data:`MAX_FOLD_RESTARTS` restarts.
 
 Only a one-dimensional z is checked (:func:`checks_for_folds`): a fold is a line laid over
 itself, and with more latent dimensions the unrendered share says something else, that the
@@ -34,6 +35,11 @@ FOLD_CHECK_PROGRESS = 0.3
 # (docs/defaults.md); stricter than the final warning's 0.25 because a model a third of the
 # way through renders z less sharply
 FOLD_RESTART_SHARE = 0.6
+# how many times a run may start again: out-of-plane s20's second attempt folded too (0.73 at
+# the end) and the third initialisation, trained on its own, did not (0.943); a third
+# attempt of a time-limited run still gets about half the budget (each check falls a third
+# of the way through what is left)
+MAX_FOLD_RESTARTS = 2
 
 
 def checks_for_folds(z_dim: int) -> bool:
@@ -41,11 +47,16 @@ def checks_for_folds(z_dim: int) -> bool:
     return z_dim == 1
 
 
+def may_restart(restarts: int) -> bool:
+    """Whether a run that has started again ``restarts`` times may start again."""
+    return restarts < MAX_FOLD_RESTARTS
+
+
 def fold_check_share(history: list[dict]) -> float | None:
     """The share the fold check measured, from a run's ``history.csv`` rows (train.py keeps
     it as ``unrendered`` on the train row of its epoch); None where it did not run (z-dim
-    other than 1, too short a run) or the run started again (the rows are the second
-    attempt's)."""
+    other than 1, too short a run, an attempt after the last restart allowed). After a
+    restart the rows are the last attempt's."""
     return next((row["unrendered"] for row in history if row.get("unrendered") is not None), None)
 
 
@@ -73,12 +84,13 @@ def folded(variation: UnrenderedVariation | None) -> bool:
     return variation is not None and variation.share > FOLD_RESTART_SHARE
 
 
-def restart_message(variation: UnrenderedVariation, epoch: int) -> str:
-    """The one line a run prints when it starts again."""
+def restart_message(variation: UnrenderedVariation, epoch: int, restarts: int) -> str:
+    """The one line a run prints when it starts again for the ``restarts``-th time (1, 2)."""
     return (
         f"z looks folded after epoch {epoch} (the particles share a variation the model does "
-        f"not render, {variation.share:.0%} as strong as what z renders): starting again once "
-        "from a fresh initialisation in the time left (--no-fold-restart keeps the first)"
+        f"not render, {variation.share:.0%} as strong as what z renders): starting again from "
+        f"a fresh initialisation in the time left, attempt {restarts + 1} of at most "
+        f"{MAX_FOLD_RESTARTS + 1} (--no-fold-restart keeps the first)"
     )
 
 

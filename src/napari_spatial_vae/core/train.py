@@ -55,6 +55,7 @@ from napari_spatial_vae.core.fold_restart import (
     checks_for_folds,
     fold_check_due,
     folded,
+    may_restart,
     reinitialise,
     restart_message,
     restart_seed,
@@ -593,13 +594,13 @@ def _train(
         if (
             config.fold_restart
             and checks_for_folds(config.model.z_dim)
-            and progress.restarts == 0
+            and may_restart(progress.restarts)
             and epoch > config.z_delay
             and epoch < config.epochs
             and fold_check_due(progress_before, progress.lr_progress)
         ):
             restart, fold_share = _check_fold(
-                model, train_feed, train_filters, config, epoch, context
+                model, train_feed, train_filters, config, epoch, progress.restarts, context
             )
         seconds = time.monotonic() - started
         lr_now = optimizer.param_groups[0]["lr"]
@@ -813,9 +814,12 @@ def _check_fold(
     train_filters: CtfBatches | None,
     config: TrainConfig,
     epoch: int,
+    restarts: int,
     context: DistributedContext,
 ) -> tuple[str, float | None]:
     """The line saying the run starts again when z looks folded (else ``""``), and the share.
+
+    ``restarts`` is how many times the run has started again so far.
 
     Rank 0 measures (core/fold_restart.py); every rank learns its decision, so all restart
     together. The share (``UnrenderedVariation.share``) is None on other ranks and when too
@@ -831,7 +835,8 @@ def _check_fold(
     if not decision:
         return "", share
     # rank 0 words the line; the other ranks emit nothing but need a non-empty answer too
-    return (restart_message(variation, epoch) if variation is not None else "restart"), share
+    line = restart_message(variation, epoch, restarts + 1) if variation is not None else "restart"
+    return line, share
 
 
 def _switch_half_turn_check(
