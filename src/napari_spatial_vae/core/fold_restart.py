@@ -28,13 +28,14 @@ from napari_spatial_vae.core.config import SEED_COUNT
 from napari_spatial_vae.core.unrendered import UnrenderedVariation
 
 # where in the schedule the run looks for a fold: the end of the default coarse phase, when
-# runs that learned the motion render it (their share below 0.4 from there on)
+# runs that learned the motion render it (their encoder's |Pearson| 0.75 or more there)
 FOLD_CHECK_PROGRESS = 0.3
 # the share above which the run starts again: 0.70-1.29 on the six attempts that had folded
 # at the check (out-of-plane s7, s20 twice, s23-s25; their encoder's |Pearson| with the motion
-# 0.52 at most there), 0.22-0.51 on the working ones measured since (0.75-0.84), 0.27 at most
-# on the runs it was set on (docs/defaults.md); stricter than the final warning's 0.25 because
-# a model a third of the way through renders z less sharply
+# 0.52 at most there), 0.22-0.56 on the working ones measured since (0.75-0.84), 0.27 at most
+# on the runs it was set on (docs/defaults.md): nearer the working side, as a false restart
+# costs a third of the schedule and a missed fold the run; stricter than the final warning's
+# 0.25 because a model a third of the way through renders z less sharply
 FOLD_RESTART_SHARE = 0.6
 # how many times a run may start again: out-of-plane s20's second attempt folded too (0.73 at
 # the end) and the third initialisation, trained on its own, did not (0.943); a third
