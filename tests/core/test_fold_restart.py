@@ -37,6 +37,19 @@ def epochs_of(history):
     return [row["epoch"] for row in history]
 
 
+def train_seeing_epochs(config, images, run_dir, **kwargs):
+    """``train`` and the epoch updates it emitted, in order."""
+    updates = []
+    result = train(
+        config,
+        images,
+        run_dir,
+        on_update=lambda u: updates.append(u) if u.kind == "epoch" else None,
+        **kwargs,
+    )
+    return result, updates
+
+
 def test_the_check_falls_once_where_the_schedule_crosses_a_third():
     assert fold_check_due(0.25, 0.31)
     assert fold_check_due(0.0, FOLD_CHECK_PROGRESS)
@@ -77,12 +90,10 @@ def test_a_folded_z_starts_the_run_again_at_most_twice(
     tmp_path, measurable_particles, make_config, monkeypatch
 ):
     monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)  # every measure "folded"
-    updates = []
-    result = train(
+    result, updates = train_seeing_epochs(
         make_config(epochs=3, seed=3),  # a seed whose first restart's raw state is reduced
         measurable_particles.images,
         tmp_path / "run",
-        on_update=lambda u: updates.append(u) if u.kind == "epoch" else None,
     )
     said = [(u.epoch, u.restarted) for u in updates]
     # the check falls after epoch 1 (1/3 of the schedule) of each attempt but the last
@@ -119,15 +130,11 @@ def test_an_attempt_that_passes_the_check_is_kept(
         return len(measured) == 1
 
     monkeypatch.setattr("napari_spatial_vae.core.train.folded", first_folds)
-    updates = []
-    result = train(
-        make_config(epochs=3),
-        measurable_particles.images,
-        tmp_path / "run",
-        on_update=lambda u: updates.append(u) if u.kind == "epoch" else None,
+    result, updates = train_seeing_epochs(
+        make_config(epochs=3), measurable_particles.images, tmp_path / "run"
     )
-    assert [(u.epoch, u.restarted) for u in updates] == [(1, True), (1, False), (2, False),
-                                                         (3, False)]  # fmt: skip
+    said = [(u.epoch, u.restarted) for u in updates]
+    assert said == [(1, True), (1, False), (2, False), (3, False)]
     assert result.restarts == 1 and len(measured) == 2
     assert fold_check_share(read_history(tmp_path / "run")) == round(measured[1], 4)
 
@@ -195,13 +202,8 @@ def test_a_resumed_last_attempt_is_not_checked_again(
         should_stop=lambda: len(seen) == 3,  # two restarts, then epoch 1 of the last attempt
     )
     assert stopped.stop_reason == "stopped" and seen[0].restarted and seen[1].restarted
-    updates = []
-    resumed = train(
-        make_config(epochs=3),
-        measurable_particles.images,
-        tmp_path / "run",
-        resume=True,
-        on_update=lambda u: updates.append(u) if u.kind == "epoch" else None,
+    resumed, updates = train_seeing_epochs(
+        make_config(epochs=3), measurable_particles.images, tmp_path / "run", resume=True
     )
     assert [(u.epoch, u.restarted) for u in updates] == [(2, False), (3, False)]
     assert epochs_of(resumed.history) == [1, 1, 2, 2, 3, 3]
