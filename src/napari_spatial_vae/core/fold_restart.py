@@ -40,8 +40,8 @@ FOLD_CHECK_PROGRESS = 0.3
 FOLD_RESTART_SHARE = 0.6
 # how many times a run may start again: out-of-plane s20's second attempt folded too (0.73 at
 # the end) and the third initialisation, trained on its own, did not (0.943); a third
-# attempt of a time-limited run still gets about half the budget (each check falls a third
-# of the way through what is left)
+# attempt of a time-limited run still gets about half the budget or more (each check falls
+# at most about a third of the way through what is left)
 MAX_FOLD_RESTARTS = 2
 
 
