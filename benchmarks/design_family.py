@@ -41,10 +41,11 @@ unless overridden) under a time budget, then score the held-out particles:
   not render, as a share of the strongest one z renders (``core/unrendered.py``; what
   ``spatial-vae train`` warns about above 0.25: a folded or missing z), measured without the
   truth;
-* ``restarts``: 1 when training found z folded a third of the way in and started again from
-  a fresh initialisation (``core/fold_restart.py``), else 0; ``fold_check``: the measure that
-  check judged (the same share, above 0.6 starts again; in ``history.csv`` since 2026-12-07,
-  None when the check did not run, e.g. with z-dim 2, or the run started again);
+* ``restarts``: how many times (0-2) training found z folded a third of the way through an
+  attempt and started again from a fresh initialisation (``core/fold_restart.py``);
+  ``fold_check``: the measure the last attempt's check judged (the same share, above 0.6
+  starts again; in ``history.csv`` since 2026-12-07, None when that attempt was not checked,
+  e.g. with z-dim 2 or after the second restart);
 * with ``--apply-snr S``, the same scores of the trained model on new held-out particles of
   the same design at SNR S (a model trained at SNR 0.5 applied to SNR 0.1 data).
 
