@@ -18,6 +18,7 @@ from napari_spatial_vae.core.fold_restart import (
     MAX_FOLD_RESTARTS,
     checks_for_folds,
     fold_check_due,
+    fold_check_line,
     fold_check_share,
     reinitialise,
     restart_seed,
@@ -25,12 +26,20 @@ from napari_spatial_vae.core.fold_restart import (
 from napari_spatial_vae.core.performance import make_adam
 from napari_spatial_vae.core.simulate import simulate_particles
 from napari_spatial_vae.core.train import build_model, train
+from napari_spatial_vae.core.unrendered import UnrenderedVariation
 
 
 @pytest.fixture(scope="module")
 def measurable_particles():
     """360 20x20 particles: 270 train at test fraction 0.25, enough for the measure (256)."""
     return simulate_particles(360, size=20, snr=2.0, max_shift_px=0.7, blob_sigma_px=1.2, seed=5)
+
+
+@pytest.fixture
+def every_check_folds(monkeypatch):
+    """Every measure counts as a fold: above the threshold and never more than a fold."""
+    monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)
+    monkeypatch.setattr(fold_restart, "MANY_VARIATIONS_SHARE", np.inf)
 
 
 def epochs_of(history):
@@ -87,9 +96,8 @@ def test_reinitialise_gives_the_fresh_weights_and_forgets_adam(make_config):
 
 
 def test_a_folded_z_starts_the_run_again_at_most_twice(
-    tmp_path, measurable_particles, make_config, monkeypatch
+    tmp_path, measurable_particles, make_config, every_check_folds
 ):
-    monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)  # every measure "folded"
     result, updates = train_seeing_epochs(
         make_config(epochs=3, seed=3),  # a seed whose first restart's raw state is reduced
         measurable_particles.images,
@@ -140,17 +148,66 @@ def test_an_attempt_that_passes_the_check_is_kept(
 
 
 def test_only_a_one_dimensional_z_is_checked(
-    tmp_path, measurable_particles, make_config, monkeypatch
+    tmp_path, measurable_particles, make_config, every_check_folds
 ):
     # with two latents the share says the particles vary in more ways than z renders (the
     # Hubble galaxies), which a fresh start does not change: never measured, never restarted
-    monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)
     assert checks_for_folds(1) and not checks_for_folds(2) and not checks_for_folds(0)
     config = make_config(epochs=3)
     config.model.z_dim = 2
     result = train(config, measurable_particles.images, tmp_path / "run")
     assert result.restarts == 0 and epochs_of(result.history) == [1, 1, 2, 2, 3, 3]
     assert all(row["unrendered"] is None for row in read_history(tmp_path / "run"))
+
+
+def _variation(share: float, runner_up_ratio: float) -> UnrenderedVariation:
+    """A measure of ``share`` whose second direction holds ``runner_up_ratio`` of the first."""
+    return UnrenderedVariation(
+        residual=share, rendered=1.0, particles=2048, runner_up=runner_up_ratio * share
+    )
+
+
+@pytest.mark.parametrize(
+    ("share", "runner_up_ratio", "restarts", "words"),
+    [
+        (0.5, 0.3, False, ""),  # a run that learned the motion (0.22-0.56 at the check)
+        (0.99, 0.13, True, "z looks folded after epoch 12"),  # out-of-plane s23's first
+        (1.21, 0.68, True, "attempt 2 of at most 3"),  # s20's second: one strong runner-up
+        (4.0, 0.2, True, "400% as strong"),  # far stronger, but one variation: a fold's
+        (1.5, 1.7, True, "z looks folded"),  # several, but no stronger than a fold leaves
+        (2.88, 1.68, False, "vary in more ways than z renders"),  # the galaxies, z-dim 1
+        (4.58, 0.81, False, "458% as strong"),  # the same, Bernoulli likelihood
+        (4.0, 0.45, True, "z looks folded"),  # far stronger, the runner-up under half
+        (50.0, 1.2, False, "more than ten times as strong"),  # z renders next to nothing
+    ],
+)
+def test_a_fold_leaves_one_variation_and_more_than_a_fold_is_not_restarted(
+    share, runner_up_ratio, restarts, words
+):
+    variation = _variation(share, runner_up_ratio)
+    assert fold_restart.folded(variation) is restarts
+    line = fold_check_line(variation, 12, 1)
+    assert (words in line) if words else line == ""
+    if not restarts and line:
+        assert "training goes on" in line and "--z-dim" in line
+    assert not fold_restart.folded(None) and fold_check_line(None, 12, 1) == ""
+
+
+def test_a_check_that_finds_more_than_a_fold_lets_the_run_go_on(
+    tmp_path, measurable_particles, make_config, monkeypatch
+):
+    # every measure above the threshold, and counted as more than a fold
+    monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)
+    monkeypatch.setattr(fold_restart, "MANY_VARIATIONS_SHARE", -1.0)
+    monkeypatch.setattr(fold_restart, "MANY_VARIATIONS_RUNNER_UP", -1.0)
+    result, updates = train_seeing_epochs(
+        make_config(epochs=3), measurable_particles.images, tmp_path / "run"
+    )
+    assert [(u.epoch, u.restarted) for u in updates] == [(1, False), (2, False), (3, False)]
+    assert "vary in more ways than z renders" in updates[0].message
+    assert not any("more ways" in u.message for u in updates[1:])  # said at the check only
+    assert result.restarts == 0 and epochs_of(result.history) == [1, 1, 2, 2, 3, 3]
+    assert fold_check_share(read_history(tmp_path / "run")) is not None
 
 
 def test_a_run_the_check_passes_is_the_run_without_it(
@@ -190,9 +247,8 @@ def test_a_run_the_check_passes_is_the_run_without_it(
 
 
 def test_a_resumed_last_attempt_is_not_checked_again(
-    tmp_path, measurable_particles, make_config, monkeypatch
+    tmp_path, measurable_particles, make_config, every_check_folds
 ):
-    monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)
     seen = []
     stopped = train(
         make_config(epochs=3),

@@ -16,6 +16,7 @@ from napari_spatial_vae.core.unrendered import (
     measure_unrendered,
     residuals_at,
     shared_excess,
+    shared_excesses,
     unrendered_warning,
 )
 from tests.untrained import sharp_untrained_model
@@ -23,11 +24,11 @@ from tests.untrained import sharp_untrained_model
 SIZE = 24
 
 
-def _pattern(size: int = SIZE) -> torch.Tensor:
+def _pattern(size: int = SIZE, plus_at=(7, 15), minus_at=(16, 9)) -> torch.Tensor:
     """``(size, size)`` a positive and a negative blob off-centre: no symmetry of the grid."""
     rows, columns = np.mgrid[:size, :size]
-    plus = np.exp(-((rows - 7) ** 2 + (columns - 15) ** 2) / 4.0)
-    minus = np.exp(-((rows - 16) ** 2 + (columns - 9) ** 2) / 4.0)
+    plus = np.exp(-((rows - plus_at[0]) ** 2 + (columns - plus_at[1]) ** 2) / 4.0)
+    minus = np.exp(-((rows - minus_at[0]) ** 2 + (columns - minus_at[1]) ** 2) / 4.0)
     pattern = plus - minus
     return torch.from_numpy(pattern / np.linalg.norm(pattern)).float()
 
@@ -62,6 +63,26 @@ def test_noise_shares_nothing_and_a_pattern_every_residual_holds_is_found():
     assert shared_excess(smooth) < 0.1 * float(top)
     # colour channels and a box that is not square are measured the same way
     assert shared_excess(torch.randn(512, 3, 20, 26, generator=generator)) < 0.05 * 9.0
+
+
+def test_one_shared_pattern_leaves_the_second_direction_empty_and_two_fill_it():
+    # a fold leaves one variation unrendered; more kinds of variation than z renders, several
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(2048, 1, SIZE, SIZE, generator=generator)
+    first, second = _pattern(), _pattern(plus_at=(5, 10), minus_at=(18, 14))
+    assert abs(float((first * second).sum())) < 0.05  # two independent directions
+    one = noise + 3.0 * torch.randn(2048, generator=generator)[:, None, None, None] * first
+    two = one + 3.0 * torch.randn(2048, generator=generator)[:, None, None, None] * second
+    strongest, runner_up = shared_excesses(one)
+    assert strongest > 0.5 * 9.0 and runner_up < 0.1 * 9.0
+    strongest, runner_up = shared_excesses(two)
+    # the null's spectrum holds more of two spread patterns, so each excess is a little lower
+    assert strongest > 0.4 * 9.0 and runner_up > 0.4 * 9.0
+    assert shared_excess(two) == strongest  # the first of them
+    variation = UnrenderedVariation(residual=strongest, rendered=1.0, particles=2048,
+                                    runner_up=runner_up)  # fmt: skip
+    assert 0.5 < variation.runner_up_ratio < 2.0
+    assert UnrenderedVariation(0.0, 1.0, 2048).runner_up_ratio == 0.0  # nothing shared
 
 
 def _rendered_particles(model, count: int, generator: torch.Generator):
@@ -106,6 +127,7 @@ def test_measuring_reads_each_particle_as_inference_does():
     measured = measure_unrendered(model, feed, None, positions)
     assert measured is not None and measured.particles == len(feed)
     assert measured.rendered > 0 and np.isfinite(measured.residual)
+    assert measured.runner_up >= 0 and np.isfinite(measured.runner_up)
     assert not model.training  # left in the mode it was in
     # by default the first UNRENDERED_SAMPLE particles: here all of them, the same measure
     assert measure_unrendered(model, feed, None) == measured

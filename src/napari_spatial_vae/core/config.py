@@ -499,8 +499,9 @@ class TrainConfig:
         "two states of the motion as one (a folded z: the particles then share a variation "
         "the model does not render) and, if so, start again from a fresh initialisation "
         "in the time left, checking each new attempt the same way, at most twice "
-        "(docs/defaults.md). Costs one measure per attempt (~12 s for 2,048 40-px "
-        "particles on 2 CPU cores).",
+        "(not when the particles plainly vary in more ways than z renders: the run then says "
+        "so and goes on; docs/defaults.md). Costs one measure per attempt (~12 s for 2,048 "
+        "40-px particles on 2 CPU cores).",
         label="restart a folded z",
         resumable=True,
     )

@@ -54,10 +54,10 @@ from napari_spatial_vae.core.errors import CheckpointError, ConfigError, DataErr
 from napari_spatial_vae.core.fold_restart import (
     checks_for_folds,
     fold_check_due,
+    fold_check_line,
     folded,
     may_restart,
     reinitialise,
-    restart_message,
     restart_seed,
 )
 from napari_spatial_vae.core.latent_axes import (
@@ -590,7 +590,7 @@ def _train(
         )
         if switched and context.is_main:
             save_config(run_dir, config, image_shape, config_extra)  # inference checks too
-        restart, fold_share = "", None
+        restart, fold_line, fold_share = False, "", None
         if (
             config.fold_restart
             and checks_for_folds(config.model.z_dim)
@@ -599,7 +599,7 @@ def _train(
             and epoch < config.epochs
             and fold_check_due(progress_before, progress.lr_progress)
         ):
-            restart, fold_share = _check_fold(
+            restart, fold_line, fold_share = _check_fold(
                 model, train_feed, train_filters, config, epoch, progress.restarts, context
             )
         seconds = time.monotonic() - started
@@ -628,9 +628,9 @@ def _train(
                 seconds,
                 train=train_metrics,
                 test=test_metrics,
-                message="; ".join(line for line in (switched, restart) if line),
+                message="; ".join(line for line in (switched, fold_line) if line),
                 model=model,
-                restarted=bool(restart),
+                restarted=restart,
             )
         )
         if restart:
@@ -816,14 +816,16 @@ def _check_fold(
     epoch: int,
     restarts: int,
     context: DistributedContext,
-) -> tuple[str, float | None]:
-    """The line saying the run starts again when z looks folded (else ``""``), and the share.
+) -> tuple[bool, str, float | None]:
+    """Whether the run starts again because z looks folded, the line it says, and the share.
 
-    ``restarts`` is how many times the run has started again so far.
+    ``restarts`` is how many times the run has started again so far. The line is ``""``
+    when the check passes, and says why training goes on when the particles vary in more
+    ways than z renders (core/fold_restart.py).
 
-    Rank 0 measures (core/fold_restart.py); every rank learns its decision, so all restart
-    together. The share (``UnrenderedVariation.share``) is None on other ranks and when too
-    few particles gave no measure.
+    Rank 0 measures; every rank learns its decision, so all restart together. The share
+    (``UnrenderedVariation.share``) is None on other ranks and when too few particles gave
+    no measure; the line is said by rank 0 only.
     """
     variation = None
     if context.is_main:
@@ -831,12 +833,9 @@ def _check_fold(
             model, train_feed, train_filters, batch=config.batch_size, seed=config.seed
         )
     share = variation.share if variation is not None else None
+    line = fold_check_line(variation, epoch, restarts + 1)
     (decision,) = max_over_ranks([float(folded(variation))], context)
-    if not decision:
-        return "", share
-    # rank 0 words the line; the other ranks emit nothing but need a non-empty answer too
-    line = restart_message(variation, epoch, restarts + 1) if variation is not None else "restart"
-    return line, share
+    return bool(decision), line, share
 
 
 def _switch_half_turn_check(

@@ -18,6 +18,11 @@ direction loses most of its variance. The excess is reported against the varianc
 model's own renderings (pose removed) along their strongest direction: the variation z
 renders. Measured in docs/defaults.md ("A warning for a folded z"): 1.04 on the folded run,
 0.002-0.08 on the runs that did not fold.
+
+The second strongest shared direction is measured the same way (its variance less the
+null's second): a fold leaves one variation unrendered, the other branch of the motion, so
+its second direction holds little; particles that vary in more ways than z renders (the
+Hubble galaxies with z-dim 1) leave several, about as strong as the first.
 """
 
 from __future__ import annotations
@@ -66,21 +71,29 @@ class UnrenderedVariation:
     residual: float
     rendered: float
     particles: int
+    runner_up: float = 0.0
 
     @property
     def share(self) -> float:
         """``residual / rendered``: the unrendered variation as a share of z's."""
         return self.residual / self.rendered if self.rendered > 0 else float("inf")
 
+    @property
+    def runner_up_ratio(self) -> float:
+        """``runner_up / residual``: near 0 when one unrendered variation stands out (a
+        fold), about 1 or more when several do (more kinds of variation than z has room for)."""
+        return self.runner_up / self.residual if self.residual > 0 else 0.0
 
-def _strongest_variance(rows: torch.Tensor, seed: int) -> float:
-    """The largest eigenvalue of the covariance of ``rows`` ``(n, P)`` (randomised SVD)."""
+
+def _strongest_variances(rows: torch.Tensor, seed: int, count: int = 1) -> list[float]:
+    """The ``count`` largest eigenvalues of the covariance of ``rows`` ``(n, P)``, largest
+    first (randomised SVD)."""
     centred = rows - rows.mean(dim=0, keepdim=True)
     with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was
         torch.manual_seed(seed)
         rank = min(_RANK, *centred.shape)
         _, values, _ = torch.svd_lowrank(centred.cpu(), q=rank, niter=_POWER_ITERATIONS)
-    return float(values[0] ** 2 / len(rows))
+    return (values[:count] ** 2 / len(rows)).tolist()
 
 
 def _random_symmetries(images: torch.Tensor, choices: np.ndarray) -> torch.Tensor:
@@ -112,8 +125,8 @@ def _masked_rows(images: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     return images.flatten(2)[..., inside.to(images.device)].flatten(1).cpu()
 
 
-def shared_excess(residuals: torch.Tensor, seed: int = 0) -> float:
-    """Variance of ``residuals``' strongest shared direction beyond isotropic noise's.
+def shared_excesses(residuals: torch.Tensor, seed: int = 0, count: int = 2) -> list[float]:
+    """Variance of ``residuals``' strongest shared directions beyond isotropic noise's.
 
     Parameters
     ----------
@@ -121,19 +134,28 @@ def shared_excess(residuals: torch.Tensor, seed: int = 0) -> float:
         ``(N, C, H, W)`` residuals in the template frame (pose removed).
     seed
         Picks each residual's random symmetry and the low-rank decomposition's start.
+    count
+        How many directions, strongest first.
 
     Returns
     -------
-    float
-        The largest eigenvalue of the residuals' covariance (pixels inside the inscribed
-        circle) less that of the same residuals each turned by a random symmetry of the grid;
-        at least 0.
+    list of float
+        For k = 1..count, the k-th largest eigenvalue of the residuals' covariance (pixels
+        inside the inscribed circle) less the k-th of the same residuals each turned by a
+        random symmetry of the grid; each at least 0.
     """
     inside = circular_mask(*residuals.shape[-2:])
     choices = np.random.default_rng(seed).integers(0, 8, len(residuals))
-    shared = _strongest_variance(_masked_rows(residuals, inside), seed)
-    null = _strongest_variance(_masked_rows(_random_symmetries(residuals, choices), inside), seed)
-    return max(shared - null, 0.0)
+    shared = _strongest_variances(_masked_rows(residuals, inside), seed, count)
+    turned = _masked_rows(_random_symmetries(residuals, choices), inside)
+    null = _strongest_variances(turned, seed, count)
+    return [max(s - n, 0.0) for s, n in zip(shared, null, strict=True)]
+
+
+def shared_excess(residuals: torch.Tensor, seed: int = 0) -> float:
+    """Variance of ``residuals``' strongest shared direction beyond isotropic noise's
+    (the first of :func:`shared_excesses`)."""
+    return shared_excesses(residuals, seed, count=1)[0]
 
 
 def residuals_at(
@@ -213,21 +235,28 @@ def measure_unrendered(
     model.train(was_training)
     rendered = torch.cat(renderings)
     inside = circular_mask(*rendered.shape[-2:])
+    strongest, runner_up = shared_excesses(torch.cat(residuals), seed, count=2)
     return UnrenderedVariation(
-        residual=shared_excess(torch.cat(residuals), seed),
-        rendered=_strongest_variance(_masked_rows(rendered, inside), seed),
+        residual=strongest,
+        rendered=_strongest_variances(_masked_rows(rendered, inside), seed)[0],
         particles=len(positions),
+        runner_up=runner_up,
     )
+
+
+def describe_share(share: float) -> str:
+    """``share`` as the lines that report it say it: ``"104%"``, or ``"more than ten times"``
+    (a z that renders next to nothing makes the share huge, and its digits would say nothing)."""
+    return f"{share:.0%}" if share < 10 else "more than ten times"
 
 
 def unrendered_warning(variation: UnrenderedVariation | None) -> str | None:
     """One line when the unrendered variation exceeds :data:`UNRENDERED_WARNING_SHARE`."""
     if variation is None or variation.share < UNRENDERED_WARNING_SHARE:
         return None
-    # a z that renders next to nothing makes the share huge: its digits would say nothing
-    times = f"{variation.share:.0%}" if variation.share < 10 else "more than ten times"
     return (
-        f"the particles share a variation the model does not render, {times} "
+        f"the particles share a variation the model does not render, "
+        f"{describe_share(variation.share)} "
         "as strong as the strongest one z renders: z may read two states as one (a folded "
         "z) or the particles need another dimension; train again with another --seed or a "
         "larger --z-dim, and see docs/defaults.md"
