@@ -18,6 +18,7 @@ import torch
 from napari_spatial_vae.cli import main
 from napari_spatial_vae.cli.train import _Progress
 from napari_spatial_vae.core.checkpoint import load_model
+from napari_spatial_vae.core.fold_restart import many_variations_message
 from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.metrics import EpochMetrics
@@ -371,6 +372,17 @@ def test_train_says_when_it_starts_again_after_a_folded_z_even_when_quiet(capsys
     assert progress.last is None
     progress(TrainUpdate("finished", 12, 38, stop_reason="stopped"))
     assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_train_says_when_the_fold_check_finds_more_than_a_fold_and_goes_on(capsys):
+    # core/fold_restart.py: no restart, so the run's epochs and warnings stay its own
+    progress = _Progress(quiet=True, z_delay=0, half_turn_check="auto")
+    metrics = EpochMetrics(-10.0, 9.0, 1.0, 0.5, 0.3, 3.2, (3.2,))
+    line = many_variations_message(UnrenderedVariation(2.88, 1.0, 2048, 4.84), 19)
+    progress(TrainUpdate("epoch", 19, 60, train=metrics, test=metrics, message=line))
+    assert progress.last is not None and progress.last[0] == 19
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert "288% as strong" in line and "training goes on" in line
 
 
 def test_infer_traverse_and_movie_hold_a_masked_part_still(npy_stack, tmp_path, capsys):

@@ -104,7 +104,7 @@ class _Progress:
                 self.bar.write(line, file=sys.stderr)
             elif not self.quiet:
                 say(line)
-            if update.message:  # half-turn check switched on, or a restart: said when quiet
+            if update.message:  # the half-turn check switched on, the fold check: said when quiet
                 if self.bar is not None:
                     self.bar.write(update.message, file=sys.stderr)
                 else:
