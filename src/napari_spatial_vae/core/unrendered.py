@@ -66,6 +66,9 @@ class UnrenderedVariation:
         Variance of the model's renderings (pose removed) along their strongest direction.
     particles
         How many particles were measured.
+    runner_up
+        The same for the residuals' second strongest direction (less the turned residuals'
+        second); 0 when not measured or not stronger. Model units squared.
     """
 
     residual: float
