@@ -19,6 +19,7 @@ from napari_spatial_vae._worker import TrainOutcome
 from napari_spatial_vae.core.checkpoint import load_model, read_history, write_history
 from napari_spatial_vae.core.config import TrainConfig
 from napari_spatial_vae.core.explore import render_latents
+from napari_spatial_vae.core.fold_restart import many_variations_message
 from napari_spatial_vae.core.frame import fit_pose_frame
 from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.metrics import EpochMetrics, collapse_warning, half_turn_warning
@@ -174,7 +175,7 @@ def test_a_finished_training_warns_of_a_variation_the_model_does_not_render(
     assert widget.model is model
 
 
-def test_a_restart_after_a_folded_z_clears_the_loss_plot_and_says_why(
+def test_the_fold_check_says_why_and_only_a_restart_clears_the_loss_plot(
     make_napari_viewer, tmp_path, small_particles, monkeypatch
 ):
     # core/fold_restart.py: the epochs shown so far belong to a discarded attempt
@@ -194,6 +195,11 @@ def test_a_restart_after_a_folded_z_clears_the_loss_plot_and_says_why(
     assert widget.loss_plot.epochs == [] and widget._last_epoch is None
     widget._on_train_event(TrainUpdate("epoch", 1, 6, 4, 4, train=metrics, test=metrics))
     assert widget.loss_plot.epochs == [1]
+    # more than a fold (core/fold_restart.py): said, and the run's epochs are kept
+    line = many_variations_message(UnrenderedVariation(2.88, 1.0, 2048, 4.84), 2)
+    widget._on_train_event(TrainUpdate("epoch", 2, 6, 4, 4, train=metrics, test=metrics,
+                                       message=line))  # fmt: skip
+    assert infos[-1] == f"spatial-VAE: {line}" and widget.loss_plot.epochs == [1, 2]
 
 
 def test_training_searches_the_rotation_of_its_results_when_asked(
