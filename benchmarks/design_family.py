@@ -40,7 +40,9 @@ unless overridden) under a time budget, then score the held-out particles:
 * ``unrendered``: the strongest variation the training particles share that the model does
   not render, as a share of the strongest one z renders (``core/unrendered.py``; what
   ``spatial-vae train`` warns about above 0.25: a folded or missing z), measured without the
-  truth;
+  truth; ``unrendered_second``: its second strongest direction as a share of the first
+  (``UnrenderedVariation.runner_up_ratio``: low when one variation stands out, as a fold
+  leaves, about 1 when several do);
 * ``restarts``: how many times (0-2) training found z folded a third of the way through an
   attempt and started again from a fresh initialisation (``core/fold_restart.py``);
   ``fold_check``: the measure the last attempt's check judged (the same share, above 0.6
@@ -107,7 +109,7 @@ from napari_spatial_vae.core.unrendered import measure_unrendered
 
 COLUMNS = ("design", "seed", "snr", "epochs", "wall_s", "pearson_z", "linear_z", "spearman_z",
            "circ_fl", "circ_fl_state", "half_turned", "half_turn_better", "recon_corr",
-           "test_elbo", "unrendered", "restarts", "fold_check")  # fmt: skip
+           "test_elbo", "unrendered", "unrendered_second", "restarts", "fold_check")  # fmt: skip
 
 
 def _model_input(config: TrainConfig, particles: DesignParticles) -> torch.Tensor:
@@ -390,6 +392,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         # the model's own signal (no truth): held-out particles its half turn fits better
         "half_turn_better": test_rows[-1]["half_turn_better"] if test_rows else None,
         "unrendered": None if unrendered is None else round(unrendered.share, 3),
+        "unrendered_second": None if unrendered is None else round(unrendered.runner_up_ratio, 3),
         "restarts": restarts,
         "fold_check": fold_check_share(history),
         "overrides": " ".join(args.overrides) or "(defaults)",

@@ -7,7 +7,8 @@ the inputs, the inputs aligned by their inferred pose, each galaxy's reconstruct
 theta = 0, dx = 0, and new galaxies sampled from the prior at theta = 0, dx = 0. Prints a
 JSON row with the final ELBO, the wall time and training's own checks on this real data
 (``restarts`` and ``fold_check``, the fold check a third of the way in; ``unrendered``, the
-share the end-of-training warning judges).
+share the end-of-training warning judges, and ``unrendered_second``, its second direction as
+a share of the first).
 
     python benchmarks/galaxies.py --epochs 150 --count 400
     python benchmarks/galaxies.py --epochs 150 --count 400 --likelihood gaussian
@@ -126,6 +127,9 @@ def main() -> None:
         "restarts": result.restarts,
         "fold_check": fold_check_share(result.history),
         "unrendered": None if result.unrendered is None else round(result.unrendered.share, 3),
+        "unrendered_second": None
+        if result.unrendered is None
+        else round(result.unrendered.runner_up_ratio, 3),
         "figure": str(path),
     }
     print(json.dumps(row))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spatial_vae.core import fold_restart
+from napari_spatial_vae.core import fold_restart, unrendered
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.config import SEED_COUNT, TrainConfig
 from napari_spatial_vae.core.fold_restart import (
@@ -199,7 +199,7 @@ def test_a_check_that_finds_more_than_a_fold_lets_the_run_go_on(
     # every measure above the threshold, and counted as more than a fold
     monkeypatch.setattr(fold_restart, "FOLD_RESTART_SHARE", -1.0)
     monkeypatch.setattr(fold_restart, "MANY_VARIATIONS_SHARE", -1.0)
-    monkeypatch.setattr(fold_restart, "MANY_VARIATIONS_RUNNER_UP", -1.0)
+    monkeypatch.setattr(unrendered, "SEVERAL_DIRECTIONS_RATIO", -1.0)
     result, updates = train_seeing_epochs(
         make_config(epochs=3), measurable_particles.images, tmp_path / "run"
     )

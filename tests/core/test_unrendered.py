@@ -9,6 +9,7 @@ import torch
 from napari_spatial_vae.core.coords import warp_images
 from napari_spatial_vae.core.data import ImageFeeder
 from napari_spatial_vae.core.unrendered import (
+    SEVERAL_DIRECTIONS_RATIO,
     UNRENDERED_MIN_PARTICLES,
     UNRENDERED_WARNING_SHARE,
     UnrenderedVariation,
@@ -81,8 +82,11 @@ def test_one_shared_pattern_leaves_the_second_direction_empty_and_two_fill_it():
     assert shared_excess(two) == strongest  # the first of them
     variation = UnrenderedVariation(residual=strongest, rendered=1.0, particles=2048,
                                     runner_up=runner_up)  # fmt: skip
-    assert 0.5 < variation.runner_up_ratio < 2.0
-    assert UnrenderedVariation(0.0, 1.0, 2048).runner_up_ratio == 0.0  # nothing shared
+    assert 0.5 < variation.runner_up_ratio < 2.0 and variation.several_directions
+    strongest, runner_up = shared_excesses(one)
+    assert not UnrenderedVariation(strongest, 1.0, 2048, runner_up).several_directions
+    nothing = UnrenderedVariation(0.0, 1.0, 2048)
+    assert nothing.runner_up_ratio == 0.0 and not nothing.several_directions
 
 
 def _rendered_particles(model, count: int, generator: torch.Generator):
@@ -140,9 +144,35 @@ def test_measuring_reads_each_particle_as_inference_does():
     ("share", "words"), [(1.04, "104% as strong"), (5e4, "more than ten times as strong")]
 )
 def test_the_warning_names_the_share_and_what_to_try(share, words):
+    # one direction (a fold leaves one): a folded z or a missing dimension, both remedies
     warning = unrendered_warning(UnrenderedVariation(share, 1.0, 2048))
     assert warning is not None and "\n" not in warning
     assert words in warning and "--seed" in warning and "--z-dim" in warning
+    assert "folded" in warning
     below = UNRENDERED_WARNING_SHARE * 0.99
     assert unrendered_warning(UnrenderedVariation(below, 1.0, 2048)) is None
     assert unrendered_warning(None) is None
+
+
+@pytest.mark.parametrize(
+    ("runner_up_ratio", "several"),
+    [
+        (0.0, False),
+        (SEVERAL_DIRECTIONS_RATIO * 0.99, False),
+        (SEVERAL_DIRECTIONS_RATIO, True),
+        (1.43, True),
+    ],
+)
+def test_the_warning_points_to_more_latents_when_the_variation_has_several_directions(
+    runner_up_ratio, several
+):
+    # the ends measured (docs/defaults.md): folds 0.0, the Hubble galaxies with z-dim 1 1.43
+    share = 1.10
+    variation = UnrenderedVariation(share, 1.0, 2048, runner_up=runner_up_ratio * share)
+    warning = unrendered_warning(variation)
+    assert warning is not None and "110% as strong" in warning and "--z-dim" in warning
+    if several:
+        assert "vary in more ways than z renders" in warning and "folded" not in warning
+        assert "another --seed would not" in warning
+    else:
+        assert "folded" in warning and "train again with another --seed" in warning

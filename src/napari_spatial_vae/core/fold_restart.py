@@ -51,10 +51,10 @@ MAX_FOLD_RESTARTS = 2
 # direction 0.13-0.68 of the first); the Hubble galaxies with z-dim 1 left 2.9 (Gaussian)
 # and 4.6 (Bernoulli) times what z rendered, the second direction 1.7 and 0.8 of the first,
 # and the Gaussian run started again twice to no purpose (docs/defaults.md, "Not a fold:
-# particles that vary in more ways than z renders"). Both conditions, so a fold's strong
-# runner-up alone (0.68) never stops a restart
+# particles that vary in more ways than z renders"). Both conditions (the second direction's
+# is UnrenderedVariation.several_directions), so a fold's strong runner-up alone (0.68)
+# never stops a restart
 MANY_VARIATIONS_SHARE = 2.0
-MANY_VARIATIONS_RUNNER_UP = 0.5
 
 
 def checks_for_folds(z_dim: int) -> bool:
@@ -110,11 +110,8 @@ def folded(variation: UnrenderedVariation | None) -> bool:
 def more_than_a_fold(variation: UnrenderedVariation) -> bool:
     """Whether what z leaves unrendered is more than a fold leaves: both far stronger than
     what z renders (:data:`MANY_VARIATIONS_SHARE`) and spread over several directions (the
-    second at least :data:`MANY_VARIATIONS_RUNNER_UP` times the first)."""
-    return (
-        variation.share >= MANY_VARIATIONS_SHARE
-        and variation.runner_up_ratio >= MANY_VARIATIONS_RUNNER_UP
-    )
+    second at least :data:`~.unrendered.SEVERAL_DIRECTIONS_RATIO` of the first)."""
+    return variation.share >= MANY_VARIATIONS_SHARE and variation.several_directions
 
 
 def restart_message(variation: UnrenderedVariation, epoch: int, restarts: int) -> str:

@@ -22,7 +22,8 @@ renders. Measured in docs/defaults.md ("A warning for a folded z"): 1.04 on the 
 The second strongest shared direction is measured the same way (its variance less the
 null's second): a fold leaves one variation unrendered, the other branch of the motion, so
 its second direction holds little; particles that vary in more ways than z renders (the
-Hubble galaxies with z-dim 1) leave several, about as strong as the first.
+Hubble galaxies with z-dim 1) leave several, about as strong as the first. The warning at
+the end of training words its advice by that (:func:`unrendered_warning`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ UNRENDERED_MIN_PARTICLES = 256
 # the share of z's rendered variation above which the run warns: 1.04 on a folded z, at most
 # 0.08 on runs that were not folded (docs/defaults.md)
 UNRENDERED_WARNING_SHARE = 0.25
+# the second strongest unrendered direction, as a share of the first, from which the
+# variation counts as spread over several directions, not one: at the end of training 0.0 on
+# both folded runs measured (out-of-plane s7, s20's second attempt) and 1.43 on the Hubble
+# galaxies with z-dim 1; a third of the way in, a fold's reached 0.68 (core/fold_restart.py
+# asks more there) (docs/defaults.md, "Which way the end-of-run warning points")
+SEVERAL_DIRECTIONS_RATIO = 0.5
 # random starting directions of the low-rank decomposition, and its power iterations
 _RANK = 8
 _POWER_ITERATIONS = 6
@@ -86,6 +93,12 @@ class UnrenderedVariation:
         """``runner_up / residual``: near 0 when one unrendered variation stands out (a
         fold), about 1 or more when several do (more kinds of variation than z has room for)."""
         return self.runner_up / self.residual if self.residual > 0 else 0.0
+
+    @property
+    def several_directions(self) -> bool:
+        """Whether the unrendered variation is spread over several directions (the second
+        at least :data:`SEVERAL_DIRECTIONS_RATIO` of the first), not one, as a fold leaves."""
+        return self.runner_up_ratio >= SEVERAL_DIRECTIONS_RATIO
 
 
 def _strongest_variances(rows: torch.Tensor, seed: int, count: int = 1) -> list[float]:
@@ -254,12 +267,24 @@ def describe_share(share: float) -> str:
 
 
 def unrendered_warning(variation: UnrenderedVariation | None) -> str | None:
-    """One line when the unrendered variation exceeds :data:`UNRENDERED_WARNING_SHARE`."""
+    """One line when the unrendered variation exceeds :data:`UNRENDERED_WARNING_SHARE`.
+
+    Its advice follows the variation's shape: spread over several directions, the particles
+    vary in more ways than z renders, which more latents answer and another seed does not;
+    in one direction, z may be folded (another seed) or lack one dimension.
+    """
     if variation is None or variation.share < UNRENDERED_WARNING_SHARE:
         return None
+    share = describe_share(variation.share)
+    if variation.several_directions:
+        return (
+            f"the particles vary in more ways than z renders: what the model does not render "
+            f"is {share} as strong as the strongest variation z renders, in several "
+            "directions; a larger --z-dim renders more (another --seed would not), see "
+            "docs/defaults.md"
+        )
     return (
-        f"the particles share a variation the model does not render, "
-        f"{describe_share(variation.share)} "
+        f"the particles share a variation the model does not render, {share} "
         "as strong as the strongest one z renders: z may read two states as one (a folded "
         "z) or the particles need another dimension; train again with another --seed or a "
         "larger --z-dim, and see docs/defaults.md"
