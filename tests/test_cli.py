@@ -351,9 +351,8 @@ def test_train_warns_when_held_out_particles_fit_better_turned(capsys, mode):
         # spread over several directions (the Hubble galaxies with z-dim 1: 1.10, 1.43)
         (1.10, 1.43 * 1.10,
          "warning: the particles vary in more ways than z renders: what the model does not "
-         "render is 110% as strong as the strongest variation z renders, in several "
-         "directions; a larger --z-dim renders more (another --seed would not), see "
-         "docs/defaults.md"),
+         "render is 110% as strong as what z renders, in several directions; a larger "
+         "--z-dim renders more (another --seed would not), see docs/defaults.md"),
         (0.03, 0.0, None),
     ],
 )  # fmt: skip

@@ -29,7 +29,11 @@ import numpy as np
 import torch
 
 from napari_spatial_vae.core.config import SEED_COUNT
-from napari_spatial_vae.core.unrendered import UnrenderedVariation, describe_share
+from napari_spatial_vae.core.unrendered import (
+    UnrenderedVariation,
+    describe_many_variations,
+    describe_share,
+)
 
 # where in the schedule the run looks for a fold: the end of the default coarse phase, when
 # runs that learned the motion render it (their encoder's |Pearson| 0.68 or more there)
@@ -141,10 +145,8 @@ def fold_check_line(variation: UnrenderedVariation | None, epoch: int, attempt: 
 def many_variations_message(variation: UnrenderedVariation, epoch: int) -> str:
     """The one line a run prints when the check finds more than a fold (no restart)."""
     return (
-        f"after epoch {epoch} the particles vary in more ways than z renders (what the model "
-        f"does not render is {describe_share(variation.share)} as strong as what z renders, "
-        "in several directions): not a folded z, so training goes on without starting again; "
-        "a larger --z-dim renders more"
+        f"after epoch {epoch} {describe_many_variations(variation)}; not a folded z, so "
+        "training goes on without starting again; a larger --z-dim renders more"
     )
 
 

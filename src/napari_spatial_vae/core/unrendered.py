@@ -168,12 +168,6 @@ def shared_excesses(residuals: torch.Tensor, seed: int = 0, count: int = 2) -> l
     return [max(s - n, 0.0) for s, n in zip(shared, null, strict=True)]
 
 
-def shared_excess(residuals: torch.Tensor, seed: int = 0) -> float:
-    """Variance of ``residuals``' strongest shared direction beyond isotropic noise's
-    (the first of :func:`shared_excesses`)."""
-    return shared_excesses(residuals, seed, count=1)[0]
-
-
 def residuals_at(
     model: SpatialVAE,
     images: torch.Tensor,
@@ -266,6 +260,16 @@ def describe_share(share: float) -> str:
     return f"{share:.0%}" if share < 10 else "more than ten times"
 
 
+def describe_many_variations(variation: UnrenderedVariation) -> str:
+    """What the lines that report it (the fold check's, the end-of-run warning) say of a
+    variation spread over several directions: the particles vary in more ways than z
+    renders."""
+    return (
+        "the particles vary in more ways than z renders: what the model does not render is "
+        f"{describe_share(variation.share)} as strong as what z renders, in several directions"
+    )
+
+
 def unrendered_warning(variation: UnrenderedVariation | None) -> str | None:
     """One line when the unrendered variation exceeds :data:`UNRENDERED_WARNING_SHARE`.
 
@@ -275,16 +279,14 @@ def unrendered_warning(variation: UnrenderedVariation | None) -> str | None:
     """
     if variation is None or variation.share < UNRENDERED_WARNING_SHARE:
         return None
-    share = describe_share(variation.share)
     if variation.several_directions:
         return (
-            f"the particles vary in more ways than z renders: what the model does not render "
-            f"is {share} as strong as the strongest variation z renders, in several "
-            "directions; a larger --z-dim renders more (another --seed would not), see "
-            "docs/defaults.md"
+            f"{describe_many_variations(variation)}; a larger --z-dim renders more (another "
+            "--seed would not), see docs/defaults.md"
         )
     return (
-        f"the particles share a variation the model does not render, {share} "
+        "the particles share a variation the model does not render, "
+        f"{describe_share(variation.share)} "
         "as strong as the strongest one z renders: z may read two states as one (a folded "
         "z) or the particles need another dimension; train again with another --seed or a "
         "larger --z-dim, and see docs/defaults.md"
