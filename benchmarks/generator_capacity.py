@@ -2,7 +2,7 @@
 
 ``z_gap.py`` found that trained models render the conformations closer together than the
 particles have them (``own renderings`` well below ``truth``). This asks whether the
-generator's *shape* (a coordinate MLP, ``core.model.SpatialGenerator`` with the defaults'
+generator's *shape* (a coordinate MLP, ``core.generators.SpatialGenerator`` with the defaults'
 width, depth, activation and z in every layer) is what limits, by taking everything else
 away: no encoder, no pose, no KL. The generator is fitted by least squares to noise-free
 particles of a design at a known pose (no rotation, no shift; the out-of-plane tilt random,
@@ -35,7 +35,7 @@ import torch
 from napari_spatial_vae.core.config import ModelConfig
 from napari_spatial_vae.core.coords import pixel_grid
 from napari_spatial_vae.core.designs import DESIGNS, Design, render_design
-from napari_spatial_vae.core.model import SpatialGenerator
+from napari_spatial_vae.core.generators import SpatialGenerator
 
 SNRS = (0.5, 0.1)
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from napari_spatial_vae.core.config import ModelConfig
+from napari_spatial_vae.core.encoders import Posterior, RotationSearch
 from napari_spatial_vae.core.errors import ConfigError
-from napari_spatial_vae.core.model import HALF_TURN_MARGIN, Posterior, RotationSearch, SpatialVAE
+from napari_spatial_vae.core.model import HALF_TURN_MARGIN, SpatialVAE
 from tests.untrained import sharp_untrained_model, smooth_blobs
 
 SHAPE = (1, 16, 16)

@@ -14,7 +14,8 @@ from napari_spatial_vae.core.config import ModelConfig
 from napari_spatial_vae.core.ctf import FrequencyGrid, evaluate_ctf
 from napari_spatial_vae.core.data import ImageFeeder
 from napari_spatial_vae.core.errors import ConfigError, DataError
-from napari_spatial_vae.core.model import SpatialGenerator, SpatialVAE
+from napari_spatial_vae.core.generators import SpatialGenerator
+from napari_spatial_vae.core.model import SpatialVAE
 from napari_spatial_vae.core.performance import (
     check_precision,
     cpu_bf16_flags,
@@ -204,7 +205,7 @@ def test_bf16_training_runs_and_records_its_precision(tmp_path, tiny_particles, 
 
 
 def test_in_place_activation_choice_is_safe_for_autograd():
-    from napari_spatial_vae.core.model import _can_run_in_place
+    from napari_spatial_vae.core.generators import _can_run_in_place
 
     assert _can_run_in_place(nn.Tanh()) and _can_run_in_place(nn.ReLU())
     assert not _can_run_in_place(nn.GELU()) and not _can_run_in_place(nn.SiLU())
