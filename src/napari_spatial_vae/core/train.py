@@ -396,29 +396,7 @@ def _train(
             f"{image_shape}"
         )
 
-    if resume:
-        _, saved_shape, _ = load_config(run_dir)
-        if saved_shape != image_shape:
-            raise CheckpointError(
-                f"{run_dir}: the run was trained on {saved_shape} (C, H, W) images, these are "
-                f"{image_shape}"
-            )
-        # every rank loads the same checkpoint, so all start from identical weights
-        model, _, progress = load_model(run_dir, device)
-        model.train()
-        if model.config.half_turn_check == "on" and config.model.half_turn_check == "auto":
-            config.model.half_turn_check = "on"  # the run switched it on before it stopped
-        model.config.half_turn_check = config.model.half_turn_check  # the model holds a copy
-        history = [r for r in read_history(run_dir) if r["epoch"] <= progress.epochs_completed]
-    else:
-        if has_checkpoint(run_dir):
-            raise CheckpointError(
-                f"{run_dir}: already holds a trained model; use --resume to continue it or "
-                "choose a new folder"
-            )
-        model = build_model(config, image_shape).to(device)
-        progress = Progress()
-        history = []
+    model, progress, history = _start_model(config, image_shape, run_dir, device, resume)
     ctf_all, ctf_test = _run_ctf(config, images, test_images, ctf, test_ctf)
     ctf_line = "CTF: " + (ctf_all.summary() if ctf_all is not None else "off")
     precision_line = f"precision: {precision[0]} ({precision[1]})"
@@ -426,36 +404,10 @@ def _train(
     # every rank has read the folder before rank 0 writes to it
     barrier(context)
 
-    scale = input_scale(config.model.likelihood, getattr(images, "dtype", np.float32))
-    limit = None if config.resident_gb is None else int(config.resident_gb * 1024**3)
-
-    def feeder(stack: Any, indices: np.ndarray | None) -> ImageFeeder:
-        return ImageFeeder(
-            stack,
-            indices,
-            device,
-            config.normalize,
-            scale,
-            check_unit_range=config.model.likelihood == "bernoulli",
-            resident_limit_bytes=limit,
-        )
-
-    if test_images is None:
-        train_idx, test_idx = split_train_test(len(images), config.test_fraction, config.seed)
-        train_feed = feeder(images, train_idx)
-        # only rank 0 evaluates the held-out set, so only it reads those images
-        test_feed = feeder(images, test_idx) if len(test_idx) and context.is_main else None
-    else:
-        train_feed = feeder(images, None)
-        test_feed = feeder(test_images, None) if context.is_main else None
-    train_filters = test_filters = None
-    if ctf_all is not None:
-        # the parameters follow each feeder's positions, so a batch's rows find their CTF
-        train_filters = CtfBatches(ctf_all.subset(train_feed.indices), image_shape[1:], device)
-        if test_feed is not None:
-            source = ctf_all if test_images is None else ctf_test
-            assert source is not None
-            test_filters = CtfBatches(source.subset(test_feed.indices), image_shape[1:], device)
+    train_feed, test_feed = _feeds(config, images, test_images, device, context)
+    train_filters, test_filters = _filters(
+        ctf_all, ctf_test, train_feed, test_feed, test_images is None, image_shape, device
+    )
     # after the feeders: resident images already took their share of the free memory
     memory = _plan_memory(config, image_shape, model, device, context, resume, ctf_all is not None)
     config_extra = {"run": run_info or {}, "ctf": ctf_line, "precision": precision_line}
@@ -651,27 +603,10 @@ def _train(
         # keep what the interrupted epoch learned; the epoch itself is redone on resume
         write_history(run_dir, history)
         save_checkpoint(run_dir, model, optimizer, progress)
-    turned, rotation = "", None
-    if stop_reason != "stopped":
-        # z's prior is isotropic, so nothing in the ELBO ties its axes to the motions: turn
-        # them towards independent factors (z-dim 2 or more; core/latent_axes.py). Every rank
-        # the same way; the model as trained is on disk by now, so a failure here loses
-        # nothing. A run stopped by the user is left as it is (it may be resumed).
-        rotation = align_latent_axes(model, train_feed, train_filters, config.batch_size)
-        turned = describe_turn(rotation) or ""
-    if model.config.z_dim == 1 and len(train_feed) > 0:
-        # the training particles' z: the grid and prior inference reads each particle's z
-        # with (core/posterior_z.py); also for a stopped run, which may be used as it is
-        model.training_z = _training_z(model, train_feed, train_filters, config, context)
-    if context.is_main and (rotation is not None or model.training_z is not None):
-        save_checkpoint(run_dir, model, optimizer, progress)
-    unrendered = None
-    if stop_reason != "stopped" and context.is_main:
-        # a folded z (two states read as one) costs the ELBO next to nothing but leaves a
-        # variation the residuals share (core/unrendered.py); the saved model is untouched
-        unrendered = measure_unrendered(
-            model, train_feed, train_filters, batch=config.batch_size, seed=config.seed
-        )
+    stopped = stop_reason == "stopped"
+    turned, unrendered = _finish_model(
+        model, optimizer, progress, train_feed, train_filters, config, run_dir, context, stopped
+    )
     # nobody leaves (and tears down the group) before rank 0 has written the folder
     barrier(context)
     if config.compile:
@@ -703,6 +638,135 @@ def _train(
         images_per_second=images_seen / seconds if seconds > 0 else 0.0,
         unrendered=unrendered,
         restarts=progress.restarts,
+    )
+
+
+def _start_model(
+    config: TrainConfig,
+    image_shape: tuple[int, int, int],
+    run_dir: Path,
+    device: torch.device,
+    resume: bool,
+) -> tuple[SpatialVAE, Progress, list[dict[str, Any]]]:
+    """The model to train, its progress and its history rows: the run's checkpoint when
+    ``resume`` (its history cut to the epochs it covers), else a fresh model in a folder
+    that holds none."""
+    if not resume:
+        if has_checkpoint(run_dir):
+            raise CheckpointError(
+                f"{run_dir}: already holds a trained model; use --resume to continue it or "
+                "choose a new folder"
+            )
+        return build_model(config, image_shape).to(device), Progress(), []
+    _, saved_shape, _ = load_config(run_dir)
+    if saved_shape != image_shape:
+        raise CheckpointError(
+            f"{run_dir}: the run was trained on {saved_shape} (C, H, W) images, these are "
+            f"{image_shape}"
+        )
+    # every rank loads the same checkpoint, so all start from identical weights
+    model, _, progress = load_model(run_dir, device)
+    model.train()
+    if model.config.half_turn_check == "on" and config.model.half_turn_check == "auto":
+        config.model.half_turn_check = "on"  # the run switched it on before it stopped
+    model.config.half_turn_check = config.model.half_turn_check  # the model holds a copy
+    history = [r for r in read_history(run_dir) if r["epoch"] <= progress.epochs_completed]
+    return model, progress, history
+
+
+def _feeds(
+    config: TrainConfig,
+    images: Any,
+    test_images: Any | None,
+    device: torch.device,
+    context: DistributedContext,
+) -> tuple[ImageFeeder, ImageFeeder | None]:
+    """The training particles' feeder and the held-out ones' (None on ranks other than 0,
+    and when the split leaves none): ``config.test_fraction`` of ``images`` unless a separate
+    ``test_images`` stack is given."""
+    scale = input_scale(config.model.likelihood, getattr(images, "dtype", np.float32))
+    limit = None if config.resident_gb is None else int(config.resident_gb * 1024**3)
+
+    def feeder(stack: Any, indices: np.ndarray | None) -> ImageFeeder:
+        return ImageFeeder(
+            stack,
+            indices,
+            device,
+            config.normalize,
+            scale,
+            check_unit_range=config.model.likelihood == "bernoulli",
+            resident_limit_bytes=limit,
+        )
+
+    if test_images is not None:
+        test_feed = feeder(test_images, None) if context.is_main else None
+        return feeder(images, None), test_feed
+    train_idx, test_idx = split_train_test(len(images), config.test_fraction, config.seed)
+    # only rank 0 evaluates the held-out set, so only it reads those images
+    test_feed = feeder(images, test_idx) if len(test_idx) and context.is_main else None
+    return feeder(images, train_idx), test_feed
+
+
+def _filters(
+    ctf_all: CtfParameters | None,
+    ctf_test: CtfParameters | None,
+    train_feed: ImageFeeder,
+    test_feed: ImageFeeder | None,
+    test_split_off: bool,
+    image_shape: tuple[int, int, int],
+    device: torch.device,
+) -> tuple[CtfBatches | None, CtfBatches | None]:
+    """The CTF filters of the training and the held-out feeders' particles (None without a
+    CTF). ``test_split_off``: the held-out particles are rows of ``ctf_all``'s stack, else
+    ``ctf_test`` holds theirs."""
+    if ctf_all is None:
+        return None, None
+    # the parameters follow each feeder's positions, so a batch's rows find their CTF
+    train_filters = CtfBatches(ctf_all.subset(train_feed.indices), image_shape[1:], device)
+    if test_feed is None:
+        return train_filters, None
+    source = ctf_all if test_split_off else ctf_test
+    assert source is not None
+    return train_filters, CtfBatches(source.subset(test_feed.indices), image_shape[1:], device)
+
+
+def _finish_model(
+    model: SpatialVAE,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    train_feed: ImageFeeder,
+    train_filters: CtfBatches | None,
+    config: TrainConfig,
+    run_dir: Path,
+    context: DistributedContext,
+    stopped: bool,
+) -> tuple[str, UnrenderedVariation | None]:
+    """What a run does after its last step, once the model as trained is on disk: z's axes
+    turned and the training particles' z kept (both saved), then the unrendered variation
+    measured (rank 0). Returns the line that says how z's axes turned (``""``: not turned)
+    and the measure (None on other ranks, for a run ``stopped`` by the user, or without
+    one). A stopped run is left as it is, but for its training z (it may be used as it is).
+    """
+    turned, rotation = "", None
+    if not stopped:
+        # z's prior is isotropic, so nothing in the ELBO ties its axes to the motions: turn
+        # them towards independent factors (z-dim 2 or more; core/latent_axes.py). Every rank
+        # the same way; the model as trained is on disk by now, so a failure here loses
+        # nothing. A run stopped by the user is left as it is (it may be resumed).
+        rotation = align_latent_axes(model, train_feed, train_filters, config.batch_size)
+        turned = describe_turn(rotation) or ""
+    if model.config.z_dim == 1 and len(train_feed) > 0:
+        # the training particles' z: the grid and prior inference reads each particle's z
+        # with (core/posterior_z.py); also for a stopped run, which may be used as it is
+        model.training_z = _training_z(model, train_feed, train_filters, config, context)
+    if context.is_main and (rotation is not None or model.training_z is not None):
+        save_checkpoint(run_dir, model, optimizer, progress)
+    if stopped or not context.is_main:
+        return turned, None
+    # a folded z (two states read as one) costs the ELBO next to nothing but leaves a
+    # variation the residuals share (core/unrendered.py); the saved model is untouched
+    return turned, measure_unrendered(
+        model, train_feed, train_filters, batch=config.batch_size, seed=config.seed
     )
 
 
