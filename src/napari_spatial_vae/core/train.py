@@ -444,7 +444,22 @@ def _train(
         )
     )
 
-    augment = config.augment_rotation and config.model.infers_rotation
+    loop = _StepLoop(
+        config,
+        model,
+        step_module,
+        optimizer,
+        context,
+        device,
+        image_shape,
+        train_filters,
+        coarse,
+        deadline,
+        started,
+        steps_per_epoch,
+        emit,
+        stop_requested,
+    )
     stop_reason = "completed"
     images_seen = 0
     epoch = first_epoch - 1
@@ -457,74 +472,18 @@ def _train(
         order = torch.randperm(len(train_feed), generator=cpu_gen)
         plan = _shard_plan(order, config.batch_size, context)
         freeze_z = epoch <= config.z_delay
-        sums = torch.zeros(5 + config.model.z_dim, device=device, dtype=torch.float64)
-        binned_steps = 0
         model.train()
         batches = train_feed.batches_at(local for _, local, _, _ in plan)
-        for step, ((global_size, local, rows, padding), batch) in enumerate(
-            zip(plan, batches, strict=True), start=1
-        ):
-            local_stop = stop_requested()
-            local_reason = "stopped" if local_stop else ""
-            now = time.monotonic()
-            if not local_stop and deadline is not None and now > deadline:
-                local_reason = "time budget"
-            schedule_progress = clock.progress(progress.global_step, now)
-            if context.enabled:
-                # one CPU all-reduce: every rank stops at the same step and uses the same lr
-                flag, schedule_progress = max_over_ranks(
-                    [float(bool(local_reason)), schedule_progress], context
-                )
-                if flag and not local_reason:
-                    local_reason = "stopped"
-            if local_reason:
-                stop_reason = local_reason
-                break
-            # never back up: a resumed run with more epochs keeps the rate it had reached
-            progress.lr_progress = max(progress.lr_progress, schedule_progress)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, progress.lr_progress)
-            noise = draw_noise(
-                device_gen,
-                global_size,
-                model.n_latent,
-                augment,
-                rows,
-                device,
-                config.encoder_noise,
-                image_shape,
-            )
-            # the batch's CTF filters, built once and shared by every candidate rotation
-            filters = None if train_filters is None else train_filters.filters(local)
-            binning = coarse.binning if progress.lr_progress < coarse.fraction else 1
-            binned_steps += int(binning > 1)
-            terms = LossTerms(
-                *step_module(
-                    batch, noise.gamma, noise.eps, freeze_z, filters, binning, noise.encoder_noise
-                )
-            )
-            # sum / global count, times the world size that DDP's averaging divides by:
-            # the gradient is the global batch's per-image mean on every rank count
-            weight = 0.0 if padding else context.world_size / global_size
-            optimizer.zero_grad(set_to_none=True)
-            (training_objective(terms, config.z_free_nats) * weight).backward()
-            optimizer.step()
-            if not padding:
-                sums += summed_terms(terms)
-            progress.global_step += 1
-            images_seen += global_size
-            emit(
-                TrainUpdate(
-                    "step", epoch, config.epochs, step, steps_per_epoch, time.monotonic() - started
-                )
-            )
-        if stop_reason != "completed":
+        steps = _run_steps(loop, epoch, plan, batches, clock, progress, device_gen, freeze_z)
+        images_seen += steps.images_seen
+        if steps.stop_reason:
+            stop_reason = steps.stop_reason
             break
 
-        all_reduce_sum(sums, context)
+        all_reduce_sum(steps.sums, context)
         train_metrics = replace(
-            EpochMetrics.from_sums(sums.cpu().tolist(), len(train_feed)),
-            binned=binned_steps / max(len(plan), 1),  # a completed epoch ran every step
+            EpochMetrics.from_sums(steps.sums.cpu().tolist(), len(train_feed)),
+            binned=steps.binned_steps / max(len(plan), 1),  # a completed epoch ran every step
         )
         if not math.isfinite(train_metrics.elbo):
             raise DataError(
@@ -639,6 +598,126 @@ def _train(
         unrendered=unrendered,
         restarts=progress.restarts,
     )
+
+
+@dataclass
+class _StepLoop:
+    """What every training step of a run uses, the same from its first step to its last
+    (a restart reinitialises the model and the optimizer in place)."""
+
+    config: TrainConfig
+    model: SpatialVAE
+    step_module: nn.Module  # the loss module, DDP-wrapped when distributed
+    optimizer: torch.optim.Optimizer
+    context: DistributedContext
+    device: torch.device
+    image_shape: tuple[int, int, int]
+    train_filters: CtfBatches | None
+    coarse: CoarseToFine
+    deadline: float | None  # time.monotonic() at which the time budget ends
+    started: float
+    steps_per_epoch: int
+    emit: Callable[[TrainUpdate], None]
+    stop_requested: Callable[[], bool]
+
+    @property
+    def augment(self) -> bool:
+        """Whether each step rotates the encoder's view (augmentation)."""
+        return self.config.augment_rotation and self.config.model.infers_rotation
+
+
+@dataclass
+class _EpochSteps:
+    """What an epoch's steps leave: why they stopped (``""``: every step ran), the summed
+    terms ``(5 + Z,)`` float64 of this rank's rows, the binned steps and the images seen."""
+
+    stop_reason: str
+    sums: torch.Tensor
+    binned_steps: int
+    images_seen: int
+
+
+def _run_steps(
+    loop: _StepLoop,
+    epoch: int,
+    plan: list[tuple[int, torch.Tensor, slice, bool]],
+    batches: Any,
+    clock: ScheduleClock,
+    progress: Progress,
+    device_gen: torch.Generator,
+    freeze_z: bool,
+) -> _EpochSteps:
+    """One epoch's optimiser steps over ``plan`` (:func:`_shard_plan`) and its ``batches``.
+
+    Stops early, on every rank at the same step, when the user asks or the time budget
+    ends. Advances ``progress`` (the step count and the learning-rate schedule's progress,
+    which ``clock`` reads) and emits a ``"step"`` update after each step.
+    """
+    sums = torch.zeros(5 + loop.config.model.z_dim, device=loop.device, dtype=torch.float64)
+    binned_steps = 0
+    images_seen = 0
+    for step, ((global_size, local, rows, padding), batch) in enumerate(
+        zip(plan, batches, strict=True), start=1
+    ):
+        local_stop = loop.stop_requested()
+        local_reason = "stopped" if local_stop else ""
+        now = time.monotonic()
+        if not local_stop and loop.deadline is not None and now > loop.deadline:
+            local_reason = "time budget"
+        schedule_progress = clock.progress(progress.global_step, now)
+        if loop.context.enabled:
+            # one CPU all-reduce: every rank stops at the same step and uses the same lr
+            flag, schedule_progress = max_over_ranks(
+                [float(bool(local_reason)), schedule_progress], loop.context
+            )
+            if flag and not local_reason:
+                local_reason = "stopped"
+        if local_reason:
+            return _EpochSteps(local_reason, sums, binned_steps, images_seen)
+        # never back up: a resumed run with more epochs keeps the rate it had reached
+        progress.lr_progress = max(progress.lr_progress, schedule_progress)
+        for group in loop.optimizer.param_groups:
+            group["lr"] = learning_rate(loop.config, progress.lr_progress)
+        noise = draw_noise(
+            device_gen,
+            global_size,
+            loop.model.n_latent,
+            loop.augment,
+            rows,
+            loop.device,
+            loop.config.encoder_noise,
+            loop.image_shape,
+        )
+        # the batch's CTF filters, built once and shared by every candidate rotation
+        filters = None if loop.train_filters is None else loop.train_filters.filters(local)
+        binning = loop.coarse.binning if progress.lr_progress < loop.coarse.fraction else 1
+        binned_steps += int(binning > 1)
+        terms = LossTerms(
+            *loop.step_module(
+                batch, noise.gamma, noise.eps, freeze_z, filters, binning, noise.encoder_noise
+            )
+        )
+        # sum / global count, times the world size that DDP's averaging divides by:
+        # the gradient is the global batch's per-image mean on every rank count
+        weight = 0.0 if padding else loop.context.world_size / global_size
+        loop.optimizer.zero_grad(set_to_none=True)
+        (training_objective(terms, loop.config.z_free_nats) * weight).backward()
+        loop.optimizer.step()
+        if not padding:
+            sums += summed_terms(terms)
+        progress.global_step += 1
+        images_seen += global_size
+        loop.emit(
+            TrainUpdate(
+                "step",
+                epoch,
+                loop.config.epochs,
+                step,
+                loop.steps_per_epoch,
+                time.monotonic() - loop.started,
+            )
+        )
+    return _EpochSteps("", sums, binned_steps, images_seen)
 
 
 def _start_model(
