@@ -107,8 +107,10 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, tiny_particles, make_conf
     # the process's first Adam imports torch._dynamo (1.2-2 s on the 2-core VM): run alone,
     # that would eat the whole budget before a step
     train(make_config(epochs=1), tiny_particles.images, tmp_path / "warm-up")
+    # 3 s: a budget of 1.2 s left room for only two steps (too few to compress the schedule)
+    # when two test suites shared the two cores (2026-12-07)
     result = train(
-        make_config(epochs=1000, max_minutes=0.02), tiny_particles.images, tmp_path / "run"
+        make_config(epochs=1000, max_minutes=0.05), tiny_particles.images, tmp_path / "run"
     )
     assert result.stop_reason == "time budget"
     assert result.epochs_completed < 1000
