@@ -445,20 +445,20 @@ def _train(
     )
 
     loop = _StepLoop(
-        config,
-        model,
-        step_module,
-        optimizer,
-        context,
-        device,
-        image_shape,
-        train_filters,
-        coarse,
-        deadline,
-        started,
-        steps_per_epoch,
-        emit,
-        stop_requested,
+        config=config,
+        model=model,
+        step_module=step_module,
+        optimizer=optimizer,
+        context=context,
+        device=device,
+        image_shape=image_shape,
+        train_filters=train_filters,
+        coarse=coarse,
+        deadline=deadline,
+        started=started,
+        steps_per_epoch=steps_per_epoch,
+        emit=emit,
+        stop_requested=stop_requested,
     )
     stop_reason = "completed"
     images_seen = 0
