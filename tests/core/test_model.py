@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from napari_spatial_vae.core.config import ModelConfig
+from napari_spatial_vae.core.config import ACTIVATIONS, ModelConfig
 from napari_spatial_vae.core.encoders import Posterior, RotationSearch
 from napari_spatial_vae.core.errors import ConfigError
 from napari_spatial_vae.core.model import HALF_TURN_MARGIN, SpatialVAE
@@ -435,3 +435,11 @@ def test_there_is_no_half_turn_signal_without_z_read_from_the_aligned_particle()
     model = SpatialVAE(config, (1, 24, 24))
     assert not model.can_check_half_turns
     assert model.half_turn_fits_better(torch.randn(4, 1, 24, 24)) is None
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_activation_a_config_may_name_builds_a_model(activation):
+    config = ModelConfig(z_dim=1, hidden_dim=8, num_layers=2, activation=activation)
+    model = SpatialVAE(config, SHAPE)
+    terms = model.loss_terms(torch.randn(2, *SHAPE))
+    assert torch.isfinite(terms.recon).all()

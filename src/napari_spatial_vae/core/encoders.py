@@ -20,7 +20,7 @@ from napari_spatial_vae.core.coords import (
     warp_images,
     wrap_angle,
 )
-from napari_spatial_vae.core.mlp import ACTIVATIONS, make_mlp
+from napari_spatial_vae.core.mlp import ACTIVATION_MODULES, make_mlp
 
 # Keeps exp(logstd) finite early in training, when the encoder can output anything.
 LOGSTD_RANGE = (-10.0, 5.0)
@@ -190,7 +190,7 @@ class EquivariantEncoder(nn.Module):
         self.n_correction = (self.n_theta_correction + n_shift) if refines else 0
         n_inputs = channels * height * width
         self.trunk = make_mlp(n_inputs, hidden, hidden, num_layers - 1, activation)
-        self.trunk.append(ACTIVATIONS[activation]())
+        self.trunk.append(ACTIVATION_MODULES[activation]())
         # no bias: a constant score changes nothing after the softmax, and its exactly-zero
         # gradient would let Adam amplify rounding noise into steps
         self.score = nn.Linear(hidden, 1, bias=False)

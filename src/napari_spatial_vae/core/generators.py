@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from napari_spatial_vae.core.mlp import ACTIVATIONS, make_mlp
+from napari_spatial_vae.core.mlp import ACTIVATION_MODULES, make_mlp
 
 
 @torch.no_grad()
@@ -43,7 +43,7 @@ class SpatialGenerator(nn.Module):
         self.coord_layer = nn.Linear(2, hidden)
         self.z_layer = nn.Linear(z_dim, hidden, bias=False) if z_dim > 0 else None
         self.body = make_mlp(hidden, hidden, n_out, num_layers - 1, activation)
-        self.first_activation = ACTIVATIONS[activation]()
+        self.first_activation = ACTIVATION_MODULES[activation]()
         # z also shifts every later hidden layer: one (B, H) bias per image and layer
         self.z_hidden = nn.ModuleList(
             nn.Linear(z_dim, hidden, bias=False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-ACTIVATIONS = {
+# the module of each activation a config may name (config.ACTIVATIONS holds the names)
+ACTIVATION_MODULES = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -19,7 +20,7 @@ def make_mlp(n_in: int, hidden: int, n_out: int, num_layers: int, activation: st
     layers: list[nn.Module] = []
     width = n_in
     for _ in range(num_layers):
-        layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, hidden), ACTIVATION_MODULES[activation]()]
         width = hidden
     layers.append(nn.Linear(width, n_out))
     return nn.Sequential(*layers)
