@@ -406,7 +406,12 @@ def _train(
 
     train_feed, test_feed = _feeds(config, images, test_images, device, context)
     train_filters, test_filters = _filters(
-        ctf_all, ctf_test, train_feed, test_feed, test_images is None, image_shape, device
+        ctf_all,
+        ctf_all if test_images is None else ctf_test,
+        train_feed,
+        test_feed,
+        image_shape,
+        device,
     )
     # after the feeders: resident images already took their share of the free memory
     memory = _plan_memory(config, image_shape, model, device, context, resume, ctf_all is not None)
@@ -787,26 +792,27 @@ def _feeds(
 
 
 def _filters(
-    ctf_all: CtfParameters | None,
-    ctf_test: CtfParameters | None,
+    train_ctf: CtfParameters | None,
+    test_ctf: CtfParameters | None,
     train_feed: ImageFeeder,
     test_feed: ImageFeeder | None,
-    test_split_off: bool,
     image_shape: tuple[int, int, int],
     device: torch.device,
 ) -> tuple[CtfBatches | None, CtfBatches | None]:
     """The CTF filters of the training and the held-out feeders' particles (None without a
-    CTF). ``test_split_off``: the held-out particles are rows of ``ctf_all``'s stack, else
-    ``ctf_test`` holds theirs."""
-    if ctf_all is None:
+    CTF). ``train_ctf`` and ``test_ctf`` are the parameters of the stacks the two feeders
+    read (the same when the held-out particles were split off the training stack)."""
+    if train_ctf is None:
         return None, None
-    # the parameters follow each feeder's positions, so a batch's rows find their CTF
-    train_filters = CtfBatches(ctf_all.subset(train_feed.indices), image_shape[1:], device)
+
+    def filters(ctf: CtfParameters, feed: ImageFeeder) -> CtfBatches:
+        # the parameters follow the feeder's positions, so a batch's rows find their CTF
+        return CtfBatches(ctf.subset(feed.indices), image_shape[1:], device)
+
     if test_feed is None:
-        return train_filters, None
-    source = ctf_all if test_split_off else ctf_test
-    assert source is not None
-    return train_filters, CtfBatches(source.subset(test_feed.indices), image_shape[1:], device)
+        return filters(train_ctf, train_feed), None
+    assert test_ctf is not None
+    return filters(train_ctf, train_feed), filters(test_ctf, test_feed)
 
 
 def _finish_model(
