@@ -485,16 +485,7 @@ def _train(
             stop_reason = steps.stop_reason
             break
 
-        all_reduce_sum(steps.sums, context)
-        train_metrics = replace(
-            EpochMetrics.from_sums(steps.sums.cpu().tolist(), len(train_feed)),
-            binned=steps.binned_steps / max(len(plan), 1),  # a completed epoch ran every step
-        )
-        if not math.isfinite(train_metrics.elbo):
-            raise DataError(
-                f"training diverged (non-finite ELBO) in epoch {epoch}; the last good model is "
-                f"kept in {run_dir}; try a lower --lr"
-            )
+        train_metrics = _train_metrics(steps, len(plan), len(train_feed), epoch, run_dir, context)
         test_metrics = None
         if test_feed is not None:
             eval_gen = torch.Generator(device=device).manual_seed(config.seed + epoch)
@@ -507,26 +498,13 @@ def _train(
         if switched and context.is_main:
             save_config(run_dir, config, image_shape, config_extra)  # inference checks too
         restart, fold_line, fold_share = False, "", None
-        if (
-            config.fold_restart
-            and checks_for_folds(config.model.z_dim)
-            and may_restart(progress.restarts)
-            and epoch > config.z_delay
-            and epoch < config.epochs
-            and fold_check_due(progress_before, progress.lr_progress)
-        ):
+        if _fold_check_now(config, progress, progress_before, epoch):
             restart, fold_line, fold_share = _check_fold(
                 model, train_feed, train_filters, config, epoch, progress.restarts, context
             )
         seconds = time.monotonic() - started
         lr_now = optimizer.param_groups[0]["lr"]
-        train_row = train_metrics.as_row(epoch, "train", lr_now, seconds)
-        if fold_share is not None:
-            # the measure the check judged, kept where a run that passed it can be read back
-            train_row["unrendered"] = round(fold_share, 4)
-        history.append(train_row)
-        if test_metrics is not None:
-            history.append(test_metrics.as_row(epoch, "test", lr_now, seconds))
+        history += _history_rows(train_metrics, test_metrics, epoch, lr_now, seconds, fold_share)
         progress.epochs_completed = epoch
         progress.finished = epoch == config.epochs
         if context.is_main and (epoch % config.checkpoint_every == 0 or progress.finished):
@@ -555,8 +533,7 @@ def _train(
             # half-turn check that switched itself on in the same epoch stays on: it was
             # the particles that called for it
             progress = Progress(restarts=progress.restarts + 1)
-            fresh_config = replace(config, seed=restart_seed(config.seed, progress.restarts))
-            reinitialise(model, build_model(fresh_config, image_shape).to(device), optimizer)
+            _start_afresh(model, optimizer, config, progress.restarts, image_shape, device)
             history = []
             clock = ScheduleClock(total_steps, deadline)
             epoch = 0
@@ -603,6 +580,89 @@ def _train(
         unrendered=unrendered,
         restarts=progress.restarts,
     )
+
+
+def _train_metrics(
+    steps: _EpochSteps,
+    n_batches: int,
+    n_images: int,
+    epoch: int,
+    run_dir: Path,
+    context: DistributedContext,
+) -> EpochMetrics:
+    """The completed epoch's training metrics over every rank's ``n_images`` particles.
+
+    ``steps.sums`` is summed over the ranks in place. Raises :class:`DataError` when the
+    ELBO is no longer finite (the last saved model in ``run_dir`` is then the one to keep).
+    """
+    all_reduce_sum(steps.sums, context)
+    metrics = replace(
+        EpochMetrics.from_sums(steps.sums.cpu().tolist(), n_images),
+        binned=steps.binned_steps / max(n_batches, 1),  # a completed epoch ran every step
+    )
+    if not math.isfinite(metrics.elbo):
+        raise DataError(
+            f"training diverged (non-finite ELBO) in epoch {epoch}; the last good model is "
+            f"kept in {run_dir}; try a lower --lr"
+        )
+    return metrics
+
+
+def _history_rows(
+    train_metrics: EpochMetrics,
+    test_metrics: EpochMetrics | None,
+    epoch: int,
+    lr: float,
+    seconds: float,
+    fold_share: float | None,
+) -> list[dict[str, Any]]:
+    """The epoch's rows of ``history.csv``: training, then held-out particles if any.
+
+    ``fold_share`` is the measure the fold check judged this epoch (None: not checked),
+    kept in the training row where a run that passed the check can be read back.
+    """
+    train_row = train_metrics.as_row(epoch, "train", lr, seconds)
+    if fold_share is not None:
+        train_row["unrendered"] = round(fold_share, 4)
+    if test_metrics is None:
+        return [train_row]
+    return [train_row, test_metrics.as_row(epoch, "test", lr, seconds)]
+
+
+def _fold_check_now(
+    config: TrainConfig, progress: Progress, progress_before: float, epoch: int
+) -> bool:
+    """Whether ``epoch`` ends with the check for a folded z (core/fold_restart.py).
+
+    Only runs that may still start again check: z-dim 1, restarts left, z no longer frozen,
+    epochs left to train, and the schedule's progress (``progress_before`` at the epoch's
+    start, ``progress.lr_progress`` at its end) just past the point the check is due at.
+    """
+    return (
+        config.fold_restart
+        and checks_for_folds(config.model.z_dim)
+        and may_restart(progress.restarts)
+        and epoch > config.z_delay
+        and epoch < config.epochs
+        and fold_check_due(progress_before, progress.lr_progress)
+    )
+
+
+def _start_afresh(
+    model: SpatialVAE,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    restarts: int,
+    image_shape: tuple[int, int, int],
+    device: torch.device,
+) -> None:
+    """Give ``model`` and ``optimizer`` the fresh start of attempt ``restarts`` + 1, in place.
+
+    The attempt's weights come from its own seed (``restart_seed``), so every rank draws
+    the same ones and a rerun of the run draws them again.
+    """
+    fresh_config = replace(config, seed=restart_seed(config.seed, restarts))
+    reinitialise(model, build_model(fresh_config, image_shape).to(device), optimizer)
 
 
 @dataclass
