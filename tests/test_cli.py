@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import torch
 
-from napari_spatial_vae.cli import main
 from napari_spatial_vae.cli.train import _Progress
 from napari_spatial_vae.core.checkpoint import load_model
 from napari_spatial_vae.core.fold_restart import many_variations_message
@@ -24,6 +23,7 @@ from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.metrics import EpochMetrics
 from napari_spatial_vae.core.train import TrainUpdate
 from napari_spatial_vae.core.unrendered import UnrenderedVariation
+from tests.cli_run import run_cli
 
 TINY = [
     "--hidden-dim",
@@ -38,15 +38,6 @@ TINY = [
     "cpu",
     "-q",
 ]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    """Run ``spatial-vae ARGS``; returns the exit status and stderr."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse usage errors
-        code = int(exit_.code or 0)
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture

@@ -7,21 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from napari_spatial_vae.cli import main
 from napari_spatial_vae.io import read_poses, read_stack
+from tests.cli_run import run_cli
 
 TINY = [
     "--hidden-dim", "32", "--encoder-rotations", "8", "--batch-size", "16", "--z-delay", "0",
     "--device", "cpu", "-q", "--epochs", "1",
 ]  # fmt: skip
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture

@@ -11,20 +11,12 @@ import pandas as pd
 import pytest
 import starfile
 
-from napari_spatial_vae.cli import main
 from napari_spatial_vae.core.simulate import render_particles, simulate_particles
 from napari_spatial_vae.io import read_poses, read_stack
+from tests.cli_run import run_cli
 
 ASPIRE_STAR = Path("aspire") / "sample_particles_relion31.star"  # 17 particles, 3-D angles
 EMPIAR_CS = Path("cryodrgn") / "empiar_10076_7.cs"  # 7 particles
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, capsys.readouterr().err
 
 
 def poses_csv(path: Path, n: int, seed: int = 0, z_dim: int = 2) -> pd.DataFrame:

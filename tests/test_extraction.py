@@ -11,19 +11,11 @@ import pandas as pd
 import pytest
 import starfile
 
-from napari_spatial_vae.cli import main
 from napari_spatial_vae.io import read_stack
 from napari_spatial_vae.micrograph_samples import write_synthetic_micrographs
+from tests.cli_run import run_cli
 
 BOX = 32
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
