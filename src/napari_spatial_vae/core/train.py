@@ -389,36 +389,20 @@ def _train(
 ) -> TrainResult:
     emit = on_update or (lambda update: None)
     stop_requested = should_stop or (lambda: False)
-    image_shape = stack_image_shape(images)
-    if test_images is not None and stack_image_shape(test_images) != image_shape:
-        raise DataError(
-            f"test images are {stack_image_shape(test_images)} (C, H, W) but training images are "
-            f"{image_shape}"
-        )
-
-    model, progress, history = _start_model(config, image_shape, run_dir, device, resume)
-    ctf_all, ctf_test = _run_ctf(config, images, test_images, ctf, test_ctf)
-    ctf_line = "CTF: " + (ctf_all.summary() if ctf_all is not None else "off")
-    precision_line = f"precision: {precision[0]} ({precision[1]})"
-    coarse = plan_coarse_to_fine(config, image_shape)
-    # every rank has read the folder before rank 0 writes to it
-    barrier(context)
-
-    train_feed, test_feed = _feeds(config, images, test_images, device, context)
-    train_filters, test_filters = _filters(
-        ctf_all,
-        ctf_all if test_images is None else ctf_test,
-        train_feed,
-        test_feed,
-        image_shape,
+    run = _set_up_run(
+        config,
+        images,
+        test_images,
+        run_dir,
         device,
+        context,
+        resume,
+        run_info,
+        ctf,
+        test_ctf,
+        precision,
     )
-    # after the feeders: resident images already took their share of the free memory
-    memory = _plan_memory(config, image_shape, model, device, context, resume, ctf_all is not None)
-    config_extra = {"run": run_info or {}, "ctf": ctf_line, "precision": precision_line}
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir, config, image_shape, config_extra)
+    model, progress, history, image_shape = run.model, run.progress, run.history, run.image_shape
 
     step_module: nn.Module = _LossModule(model, precision[0], device)
     if context.enabled:
@@ -428,7 +412,7 @@ def _train(
     optimizer = make_adam(model.parameters(), config.lr, device)
     if resume:
         restore_optimizer(run_dir, optimizer)
-    steps_per_epoch = math.ceil(len(train_feed) / config.batch_size)
+    steps_per_epoch = math.ceil(len(run.train_feed) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     deadline = started + 60.0 * config.max_minutes if config.max_minutes else None
     clock = ScheduleClock(total_steps, deadline)
@@ -444,8 +428,7 @@ def _train(
             time.monotonic() - started,
             message=f"training on {describe_device(device)}{ranks}"
             + (f", resuming after epoch {progress.epochs_completed}" if resume else "")
-            + f"; {precision_line}; {coarse.describe()}; {ctf_line}; "
-            f"memory: {memory.describe()}",
+            + f"; {run.summary}",
         )
     )
 
@@ -457,8 +440,8 @@ def _train(
         context=context,
         device=device,
         image_shape=image_shape,
-        train_filters=train_filters,
-        coarse=coarse,
+        train_filters=run.train_filters,
+        coarse=run.coarse,
         deadline=deadline,
         started=started,
         steps_per_epoch=steps_per_epoch,
@@ -474,33 +457,35 @@ def _train(
         attempt_seed = restart_seed(config.seed, progress.restarts)
         cpu_gen, device_gen = _epoch_generators(attempt_seed, epoch, device)
         # the same permutation on every rank; each rank then takes its rows of every batch
-        order = torch.randperm(len(train_feed), generator=cpu_gen)
+        order = torch.randperm(len(run.train_feed), generator=cpu_gen)
         plan = _shard_plan(order, config.batch_size, context)
         freeze_z = epoch <= config.z_delay
         model.train()
-        batches = train_feed.batches_at(local for _, local, _, _ in plan)
+        batches = run.train_feed.batches_at(local for _, local, _, _ in plan)
         steps = _run_steps(loop, epoch, plan, batches, clock, progress, device_gen, freeze_z)
         images_seen += steps.images_seen
         if steps.stop_reason:
             stop_reason = steps.stop_reason
             break
 
-        train_metrics = _train_metrics(steps, len(plan), len(train_feed), epoch, run_dir, context)
+        train_metrics = _train_metrics(
+            steps, len(plan), len(run.train_feed), epoch, run_dir, context
+        )
         test_metrics = None
-        if test_feed is not None:
+        if run.test_feed is not None:
             eval_gen = torch.Generator(device=device).manual_seed(config.seed + epoch)
             test_metrics = evaluate_elbo(
-                model, test_feed, config.batch_size, eval_gen, freeze_z, test_filters
+                model, run.test_feed, config.batch_size, eval_gen, freeze_z, run.test_filters
             )
         switched = _switch_half_turn_check(
             config, model, history, test_metrics, epoch, progress, context
         )
         if switched and context.is_main:
-            save_config(run_dir, config, image_shape, config_extra)  # inference checks too
+            save_config(run_dir, config, image_shape, run.config_extra)  # inference checks too
         restart, fold_line, fold_share = False, "", None
         if _fold_check_now(config, progress, progress_before, epoch):
             restart, fold_line, fold_share = _check_fold(
-                model, train_feed, train_filters, config, epoch, progress.restarts, context
+                model, run.train_feed, run.train_filters, config, epoch, progress.restarts, context
             )
         seconds = time.monotonic() - started
         lr_now = optimizer.param_groups[0]["lr"]
@@ -538,28 +523,134 @@ def _train(
             clock = ScheduleClock(total_steps, deadline)
             epoch = 0
 
+    return _finish_run(loop, run, progress, history, stop_reason, images_seen)
+
+
+@dataclass
+class _RunData:
+    """A run as set up before its first step: the model and where it stands, the particles
+    it reads, and what its folder and its first line say about it."""
+
+    run_dir: Path
+    model: SpatialVAE
+    progress: Progress
+    history: list[dict[str, Any]]
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    train_feed: ImageFeeder
+    test_feed: ImageFeeder | None  # None on ranks other than 0, or with no held-out particles
+    train_filters: CtfBatches | None
+    test_filters: CtfBatches | None
+    coarse: CoarseToFine
+    config_extra: dict[str, Any]  # what the run's config.json keeps beside the settings
+    summary: str  # precision, coarse-to-fine, CTF and memory, for the run's first line
+
+
+def _set_up_run(
+    config: TrainConfig,
+    images: Any,
+    test_images: Any | None,
+    run_dir: Path,
+    device: torch.device,
+    context: DistributedContext,
+    resume: bool,
+    run_info: dict[str, Any] | None,
+    ctf: Any | None,
+    test_ctf: Any | None,
+    precision: tuple[str, str],
+) -> _RunData:
+    """The model (fresh, or the checkpoint to resume), the particles' feeders and CTF
+    filters, the memory plan; the run's config written to ``run_dir`` (rank 0)."""
+    image_shape = stack_image_shape(images)
+    if test_images is not None and stack_image_shape(test_images) != image_shape:
+        raise DataError(
+            f"test images are {stack_image_shape(test_images)} (C, H, W) but training images are "
+            f"{image_shape}"
+        )
+
+    model, progress, history = _start_model(config, image_shape, run_dir, device, resume)
+    ctf_all, ctf_test = _run_ctf(config, images, test_images, ctf, test_ctf)
+    ctf_line = "CTF: " + (ctf_all.summary() if ctf_all is not None else "off")
+    precision_line = f"precision: {precision[0]} ({precision[1]})"
+    coarse = plan_coarse_to_fine(config, image_shape)
+    # every rank has read the folder before rank 0 writes to it
+    barrier(context)
+
+    train_feed, test_feed = _feeds(config, images, test_images, device, context)
+    train_filters, test_filters = _filters(
+        ctf_all,
+        ctf_all if test_images is None else ctf_test,
+        train_feed,
+        test_feed,
+        image_shape,
+        device,
+    )
+    # after the feeders: resident images already took their share of the free memory
+    memory = _plan_memory(config, image_shape, model, device, context, resume, ctf_all is not None)
+    config_extra = {"run": run_info or {}, "ctf": ctf_line, "precision": precision_line}
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, config, image_shape, config_extra)
+    summary = f"{precision_line}; {coarse.describe()}; {ctf_line}; memory: {memory.describe()}"
+    return _RunData(
+        run_dir,
+        model,
+        progress,
+        history,
+        image_shape,
+        train_feed,
+        test_feed,
+        train_filters,
+        test_filters,
+        coarse,
+        config_extra,
+        summary,
+    )
+
+
+def _finish_run(
+    loop: _StepLoop,
+    run: _RunData,
+    progress: Progress,
+    history: list[dict[str, Any]],
+    stop_reason: str,
+    images_seen: int,
+) -> TrainResult:
+    """Save what an ended run learned, measure the trained model and report it.
+
+    ``progress`` and ``history`` are the last attempt's (a restart replaces the run's), and
+    ``stop_reason`` why the epochs ended ("completed", "stopped" or "time").
+    """
+    config, model, context, run_dir = loop.config, loop.model, loop.context, run.run_dir
     if context.is_main and (
         stop_reason != "completed" or progress.epochs_completed % config.checkpoint_every
     ):
         # keep what the interrupted epoch learned; the epoch itself is redone on resume
         write_history(run_dir, history)
-        save_checkpoint(run_dir, model, optimizer, progress)
+        save_checkpoint(run_dir, model, loop.optimizer, progress)
     stopped = stop_reason == "stopped"
     turned, unrendered = _finish_model(
-        model, optimizer, progress, train_feed, train_filters, config, run_dir, context, stopped
+        model,
+        loop.optimizer,
+        progress,
+        run.train_feed,
+        run.train_filters,
+        config,
+        run_dir,
+        context,
+        stopped,
     )
     # nobody leaves (and tears down the group) before rank 0 has written the folder
     barrier(context)
     if config.compile:
         _uncompile(model.generator)
-    seconds = time.monotonic() - started
-    emit(
+    seconds = time.monotonic() - loop.started
+    loop.emit(
         TrainUpdate(
             "finished",
             progress.epochs_completed,
             config.epochs,
             0,
-            steps_per_epoch,
+            loop.steps_per_epoch,
             seconds,
             stop_reason=stop_reason,
             message=turned,
