@@ -389,7 +389,7 @@ def _train(
 ) -> TrainResult:
     emit = on_update or (lambda update: None)
     stop_requested = should_stop or (lambda: False)
-    run = _set_up_run(
+    run, progress, history = _set_up_run(
         config,
         images,
         test_images,
@@ -402,7 +402,7 @@ def _train(
         test_ctf,
         precision,
     )
-    model, progress, history, image_shape = run.model, run.progress, run.history, run.image_shape
+    model, image_shape = run.model, run.image_shape
 
     step_module: nn.Module = _LossModule(model, precision[0], device)
     if context.enabled:
@@ -528,13 +528,11 @@ def _train(
 
 @dataclass
 class _RunData:
-    """A run as set up before its first step: the model and where it stands, the particles
-    it reads, and what its folder and its first line say about it."""
+    """What a run sets up once and keeps to its end: the model (a restart reinitialises it in
+    place), the particles it reads, and what its folder and its first line say about it."""
 
     run_dir: Path
     model: SpatialVAE
-    progress: Progress
-    history: list[dict[str, Any]]
     image_shape: tuple[int, int, int]  # (C, H, W)
     train_feed: ImageFeeder
     test_feed: ImageFeeder | None  # None on ranks other than 0, or with no held-out particles
@@ -557,9 +555,11 @@ def _set_up_run(
     ctf: Any | None,
     test_ctf: Any | None,
     precision: tuple[str, str],
-) -> _RunData:
+) -> tuple[_RunData, Progress, list[dict[str, Any]]]:
     """The model (fresh, or the checkpoint to resume), the particles' feeders and CTF
-    filters, the memory plan; the run's config written to ``run_dir`` (rank 0)."""
+    filters, the memory plan; the run's config written to ``run_dir`` (rank 0). Also where
+    the run stands and its history rows so far, which the epochs then carry on (and a
+    restart replaces)."""
     image_shape = stack_image_shape(images)
     if test_images is not None and stack_image_shape(test_images) != image_shape:
         raise DataError(
@@ -591,11 +591,9 @@ def _set_up_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir, config, image_shape, config_extra)
     summary = f"{precision_line}; {coarse.describe()}; {ctf_line}; memory: {memory.describe()}"
-    return _RunData(
+    run = _RunData(
         run_dir,
         model,
-        progress,
-        history,
         image_shape,
         train_feed,
         test_feed,
@@ -605,6 +603,7 @@ def _set_up_run(
         config_extra,
         summary,
     )
+    return run, progress, history
 
 
 def _finish_run(
@@ -618,7 +617,7 @@ def _finish_run(
     """Save what an ended run learned, measure the trained model and report it.
 
     ``progress`` and ``history`` are the last attempt's (a restart replaces the run's), and
-    ``stop_reason`` why the epochs ended ("completed", "stopped" or "time").
+    ``stop_reason`` why the epochs ended ("completed", "stopped" or "time budget").
     """
     config, model, context, run_dir = loop.config, loop.model, loop.context, run.run_dir
     if context.is_main and (
