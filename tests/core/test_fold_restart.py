@@ -25,7 +25,8 @@ from napari_spatial_vae.core.fold_restart import (
 )
 from napari_spatial_vae.core.performance import make_adam
 from napari_spatial_vae.core.simulate import simulate_particles
-from napari_spatial_vae.core.train import build_model, train
+from napari_spatial_vae.core.train import train
+from napari_spatial_vae.core.train_setup import build_model
 from napari_spatial_vae.core.unrendered import UnrenderedVariation
 
 
@@ -137,7 +138,7 @@ def test_an_attempt_that_passes_the_check_is_kept(
         measured.append(variation.share)
         return len(measured) == 1
 
-    monkeypatch.setattr("napari_spatial_vae.core.train.folded", first_folds)
+    monkeypatch.setattr("napari_spatial_vae.core.train_checks.folded", first_folds)
     result, updates = train_seeing_epochs(
         make_config(epochs=3), measurable_particles.images, tmp_path / "run"
     )
@@ -218,7 +219,7 @@ def test_a_run_the_check_passes_is_the_run_without_it(
     measured = []
     real = fold_restart.folded
     monkeypatch.setattr(
-        "napari_spatial_vae.core.train.folded", lambda v: measured.append(v) or real(v)
+        "napari_spatial_vae.core.train_checks.folded", lambda v: measured.append(v) or real(v)
     )
     checked = train(make_config(epochs=3), measurable_particles.images, tmp_path / "a")
     assert len(measured) == 1 and measured[0] is not None and measured[0].particles == 270

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from napari_spatial_vae.core import train as train_module
+from napari_spatial_vae.core import train_setup
 from napari_spatial_vae.core.config import ModelConfig
 from napari_spatial_vae.core.errors import DataError
 from napari_spatial_vae.core.memory import plan_batch_size, step_bytes_per_image
-from napari_spatial_vae.core.train import build_model, train
+from napari_spatial_vae.core.train import train
+from napari_spatial_vae.core.train_setup import build_model
 
 
 def test_memory_grows_with_pixels_width_and_rotations():
@@ -50,7 +51,7 @@ def test_training_lowers_the_batch_size_to_fit_and_says_so(
     config = make_config(epochs=1, batch_size=16)
     # a machine with room for 5.5 images per step
     room = _available(config, tiny_particles.images, 5.5)
-    monkeypatch.setattr(train_module, "available_bytes", lambda device: room)
+    monkeypatch.setattr(train_setup, "available_bytes", lambda device: room)
     messages = []
     train(config, tiny_particles.images, tmp_path / "run", on_update=messages.append)
     started = next(u for u in messages if u.kind == "started")
@@ -64,7 +65,7 @@ def test_training_refuses_when_not_one_image_fits(
 ):
     config = make_config(epochs=1)
     room = _available(config, tiny_particles.images, 0.5)
-    monkeypatch.setattr(train_module, "available_bytes", lambda device: room)
+    monkeypatch.setattr(train_setup, "available_bytes", lambda device: room)
     with pytest.raises(DataError, match="even for a single 20x20 image") as info:
         train(config, tiny_particles.images, tmp_path / "run")
     assert "\n" not in str(info.value)

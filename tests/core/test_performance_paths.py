@@ -23,8 +23,9 @@ from napari_spatial_vae.core.performance import (
     resolve_precision,
     retained_freed_memory,
 )
+from napari_spatial_vae.core.schedule import plan_coarse_to_fine
 from napari_spatial_vae.core.step import draw_noise, loss_terms
-from napari_spatial_vae.core.train import plan_coarse_to_fine, train
+from napari_spatial_vae.core.train import train
 
 CPU = torch.device("cpu")
 

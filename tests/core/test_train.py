@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spatial_vae.core import train as train_module
+from napari_spatial_vae.core import train_checks
 from napari_spatial_vae.core.checkpoint import load_model, read_history
 from napari_spatial_vae.core.errors import CheckpointError, DataError
 from napari_spatial_vae.core.infer import encode_stack
 from napari_spatial_vae.core.losses import LossTerms
-from napari_spatial_vae.core.train import split_train_test, train, training_objective
+from napari_spatial_vae.core.train import train
+from napari_spatial_vae.core.train_setup import split_train_test
+from napari_spatial_vae.core.train_steps import training_objective
 
 
 def elbos(history, split):
@@ -285,7 +287,7 @@ def test_auto_switches_the_half_turn_check_on_for_the_rest_of_the_run(
         assert len(shares) == len(decisions) and all(0.0 <= s <= 1.0 for s in shares)
         return len(decisions) == 2
 
-    monkeypatch.setattr(train_module, "switches_half_turn_check", after_epoch_two)
+    monkeypatch.setattr(train_checks, "switches_half_turn_check", after_epoch_two)
     updates = []
     config = make_config(epochs=4)
     assert config.model.half_turn_check == "auto"
@@ -304,7 +306,7 @@ def test_auto_switches_the_half_turn_check_on_for_the_rest_of_the_run(
 def test_auto_leaves_the_run_as_it_was_when_nothing_calls_for_the_check(
     tmp_path, tiny_particles, make_config, monkeypatch
 ):
-    monkeypatch.setattr(train_module, "switches_half_turn_check", lambda shares, done: False)
+    monkeypatch.setattr(train_checks, "switches_half_turn_check", lambda shares, done: False)
     auto = train(make_config(epochs=2), tiny_particles.images, tmp_path / "auto")
     off = train(
         make_config(epochs=2, half_turn_check="off"), tiny_particles.images, tmp_path / "off"

@@ -17,8 +17,10 @@ one design and seed).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from napari_spatial_vae.core.config import TrainConfig
+from napari_spatial_vae.core.model import why_not_binned
 
 #: optimiser steps between looks at the pace (fixed counts, so epoch-bound runs look at the
 #: same steps); fewer would judge the pace on the first steps' one-off costs
@@ -108,3 +110,45 @@ class ScheduleClock:
         anchor_step, anchor_progress, end_step = self._anchor
         share = (step - anchor_step) / max(end_step - anchor_step, 1)
         return min(anchor_progress + (1.0 - anchor_progress) * share, 1.0)
+
+
+@dataclass(frozen=True)
+class CoarseToFine:
+    """How a run uses coarse-to-fine training (:attr:`TrainConfig.coarse_fraction`).
+
+    Attributes
+    ----------
+    binning
+        Bin size of the coarse phase (1: none).
+    fraction
+        Share of the run's progress trained binned.
+    why_not
+        Why a requested coarse phase is skipped ("" when it runs or was not asked for).
+    """
+
+    binning: int
+    fraction: float
+    why_not: str = ""
+
+    def describe(self) -> str:
+        """One phrase for the run's log."""
+        if self.binning > 1:
+            return (
+                f"coarse-to-fine: {self.binning}x{self.binning}-binned particles for the first "
+                f"{self.fraction:.0%} of the run"
+            )
+        return "coarse-to-fine: off" + (f" ({self.why_not})" if self.why_not else "")
+
+
+def plan_coarse_to_fine(config: TrainConfig, image_shape: tuple[int, int, int]) -> CoarseToFine:
+    """The coarse phase a run can use: 2x2 binning, or none where binning does not apply.
+
+    A CTF is applied to the binned rendering through its low frequencies
+    (``SpatialVAE.apply_ctf``); where binning does not apply: :func:`~.model.why_not_binned`.
+    """
+    if config.coarse_fraction <= 0:
+        return CoarseToFine(1, 0.0)
+    why_not = why_not_binned(config.model, image_shape)
+    if why_not:
+        return CoarseToFine(1, 0.0, why_not)
+    return CoarseToFine(2, config.coarse_fraction)
