@@ -30,7 +30,7 @@ class TrainUpdate:
     step, steps_per_epoch
         Optimiser step within the epoch (1-based) and steps per epoch.
     seconds
-        Wall time since this call of :func:`train` started.
+        Wall time since this call of :func:`~napari_spatial_vae.core.train.train` started.
     train, test
         Epoch metrics (``epoch`` updates only; ``test`` is None without a test set).
     stop_reason
@@ -68,7 +68,7 @@ class TrainUpdate:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns."""
+    """What :func:`~napari_spatial_vae.core.train.train` returns."""
 
     model: SpatialVAE
     config: TrainConfig
